@@ -1,0 +1,135 @@
+"""The ``genrec`` command line. Subcommands import their stage lazily, so ``genrec recommend`` (the
+client) works where torch is not installed. Flags come from each stage's config dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from genrec.cliargs import add_dataclass_args, from_args
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def command(fn: Callable[[argparse._SubParsersAction], None]):
+    COMMANDS.append(fn)
+    return fn
+
+
+@command
+def _data(sub: argparse._SubParsersAction) -> None:
+    from genrec.data.synth import SynthConfig
+
+    p = sub.add_parser("data", help="data utilities")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write synthetic MIND-format data (train/ and dev/) with planted structure")
+    s.add_argument("--out", required=True, help="output folder")
+    add_dataclass_args(s, SynthConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.data.synth import synthesize
+
+        counts = synthesize(args.out, from_args(SynthConfig, args))
+        print(f"wrote {args.out}/train and {args.out}/dev: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        return 0
+
+    s.set_defaults(handler=run)
+
+
+@command
+def _train(sub: argparse._SubParsersAction) -> None:
+    from genrec.config import ModelConfig, TrainConfig
+
+    p = sub.add_parser("train", help="train on a MIND folder (news.tsv + behaviors.tsv)")
+    p.add_argument("--data", required=True, help="MIND folder with news.tsv and behaviors.tsv")
+    p.add_argument("--out", required=True, help="run folder for checkpoint.pt, metrics.json, model_card.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dataclass_args(p, ModelConfig)
+    add_dataclass_args(p, TrainConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.train import train
+
+        result = train(args.data, args.out, from_args(ModelConfig, args), from_args(TrainConfig, args),
+                       progress=not args.quiet)
+        print(json.dumps({"checkpoint": str(result.checkpoint_path), **result.metrics}))
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+@command
+def _evaluate(sub: argparse._SubParsersAction) -> None:
+    from genrec.config import EvalConfig
+
+    p = sub.add_parser("evaluate", help="group-AUC, MRR, nDCG@5/10 and per-task metrics on a labelled MIND folder")
+    p.add_argument("--data", required=True, help="MIND folder with news.tsv and labelled behaviors.tsv")
+    p.add_argument("--checkpoint", required=True, help="run folder (or checkpoint.pt) from `genrec train`")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_dataclass_args(p, EvalConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.evaluate import evaluate
+
+        result = evaluate(args.checkpoint, args.data, from_args(EvalConfig, args), progress=not args.json)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_metrics(result)
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+@command
+def _demo(sub: argparse._SubParsersAction) -> None:
+    from genrec.data.synth import SynthConfig
+    from genrec.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="the main job end to end on embedded defaults (make demo)")
+    add_dataclass_args(p, DemoConfig)
+    add_dataclass_args(p, SynthConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.demo import run_demo
+
+        run_demo(from_args(DemoConfig, args), from_args(SynthConfig, args))
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def print_metrics(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="evaluation", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Stage configs as dataclasses (torch-free, so the CLI can list every flag anywhere).
+
+Each field's ``help`` metadata says why the field exists; ``genrec.cliargs`` turns it into a flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Training tasks; the click task is primary, the others are auxiliary (loss weights: TrainConfig.alpha).
+TASKS = ("click", "category", "topic")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    dim: int = dataclasses.field(default=128, metadata={
+        "help": "item/user vector size D; 128 keeps the heads cheap and the index small"})
+    finetune_layers: int = dataclasses.field(default=0, metadata={
+        "help": "top MiniLM layers to fine-tune (0 = frozen LM with cached outputs: fastest on CPU)"})
+    max_length: int = dataclasses.field(default=32, metadata={
+        "help": "max tokens per item text; longer texts are cut (counted and reported)"})
+    use_abstract: bool = dataclasses.field(default=False, metadata={
+        "help": "encode title + abstract instead of the title alone (slower, sometimes better)"})
+    attention_hidden: int = dataclasses.field(default=128, metadata={
+        "help": "hidden size of the additive attention in the user encoder"})
+    feature_hidden: int = dataclasses.field(default=32, metadata={
+        "help": "hidden size of the engineered-feature MLP in the click head"})
+    dropout: float = dataclasses.field(default=0.1, metadata={"help": "dropout on item vectors during training"})
+    n_categories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
+    n_subcategories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = dataclasses.field(default=8, metadata={"help": "maximum epochs (early stopping usually ends sooner)"})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "clicks per optimizer step"})
+    lr: float = dataclasses.field(default=2e-3, metadata={"help": "learning rate of projection and heads"})
+    lm_lr: float = dataclasses.field(default=3e-5, metadata={"help": "learning rate of fine-tuned LM layers"})
+    weight_decay: float = dataclasses.field(default=0.01, metadata={"help": "AdamW weight decay"})
+    negatives: int = dataclasses.field(default=4, metadata={
+        "help": "non-clicked candidates sampled per click (MIND convention K=4)"})
+    val_fraction: float = dataclasses.field(default=0.1, metadata={
+        "help": "latest fraction of impressions held out for validation/early stopping"})
+    patience: int = dataclasses.field(default=2, metadata={
+        "help": "epochs without a validation group-AUC gain before stopping"})
+    alpha: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"click": 1.0, "category": 0.2, "topic": 0.2},
+        metadata={"help": "task loss weights alpha_t in L = sum alpha_t L_t"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed for sampling, init and dropout"})
+    threads: int = dataclasses.field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    skip_bad_lines: bool = dataclasses.field(default=False, metadata={
+        "help": "count and report malformed lines instead of failing on the first"})
+    max_impressions: int = dataclasses.field(default=0, metadata={
+        "help": "use only the first N impressions (0 = all); for quick runs"})
+    parity_impressions: int = dataclasses.field(default=64, metadata={
+        "help": "validation impressions stored in the checkpoint for the export parity gate"})
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "impressions scored per batch"})
+    max_impressions: int = dataclasses.field(default=0, metadata={"help": "evaluate only the first N (0 = all)"})
+    skip_bad_lines: bool = dataclasses.field(default=False, metadata={
+        "help": "count and report malformed lines instead of failing on the first"})
+    threads: int = dataclasses.field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})

@@ -1,0 +1,188 @@
+"""MIND-format readers (Microsoft News Dataset layout), streaming and strict.
+
+news.tsv:      news_id, category, subcategory, title, abstract, url, title_entities, abstract_entities
+behaviors.tsv: impression_id, user_id, time (``11/15/2019 8:55:22 AM``), history (space-separated ids,
+               may be empty), impressions (``N123-1 N456-0``; test sets may omit the ``-label`` part)
+
+Both readers are generators over lines, so large files never need to fit in memory at once. A
+malformed line raises :class:`MindFormatError` naming file and line, unless ``skip_bad_lines`` is set,
+in which case it is counted in a :class:`LineReport` that the caller prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+MAX_HISTORY = 50  # most recent history items kept per impression (MIND convention)
+TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+
+
+class MindFormatError(ValueError):
+    """A line of a MIND file could not be parsed; the message names file and line number."""
+
+
+@dataclasses.dataclass
+class LineReport:
+    """How many lines a reader accepted and skipped (only non-zero skips when skip_bad_lines)."""
+
+    path: str
+    read: int = 0
+    skipped: int = 0
+    first_errors: list[str] = dataclasses.field(default_factory=list)
+
+    def record(self, message: str) -> None:
+        self.skipped += 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(message)
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.read} lines read, {self.skipped} skipped"
+        if self.first_errors:
+            text += " (first: " + "; ".join(self.first_errors) + ")"
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class NewsItem:
+    news_id: str
+    category: str
+    subcategory: str
+    title: str
+    abstract: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Impression:
+    impression_id: str
+    user_id: str
+    time: datetime
+    history: tuple[str, ...]          # oldest first, already cut to the most recent MAX_HISTORY
+    candidates: tuple[str, ...]
+    labels: tuple[int, ...] | None    # None when the file carries no labels (MIND test set)
+    history_truncated: int = 0        # how many older history items were dropped
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8", newline="\n") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield lineno, line
+
+
+def iter_news(path: str | Path, *, skip_bad_lines: bool = False,
+              report: LineReport | None = None) -> Iterator[NewsItem]:
+    path = Path(path)
+    report = report if report is not None else LineReport(str(path))
+    for lineno, line in _lines(path):
+        fields = line.split("\t")
+        try:
+            if len(fields) < 4:
+                raise MindFormatError(f"{path}:{lineno}: expected 8 tab-separated fields "
+                                      f"(news_id, category, subcategory, title, abstract, ...), got {len(fields)}")
+            news_id, category, subcategory, title = (f.strip() for f in fields[:4])
+            abstract = fields[4].strip() if len(fields) > 4 else ""
+            if not news_id:
+                raise MindFormatError(f"{path}:{lineno}: empty news_id")
+            if not title and not abstract:
+                raise MindFormatError(f"{path}:{lineno}: news {news_id} has neither title nor abstract")
+        except MindFormatError as exc:
+            if not skip_bad_lines:
+                raise
+            report.record(str(exc))
+            continue
+        report.read += 1
+        yield NewsItem(news_id, category, subcategory, title, abstract)
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text.strip(), TIME_FORMAT)
+
+
+def iter_behaviors(path: str | Path, *, skip_bad_lines: bool = False, max_history: int = MAX_HISTORY,
+                   report: LineReport | None = None) -> Iterator[Impression]:
+    path = Path(path)
+    report = report if report is not None else LineReport(str(path))
+    for lineno, line in _lines(path):
+        try:
+            imp = _parse_behavior(path, lineno, line, max_history)
+        except MindFormatError as exc:
+            if not skip_bad_lines:
+                raise
+            report.record(str(exc))
+            continue
+        report.read += 1
+        yield imp
+
+
+def _parse_behavior(path: Path, lineno: int, line: str, max_history: int) -> Impression:
+    fields = line.split("\t")
+    where = f"{path}:{lineno}"
+    if len(fields) != 5:
+        raise MindFormatError(f"{where}: expected 5 tab-separated fields "
+                              f"(impression_id, user_id, time, history, impressions), got {len(fields)}")
+    imp_id, user_id, time_text, history_text, impressions_text = fields
+    try:
+        time = parse_time(time_text)
+    except ValueError:
+        raise MindFormatError(f"{where}: bad time {time_text!r}, expected like '11/15/2019 8:55:22 AM'") from None
+    history = tuple(history_text.split())
+    dropped = max(0, len(history) - max_history)
+    history = history[dropped:]
+    candidates: list[str] = []
+    labels: list[int] = []
+    tokens = impressions_text.split()
+    if not tokens:
+        raise MindFormatError(f"{where}: impression {imp_id} has no candidates")
+    labelled = None
+    for tok in tokens:
+        news_id, sep, label = tok.rpartition("-")
+        has_label = bool(sep) and label in ("0", "1")
+        if labelled is None:
+            labelled = has_label
+        elif labelled != has_label:
+            raise MindFormatError(f"{where}: impression {imp_id} mixes labelled and unlabelled candidates ({tok!r})")
+        if has_label:
+            candidates.append(news_id)
+            labels.append(int(label))
+        else:
+            if sep and not label.isalnum():
+                raise MindFormatError(f"{where}: bad candidate {tok!r}, expected NEWSID-0 or NEWSID-1")
+            candidates.append(tok)
+    return Impression(imp_id.strip(), user_id.strip(), time, history, tuple(candidates),
+                      tuple(labels) if labelled else None, dropped)
+
+
+@dataclasses.dataclass
+class MindSplit:
+    """One MIND folder (news.tsv + behaviors.tsv) read into memory."""
+
+    news: dict[str, NewsItem]
+    impressions: list[Impression]
+    reports: list[LineReport]
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.impressions) and self.impressions[0].labels is not None
+
+
+def split_paths(data_dir: str | Path) -> tuple[Path, Path]:
+    data_dir = Path(data_dir)
+    news, behaviors = data_dir / "news.tsv", data_dir / "behaviors.tsv"
+    for p in (news, behaviors):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: --data must be a MIND folder with news.tsv and behaviors.tsv")
+    return news, behaviors
+
+
+def load_split(data_dir: str | Path, *, skip_bad_lines: bool = False,
+               max_history: int = MAX_HISTORY) -> MindSplit:
+    news_path, beh_path = split_paths(data_dir)
+    news_report, beh_report = LineReport(str(news_path)), LineReport(str(beh_path))
+    news = {n.news_id: n for n in iter_news(news_path, skip_bad_lines=skip_bad_lines, report=news_report)}
+    impressions = list(iter_behaviors(beh_path, skip_bad_lines=skip_bad_lines, max_history=max_history,
+                                      report=beh_report))
+    return MindSplit(news, impressions, [news_report, beh_report])

@@ -1,0 +1,157 @@
+"""Item tables, batched item encoding, and batched impression scoring (training and evaluation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from genrec.data.mind import Impression, NewsItem
+from genrec.model import ItemEncoder, RecommenderHeads
+from genrec.text import TextTokenizer, item_text
+from genrec.vocab import Vocab
+
+PAD = 0   # row 0 of every item table is a padding item (empty text, OOV categories)
+
+
+@dataclasses.dataclass
+class ItemTable:
+    ids: list[str]                # (N,) news ids; ids[0] == "" is the padding item
+    texts: list[str]              # (N,)
+    category: np.ndarray          # (N,) int64 category ids
+    subcategory: np.ndarray       # (N,) int64 subcategory ids
+    index: dict[str, int]
+
+    @classmethod
+    def from_news(cls, news: dict[str, NewsItem], cat_vocab: Vocab, sub_vocab: Vocab,
+                  use_abstract: bool) -> ItemTable:
+        items = list(news.values())
+        ids = [""] + [n.news_id for n in items]
+        texts = [""] + [item_text(n.title, n.abstract, use_abstract) for n in items]
+        cat = np.concatenate([[0], cat_vocab.lookup(n.category for n in items)]).astype(np.int64)
+        sub = np.concatenate([[0], sub_vocab.lookup(n.subcategory for n in items)]).astype(np.int64)
+        return cls(ids, texts, cat, sub, {nid: i for i, nid in enumerate(ids) if nid})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclasses.dataclass
+class ImpressionArrays:
+    """Impressions as index arrays into an ItemTable; unknown news ids are dropped and counted."""
+
+    history: np.ndarray                 # (I, Hmax) int64 item rows, left-aligned, 0-padded
+    candidates: list[np.ndarray]        # I x (C_i,) int64 item rows
+    labels: list[np.ndarray] | None     # I x (C_i,) int8
+    user_ids: list[str]
+    missing_history: int = 0
+    missing_candidates: int = 0
+
+    @classmethod
+    def build(cls, impressions: Sequence[Impression], table: ItemTable, max_history: int) -> ImpressionArrays:
+        hist = np.zeros((len(impressions), max_history), dtype=np.int64)
+        cands, labels = [], []
+        miss_h = miss_c = 0
+        has_labels = bool(impressions) and impressions[0].labels is not None
+        for i, imp in enumerate(impressions):
+            rows = [table.index.get(h, -1) for h in imp.history[-max_history:]]
+            miss_h += rows.count(-1)
+            rows = [r for r in rows if r >= 0]
+            hist[i, : len(rows)] = rows
+            keep = [(table.index.get(c, -1), j) for j, c in enumerate(imp.candidates)]
+            miss_c += sum(1 for r, _ in keep if r < 0)
+            keep = [(r, j) for r, j in keep if r >= 0]
+            cands.append(np.array([r for r, _ in keep], dtype=np.int64))
+            if has_labels:
+                labels.append(np.array([imp.labels[j] for _, j in keep], dtype=np.int8))
+        return cls(hist, cands, labels if has_labels else None, [imp.user_id for imp in impressions],
+                   miss_h, miss_c)
+
+
+def _length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    order = np.argsort(lengths, kind="stable")
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def encode_lower(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence[str], batch_size: int = 128,
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Run the frozen part of the encoder over ``texts`` once (the training cache).
+
+    Returns (cache, mask, n_truncated): cache (N, H) pooled when nothing is fine-tuned, else
+    (N, max_length, H) float16 hidden states with mask (N, max_length).
+    """
+    encoder.eval()
+    tok = tokenizer(list(texts), pad_to=tokenizer.max_length)
+    lengths = tok.attention_mask.sum(1)
+    ids_all, mask_all = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
+    pooled_mode = encoder.n_frozen == len(encoder.lm.encoder.layer)
+    hidden = encoder.lm.config.hidden_size
+    if pooled_mode:
+        cache = torch.zeros(len(texts), hidden)
+    else:
+        cache = torch.zeros(len(texts), tokenizer.max_length, hidden, dtype=torch.float16)
+    batches = _length_sorted_batches(lengths, batch_size)
+    it = batches
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(batches, desc="encoding items (frozen LM)", unit="batch", leave=False)
+    for idx in it:
+        width = max(1, int(lengths[idx].max()))
+        ids, mask = ids_all[idx, :width], mask_all[idx, :width]
+        out = encoder.lower(ids, mask)
+        if pooled_mode:
+            cache[idx] = out
+        else:
+            cache[idx, :width] = out.to(torch.float16)
+    return cache, (None if pooled_mode else mask_all), int(tok.truncated.sum())
+
+
+@torch.no_grad()
+def encode_items(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence[str], batch_size: int = 128,
+                 progress: bool = False) -> tuple[torch.Tensor, int]:
+    """Full item encoder over ``texts`` -> ((N, D) vectors, number of truncated texts)."""
+    cache, mask, n_trunc = encode_lower(encoder, tokenizer, texts, batch_size, progress)
+    return upper_in_batches(encoder, cache, mask, batch_size), n_trunc
+
+
+def upper_in_batches(encoder: ItemEncoder, cache: torch.Tensor, mask: torch.Tensor | None,
+                     batch_size: int = 256) -> torch.Tensor:
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(cache), batch_size):
+            part = cache[i: i + batch_size].float()
+            outs.append(encoder.upper(part, None if mask is None else mask[i: i + batch_size]))
+    return torch.cat(outs) if outs else torch.zeros(0, encoder.cfg.dim)
+
+
+@torch.no_grad()
+def score_impressions(heads: RecommenderHeads, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays,
+                      batch_size: int = 64, keys: tuple[str, ...] = ("click_logit",)) -> dict[str, list[np.ndarray]]:
+    """Run the heads over every impression. vectors (N, D) item vectors aligned with ``table``.
+
+    Returns, per requested key, one array per impression: (C_i,) for per-candidate outputs, the
+    full row for per-user outputs such as ``topic_logits``.
+    """
+    heads.eval()
+    cat, sub = torch.from_numpy(table.category), torch.from_numpy(table.subcategory)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    n = len(imps.candidates)
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        hist = torch.from_numpy(imps.history[sl])                                  # (B, H)
+        width = max(1, int((hist > 0).sum(1).max()))
+        hist = hist[:, :width]
+        c_lists = imps.candidates[sl]
+        c_max = max(len(c) for c in c_lists)
+        cands = torch.zeros(len(c_lists), c_max, dtype=torch.int64)                # (B, C)
+        for j, c in enumerate(c_lists):
+            cands[j, : len(c)] = torch.from_numpy(c)
+        res = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cands], cat[cands], sub[cands])
+        for k in keys:
+            val = res[k].numpy()
+            for j, c in enumerate(c_lists):
+                out[k].append(val[j, : len(c)] if val.ndim >= 2 and k != "topic_logits" else val[j])
+    return out

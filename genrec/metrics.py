@@ -1,0 +1,104 @@
+"""Ranking metrics with MIND's definitions, per impression then averaged over impressions.
+
+* AUC: probability a clicked candidate outscores a non-clicked one (ties count 1/2).
+* MRR: mean over clicked items of 1/rank among all candidates (MIND's ``mrr_score``).
+* nDCG@k: MIND's ``ndcg_score`` with gains 2^rel - 1 and log2(rank + 1) discounts.
+Impressions whose candidates are all clicked or all unclicked have no AUC and are skipped for every
+metric (MIND dev has none); ``RankingMetrics.skipped`` counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs at least one positive and one negative")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks over ties (1-based)
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _ranked(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    return np.asarray(labels, dtype=np.float64)[order]
+
+
+def mrr(labels: np.ndarray, scores: np.ndarray) -> float:
+    ranked = _ranked(labels, scores)
+    return float((ranked / np.arange(1, len(ranked) + 1)).sum() / ranked.sum())
+
+
+def dcg(labels_in_rank_order: np.ndarray, k: int) -> float:
+    rel = labels_in_rank_order[:k]
+    return float(((2.0 ** rel - 1.0) / np.log2(np.arange(2, len(rel) + 2))).sum())
+
+
+def ndcg(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
+    ideal = dcg(np.sort(np.asarray(labels, dtype=np.float64))[::-1], k)
+    return dcg(_ranked(labels, scores), k) / ideal if ideal > 0 else 0.0
+
+
+@dataclasses.dataclass
+class RankingMetrics:
+    group_auc: float
+    mrr: float
+    ndcg5: float
+    ndcg10: float
+    impressions: int
+    skipped: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"group_auc": self.group_auc, "mrr": self.mrr, "ndcg@5": self.ndcg5, "ndcg@10": self.ndcg10,
+                "impressions": self.impressions, "skipped_impressions": self.skipped}
+
+
+def ranking_metrics(groups: Iterable[tuple[np.ndarray, np.ndarray]]) -> RankingMetrics:
+    """``groups`` yields (labels, scores) per impression."""
+    aucs, mrrs, n5, n10 = [], [], [], []
+    skipped = 0
+    for labels, scores in groups:
+        labels = np.asarray(labels)
+        if labels.min() == labels.max():
+            skipped += 1
+            continue
+        aucs.append(auc(labels, scores))
+        mrrs.append(mrr(labels, scores))
+        n5.append(ndcg(labels, scores, 5))
+        n10.append(ndcg(labels, scores, 10))
+    if not aucs:
+        raise ValueError("no impression has both clicked and non-clicked candidates: nothing to evaluate")
+    return RankingMetrics(float(np.mean(aucs)), float(np.mean(mrrs)), float(np.mean(n5)), float(np.mean(n10)),
+                          len(aucs), skipped)
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall tau-b between two score vectors (O(n^2), for the small parity sets it is used on)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2:
+        return 1.0
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(len(a), 1)
+    da, db = da[iu], db[iu]
+    concordant_minus_discordant = float((da * db).sum())
+    n_a, n_b = float((da != 0).sum()), float((db != 0).sum())
+    if n_a == 0 or n_b == 0:
+        return 1.0 if n_a == n_b else 0.0
+    return concordant_minus_discordant / np.sqrt(n_a * n_b)

@@ -1,0 +1,233 @@
+"""Training: negative sampling (K per click), temporal validation split, early stopping on group-AUC.
+
+Entry point: ``train(data_dir, out_dir, ModelConfig, TrainConfig) -> TrainResult``.
+Loss L = sum_t alpha_t * L_t over TASKS:
+  click    -- softmax cross-entropy over 1 clicked + K sampled non-clicked candidates (MIND/NRMS)
+  category -- cross-entropy of an item's category from its text vector (every item in the batch)
+  topic    -- cross-entropy of the clicked item's category from the user vector
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genrec.checkpoint import Checkpoint, provenance
+from genrec.config import (
+    TASKS,
+    ModelConfig,
+    TrainConfig,  # noqa: F401  (re-exported)
+)
+from genrec.data.mind import MAX_HISTORY, load_split
+from genrec.items import ImpressionArrays, ItemTable, encode_lower, score_impressions, upper_in_batches
+from genrec.metrics import ranking_metrics
+from genrec.model import GenRec, load_pretrained_lm
+from genrec.text import LM_PACKAGE, minilm_dir
+from genrec.vocab import Vocab
+
+
+@dataclasses.dataclass
+class TrainResult:
+    checkpoint_path: Path
+    best_epoch: int
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _set_seed(seed: int, threads: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return np.random.default_rng(seed)
+
+
+def _sample_clicks(imps: ImpressionArrays, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch of training samples: (S,) impression index and (S, 1+K) item rows, clicked first."""
+    imp_idx, rows = [], []
+    for i, (cands, labels) in enumerate(zip(imps.candidates, imps.labels)):
+        pos, neg = cands[labels == 1], cands[labels == 0]
+        if len(neg) == 0:
+            continue
+        for p in pos:
+            imp_idx.append(i)
+            rows.append(np.concatenate([[p], rng.choice(neg, size=k, replace=len(neg) < k)]))
+    return np.asarray(imp_idx, dtype=np.int64), np.asarray(rows, dtype=np.int64).reshape(-1, k + 1)
+
+
+def _parity_set(imps, table: ItemTable, cat_vocab: Vocab, sub_vocab: Vocab, n: int,
+                rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Small held-out set the export parity gate replays through PyTorch and ONNX."""
+    ok = [i for i, lab in enumerate(imps.labels) if 0 < lab.sum() < len(lab)]
+    chosen = sorted(rng.choice(ok, size=min(n, len(ok)), replace=False).tolist()) if ok else []
+    cats, subs = ["", *cat_vocab.to_list()], ["", *sub_vocab.to_list()]
+
+    def items(rows):
+        return {"text": [table.texts[r] for r in rows], "category": [cats[table.category[r]] for r in rows],
+                "subcategory": [subs[table.subcategory[r]] for r in rows]}
+
+    out = []
+    for i in chosen:
+        hist = imps.history[i][imps.history[i] > 0]
+        cand, lab = imps.candidates[i][:60], imps.labels[i][:60]
+        if lab.min() == lab.max():
+            continue
+        out.append({"history": items(hist), "candidates": items(cand), "labels": lab.astype(int).tolist()})
+    return out
+
+
+def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = ModelConfig(),
+          cfg: TrainConfig = TrainConfig(), *, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    t_start = time.perf_counter()
+    unknown = set(cfg.alpha) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) in alpha: {sorted(unknown)}; tasks are {list(TASKS)}")
+    rng = _set_seed(cfg.seed, cfg.threads)
+    split = load_split(data_dir, skip_bad_lines=cfg.skip_bad_lines)
+    for rep in split.reports:
+        if rep.skipped:
+            log(f"warning: {rep.summary()}")
+    if not split.has_labels:
+        raise ValueError(f"{data_dir}/behaviors.tsv has no click labels: cannot train on it")
+    impressions = sorted(split.impressions, key=lambda imp: imp.time)
+    if cfg.max_impressions:
+        impressions = impressions[: cfg.max_impressions]
+    n_val = max(1, int(round(len(impressions) * cfg.val_fraction)))
+    train_imps, val_imps = impressions[:-n_val], impressions[-n_val:]
+
+    cat_vocab = Vocab.build(n.category for n in split.news.values())
+    sub_vocab = Vocab.build(n.subcategory for n in split.news.values())
+    model_cfg = dataclasses.replace(model_cfg, n_categories=len(cat_vocab), n_subcategories=len(sub_vocab))
+    table = ItemTable.from_news(split.news, cat_vocab, sub_vocab, model_cfg.use_abstract)
+    tr = ImpressionArrays.build(train_imps, table, MAX_HISTORY)
+    va = ImpressionArrays.build(val_imps, table, MAX_HISTORY)
+    if tr.missing_history or tr.missing_candidates:
+        log(f"warning: {tr.missing_history} history and {tr.missing_candidates} candidate ids are not in news.tsv "
+            "and were dropped")
+    log(f"data: {len(table) - 1} items, {len(cat_vocab)} categories, {len(sub_vocab)} subcategories, "
+        f"{len(train_imps)} train / {len(val_imps)} validation impressions")
+
+    lm_dir = minilm_dir()
+    lm_config = json.loads((lm_dir / "config.json").read_text())
+    tokenizer_json = (lm_dir / "tokenizer.json").read_text(encoding="utf-8")
+    model = GenRec(model_cfg, lm_config)
+    load_pretrained_lm(model.encoder)
+
+    from genrec.text import TextTokenizer
+    tokenizer = TextTokenizer(tokenizer_json, max_length=model_cfg.max_length)
+    t0 = time.perf_counter()
+    cache, cache_mask, n_trunc = encode_lower(model.encoder, tokenizer, table.texts, progress=progress)
+    log(f"cached frozen LM outputs for {len(table) - 1} items in {time.perf_counter() - t0:.1f}s "
+        f"({n_trunc} texts cut to {model_cfg.max_length} tokens)")
+
+    item_cat = torch.from_numpy(table.category)
+    item_sub = torch.from_numpy(table.subcategory)
+    lm_params = [p for p in model.encoder.lm.parameters() if p.requires_grad]
+    other = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.lm.")]
+    groups = [{"params": other, "lr": cfg.lr}]
+    if lm_params:
+        groups.append({"params": lm_params, "lr": cfg.lm_lr})
+    optim = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    alpha = {t: float(cfg.alpha.get(t, 0.0)) for t in TASKS}
+
+    def validate() -> dict[str, Any]:
+        model.eval()
+        vecs = upper_in_batches(model.encoder, cache, cache_mask)
+        scores = score_impressions(model.heads, vecs, table, va)["click_logit"]
+        return ranking_metrics(zip(va.labels, scores)).as_dict()
+
+    best_auc, best_epoch, best_state, history, bad_epochs = -1.0, 0, None, [], 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        model.encoder.lm.eval()   # LM dropout off: the cached lower part was computed without it
+        imp_idx, rows = _sample_clicks(tr, cfg.negatives, rng)
+        order = rng.permutation(len(rows))
+        steps = range(0, len(order), cfg.batch_size)
+        bar = steps
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False)
+        t_epoch, losses = time.perf_counter(), Counter()
+        n_steps = 0
+        for start in bar:
+            sel = order[start: start + cfg.batch_size]
+            hist = torch.from_numpy(tr.history[imp_idx[sel]])                          # (B, Hmax)
+            hist = hist[:, : max(1, int((hist > 0).sum(1).max()))]                     # (B, H)
+            cands = torch.from_numpy(rows[sel])                                        # (B, 1+K)
+            b, h = hist.shape
+            uniq, inv = torch.unique(torch.cat([hist.reshape(-1), cands.reshape(-1)]), return_inverse=True)
+            vec = model.encoder.upper(cache[uniq].float(), None if cache_mask is None else cache_mask[uniq])  # (U, D)
+            hist_vec = vec[inv[: b * h]].view(b, h, -1)                                # (B, H, D)
+            cand_vec = vec[inv[b * h:]].view(b, cands.shape[1], -1)                    # (B, 1+K, D)
+            out = model.heads(hist_vec, hist > 0, item_cat[hist], item_sub[hist], cand_vec, item_cat[cands],
+                              item_sub[cands])
+            target = torch.zeros(b, dtype=torch.long)                                  # clicked item is column 0
+            task_loss = {"click": F.cross_entropy(out["click_logit"], target)}
+            real = uniq > 0
+            if alpha["category"] and bool((item_cat[uniq][real] > 0).any()):
+                task_loss["category"] = F.cross_entropy(model.heads.category_head(vec[real]), item_cat[uniq][real],
+                                                        ignore_index=0)
+            clicked_cat = item_cat[cands[:, 0]]
+            if alpha["topic"] and bool((clicked_cat > 0).any()):
+                task_loss["topic"] = F.cross_entropy(out["topic_logits"], clicked_cat, ignore_index=0)
+            loss = sum(alpha[t] * v for t, v in task_loss.items())
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optim.step()
+            n_steps += 1
+            losses["loss"] += float(loss.detach())
+            for t, v in task_loss.items():
+                losses[t] += float(v.detach())
+            if progress:
+                bar.set_postfix(loss=f"{losses['loss'] / n_steps:.4f}")
+        val = validate()
+        record = {"epoch": epoch, "seconds": round(time.perf_counter() - t_epoch, 1),
+                  **{f"train_{k}": round(v / max(1, n_steps), 4) for k, v in losses.items()},
+                  **{f"val_{k}": v for k, v in val.items()}}
+        history.append(record)
+        improved = val["group_auc"] > best_auc + 1e-4
+        if improved:
+            best_auc, best_epoch, bad_epochs = val["group_auc"], epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        log(f"epoch {epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}  val group-AUC {val['group_auc']:.4f}  "
+            f"MRR {val['mrr']:.4f}  ({record['seconds']}s){'  *best' if improved else ''}")
+        if bad_epochs >= cfg.patience:
+            log(f"early stop: no validation gain for {cfg.patience} epochs")
+            break
+
+    model.load_state_dict(best_state)
+    best = next(r for r in history if r["epoch"] == best_epoch)
+    metrics = {"best_epoch": best_epoch, **{k[4:]: v for k, v in best.items() if k.startswith("val_")},
+               "train_seconds": round(time.perf_counter() - t_start, 1), "truncated_texts": n_trunc}
+    popularity = Counter()
+    for cands, labels in zip(tr.candidates, tr.labels):
+        for r in cands[labels == 1]:
+            popularity[table.ids[r]] += 1
+    ckpt = Checkpoint(
+        model_config=model_cfg, lm_config=lm_config, state_dict=model.state_dict(),
+        category_vocab=cat_vocab, subcategory_vocab=sub_vocab, tokenizer_json=tokenizer_json,
+        tokenizer_source=f"{LM_PACKAGE}:model/tokenizer.json", train_config=_jsonable(dataclasses.asdict(cfg)),
+        metrics=metrics, parity_set=_parity_set(va, table, cat_vocab, sub_vocab, cfg.parity_impressions, rng),
+        popularity=dict(popularity), provenance={**provenance(), "data": str(Path(data_dir).resolve()),
+                                                 "history": history},
+    )
+    path = ckpt.save(out_dir)
+    (Path(out_dir) / "metrics.json").write_text(json.dumps({"best": metrics, "history": history}, indent=2) + "\n")
+    log(f"saved {path} (best epoch {best_epoch}, val group-AUC {best_auc:.4f})")
+    return TrainResult(path, best_epoch, metrics, history)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
