@@ -85,6 +85,29 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 @command
+def _export(sub: argparse._SubParsersAction) -> None:
+    from genrec.export.pipeline import ExportConfig
+
+    p = sub.add_parser("export", help="export the checkpoint to ONNX (fp32/fp16/int8) behind a parity gate")
+    p.add_argument("--checkpoint", required=True, help="run folder (or checkpoint.pt) from `genrec train`")
+    p.add_argument("--out", required=True, help="artifact folder (ART_DIR)")
+    add_dataclass_args(p, ExportConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.export import ParityError, export
+
+        try:
+            art = export(args.checkpoint, args.out, from_args(ExportConfig, args))
+        except ParityError as err:
+            print(f"export failed: {err}\nsee {args.out}/export_report.md", file=sys.stderr)
+            return 3
+        print(f"exported {', '.join(art.precisions)} to {art.root} (report: {art.root}/export_report.md)")
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+@command
 def _demo(sub: argparse._SubParsersAction) -> None:
     from genrec.data.synth import SynthConfig
     from genrec.demo import DemoConfig

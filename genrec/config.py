@@ -52,7 +52,7 @@ class TrainConfig:
         "help": "count and report malformed lines instead of failing on the first"})
     max_impressions: int = dataclasses.field(default=0, metadata={
         "help": "use only the first N impressions (0 = all); for quick runs"})
-    parity_impressions: int = dataclasses.field(default=64, metadata={
+    parity_impressions: int = dataclasses.field(default=1000, metadata={
         "help": "validation impressions stored in the checkpoint for the export parity gate"})
 
 

@@ -1,6 +1,6 @@
 """``genrec demo``: the main job end to end on embedded defaults (what ``make demo`` runs).
 
-synth data -> train -> evaluate (held-out dev day).
+synth data -> train -> evaluate (held-out dev day) -> export INT8 behind the parity gate.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ def run_demo(cfg: DemoConfig = DemoConfig(), synth: SynthConfig = SynthConfig())
     metrics = evaluate(result.checkpoint_path, work / "data" / "dev", EvalConfig(threads=cfg.threads))
     print_metrics(metrics)
     (work / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    step("exporting the INT8 CPU artifact (ONNX, parity-gated against PyTorch)")
+    from genrec.export import ExportConfig, export
+
+    export(result.checkpoint_path, work / "artifacts", ExportConfig(precision=("int8",), threads=cfg.threads))
+    print(f"  report: {work / 'artifacts' / 'export_report.md'}")
     step(f"done: {work}")
     return metrics
 

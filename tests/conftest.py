@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TINY = {"users": 800, "items": 800, "seed": 1}
+TINY = {"users": 800, "items": 800, "seed": 1, "impressions_per_user": 8.0}
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +33,12 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
     train(tiny_data / "train", out, ModelConfig(), TrainConfig(threads=2), progress=False, log=lambda _m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def artifacts(trained_run, tmp_path_factory):
+    """All three precisions exported (and gated) once for the session."""
+    from genrec.export import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("artifacts")
+    return export(trained_run, out, ExportConfig(threads=2), log=lambda _m: None)

@@ -1,0 +1,55 @@
+"""The two exported graphs as torch modules whose signatures follow ``genrec.contract``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genrec.model import ItemEncoder, RecommenderHeads
+
+
+class EncoderGraph(nn.Module):
+    """input_ids, attention_mask (N, L) int64 -> item_vectors (N, D): LM, pooling and projection."""
+
+    def __init__(self, encoder: ItemEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids, attention_mask)                          # (N, D)
+
+
+class HeadsGraph(nn.Module):
+    """One user: item_vectors (H + C, D) with history rows first, category ids -> per-task outputs.
+
+    H comes from ``history_category``'s length, so H = 0 (a cold user) needs no special input.
+    """
+
+    def __init__(self, heads: RecommenderHeads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, item_vectors: torch.Tensor, history_category: torch.Tensor, history_subcategory: torch.Tensor,
+                candidate_category: torch.Tensor, candidate_subcategory: torch.Tensor):
+        h = history_category.shape[0]
+        hist = item_vectors[:h].unsqueeze(0)                                    # (1, H, D)
+        cand = item_vectors[h:].unsqueeze(0)                                    # (1, C, D)
+        mask = torch.ones_like(history_category, dtype=torch.bool).unsqueeze(0)  # (1, H) no padding
+        out = self.heads(hist, mask, history_category.unsqueeze(0), history_subcategory.unsqueeze(0),
+                         cand, candidate_category.unsqueeze(0), candidate_subcategory.unsqueeze(0))
+        return (out["click_logit"][0],                                          # (C,)
+                out["topic_affinity"][0],                                       # (C,)
+                out["category_confidence"][0],                                  # (C,)
+                out["explanation"][0],                                          # (C, H)
+                torch.softmax(out["topic_logits"][0], dim=-1))                  # (K,)
+
+
+def example_inputs(dim: int, n_hist: int = 3, n_cand: int = 2, seq: int = 8):
+    """Tracing inputs; every dynamic dim gets a distinct size so no two axes are confused."""
+    g = torch.Generator().manual_seed(0)
+    enc = (torch.randint(1000, 2000, (n_hist + n_cand, seq), generator=g),
+           torch.ones(n_hist + n_cand, seq, dtype=torch.int64))
+    heads = (torch.randn(n_hist + n_cand, dim, generator=g), torch.ones(n_hist, dtype=torch.int64),
+             torch.ones(n_hist, dtype=torch.int64), torch.ones(n_cand, dtype=torch.int64),
+             torch.ones(n_cand, dtype=torch.int64))
+    return enc, heads

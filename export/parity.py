@@ -1,0 +1,181 @@
+"""The parity gate: an exported precision must reproduce the PyTorch model, or the export fails.
+
+Checks, on the checkpoint's held-out parity set (validation impressions with texts and labels):
+  encoder_cosine_min / encoder_cosine_mean -- cosine of ONNX vs PyTorch item vectors
+  heads_max_abs_diff   -- max |ONNX - PyTorch| over every heads output, on identical inputs
+  auc_drop             -- group-AUC(PyTorch) - group-AUC(ONNX end to end): the ranking quality the
+                          conversion loses (negative when ONNX happens to rank better; random reorderings
+                          in either direction are caught by kendall_tau_mean)
+  kendall_tau_mean     -- mean over impressions of Kendall tau between ONNX and PyTorch scores
+Unlike optimum (which only warns), a check outside its bound raises :class:`ParityError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrec.metrics import kendall_tau, ranking_metrics
+from genrec.runtime import OrtEncoder, OrtHeads
+from genrec.text import TextTokenizer
+from genrec.vocab import Vocab
+
+# check -> ("min" | "max", bound per precision). "min": value must be >= bound; "max": <= bound.
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"encoder_cosine_min": 0.99999, "heads_max_abs_diff": 1e-4, "auc_drop": 1e-4, "kendall_tau_mean": 0.999},
+    "fp16": {"encoder_cosine_min": 0.999, "heads_max_abs_diff": 5e-2, "auc_drop": 5e-4, "kendall_tau_mean": 0.98},
+    "int8": {"encoder_cosine_mean": 0.98, "heads_max_abs_diff": 1e-4, "auc_drop": 2e-3, "kendall_tau_mean": 0.9},
+}
+CHECK_KIND = {"encoder_cosine_min": "min", "encoder_cosine_mean": "min", "heads_max_abs_diff": "max",
+              "auc_drop": "max", "kendall_tau_mean": "min"}
+
+
+class ExportError(RuntimeError):
+    """The export could not produce a valid artifact."""
+
+
+class ParityError(ExportError):
+    """An exported graph disagrees with PyTorch beyond a tolerance."""
+
+    def __init__(self, precision: str, check: str, value: float, bound: float, kind: str):
+        self.precision, self.check, self.value, self.bound = precision, check, value, bound
+        rel = ">=" if kind == "min" else "<="
+        super().__init__(f"{precision} parity check '{check}' failed: {value:.6g} is not {rel} {bound:.6g} "
+                         f"(override with --tolerance {precision}.{check}=VALUE if this is expected)")
+
+
+@dataclasses.dataclass
+class CheckResult:
+    name: str
+    value: float
+    bound: float
+    kind: str
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.bound if self.kind == "min" else self.value <= self.bound
+
+
+def resolve_tolerances(overrides: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Apply ``{"int8.auc_drop": 0.003}``-style overrides; unknown names are an error."""
+    tol = {p: dict(c) for p, c in DEFAULT_TOLERANCES.items()}
+    for key, value in overrides.items():
+        prec, _, check = key.partition(".")
+        if prec not in tol or check not in CHECK_KIND:
+            raise ValueError(f"unknown tolerance {key!r}; use PRECISION.CHECK with precision in {list(tol)} "
+                             f"and check in {list(CHECK_KIND)}")
+        tol[prec][check] = float(value)
+    return tol
+
+
+@dataclasses.dataclass
+class ParityInputs:
+    """The parity set tokenized and id-mapped once, plus PyTorch reference outputs."""
+
+    texts: list[str]
+    impressions: list[dict[str, Any]]       # rows into texts, category ids, labels
+    ref_vectors: np.ndarray                 # (N, D) PyTorch item vectors
+    ref_outputs: list[dict[str, np.ndarray]]
+
+
+def _encode_batches(fn, tokenizer: TextTokenizer, texts: list[str], batch: int = 64) -> np.ndarray:
+    tok = tokenizer(texts, pad_to=tokenizer.max_length)
+    lengths = tok.attention_mask.sum(1)
+    order = np.argsort(lengths, kind="stable")
+    out = None
+    for i in range(0, len(order), batch):
+        idx = order[i: i + batch]
+        width = max(1, int(lengths[idx].max()))
+        vec = fn(tok.input_ids[idx, :width], tok.attention_mask[idx, :width])
+        if out is None:
+            out = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
+        out[idx] = vec
+    return out
+
+
+def prepare(model, parity_set: list[dict[str, Any]], tokenizer: TextTokenizer, cat_vocab: Vocab,
+            sub_vocab: Vocab) -> ParityInputs:
+    from genrec.export.graphs import HeadsGraph
+
+    texts: list[str] = []
+    index: dict[str, int] = {}
+
+    def rows(items: list[str]) -> np.ndarray:
+        for t in items:
+            if t not in index:
+                index[t] = len(texts)
+                texts.append(t)
+        return np.array([index[t] for t in items], dtype=np.int64)
+
+    imps = []
+    for imp in parity_set:
+        h, c = imp["history"], imp["candidates"]
+        imps.append({"hist": rows(h["text"]), "cand": rows(c["text"]),
+                     "hc": cat_vocab.lookup(h["category"]), "hs": sub_vocab.lookup(h["subcategory"]),
+                     "cc": cat_vocab.lookup(c["category"]), "cs": sub_vocab.lookup(c["subcategory"]),
+                     "labels": np.asarray(imp["labels"])})
+
+    def torch_encode(ids, mask):
+        with torch.no_grad():
+            return model.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    ref_vectors = _encode_batches(torch_encode, tokenizer, texts)
+    heads = HeadsGraph(model.heads).eval()
+    ref_outputs = []
+    with torch.no_grad():
+        for imp in imps:
+            feeds = _heads_feeds(ref_vectors, imp)
+            outs = heads(*(torch.from_numpy(v) for v in feeds))
+            ref_outputs.append({k: o.numpy() for k, o in zip(_HEADS_OUT, outs)})
+    return ParityInputs(texts, imps, ref_vectors, ref_outputs)
+
+
+_HEADS_OUT = ("scores", "topic_affinity", "category_confidence", "explanation", "user_topics")
+
+
+def _heads_feeds(vectors: np.ndarray, imp: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    items = np.concatenate([vectors[imp["hist"]], vectors[imp["cand"]]]).astype(np.float32)   # (H + C, D)
+    return items, imp["hc"], imp["hs"], imp["cc"], imp["cs"]
+
+
+def measure(inputs: ParityInputs, encoder_path, heads_path, tokenizer: TextTokenizer,
+            threads: int = 0) -> dict[str, float]:
+    """Every parity statistic for one exported precision (no bounds applied here)."""
+    enc, heads = OrtEncoder(encoder_path, threads), OrtHeads(heads_path, threads)
+    vectors = _encode_batches(enc, tokenizer, inputs.texts)
+    ref = inputs.ref_vectors
+    cos = (vectors * ref).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
+
+    max_diff = 0.0
+    onnx_scores, taus = [], []
+    for imp, ref_out in zip(inputs.impressions, inputs.ref_outputs):
+        same = heads(*_heads_feeds(ref, imp))                              # identical inputs
+        for k in _HEADS_OUT:
+            if ref_out[k].size:
+                max_diff = max(max_diff, float(np.abs(same[k].astype(np.float64) - ref_out[k]).max()))
+        e2e = heads(*_heads_feeds(vectors, imp))["scores"]                 # ONNX end to end
+        onnx_scores.append(e2e)
+        taus.append(kendall_tau(e2e, ref_out["scores"]))
+    labels = [imp["labels"] for imp in inputs.impressions]
+    auc_ref = ranking_metrics(zip(labels, [r["scores"] for r in inputs.ref_outputs])).group_auc
+    auc_onnx = ranking_metrics(zip(labels, onnx_scores)).group_auc
+    return {"encoder_cosine_min": float(cos.min()), "encoder_cosine_mean": float(cos.mean()),
+            "heads_max_abs_diff": max_diff, "auc_drop": auc_ref - auc_onnx, "auc_torch": auc_ref,
+            "auc_onnx": auc_onnx, "kendall_tau_mean": float(np.mean(taus)), "kendall_tau_min": float(np.min(taus)),
+            "items": len(inputs.texts), "impressions": len(inputs.impressions)}
+
+
+def check(stats: dict[str, float], tolerances: dict[str, float]) -> list[CheckResult]:
+    return [CheckResult(name, stats[name], bound, CHECK_KIND[name]) for name, bound in tolerances.items()]
+
+
+def gate(precision: str, stats: dict[str, float], tolerances: dict[str, float]) -> list[CheckResult]:
+    """Apply the bounds; raise ParityError on the first failed check (all results are returned otherwise)."""
+    results = check(stats, tolerances)
+    for r in results:
+        if not r.passed:
+            raise ParityError(precision, r.name, r.value, r.bound, r.kind)
+    return results

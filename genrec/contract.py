@@ -1,0 +1,84 @@
+"""Tensor contracts: one spec per graph, shared by export, the Triton repository and the client.
+
+Plain Python, no numpy/torch: the client imports it. Dims are ints or symbolic names:
+N items (history + candidates of one user), L tokens, D vector size, H history items, C candidates,
+K categories. The export turns symbolic dims into ONNX dynamic axes; the repository builder turns them
+into Triton dims (-1, or the concrete D/K taken from the artifacts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+CONTRACT_VERSION = "genrec.contract/1"
+
+# Request limits (one request = one user). Mirrored by the client with the same messages.
+MAX_HISTORY = 50            # history items per request; more is an error (send the most recent 50)
+MAX_CANDIDATES = 300        # default candidate limit (repository build --max-candidates)
+MAX_TEXT_BYTES = 4096       # UTF-8 bytes per text; tokenization keeps the first max_length tokens anyway
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str                       # Triton dtype name: FP32, FP16, INT64, INT32, BOOL, BYTES
+    dims: tuple[int | str, ...]
+    doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """torch.onnx.export ``dynamic_axes``: every symbolic dim except the fixed D and K."""
+        return {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str) and d not in ("D", "K")}
+                for t in (*self.inputs, *self.outputs)}
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in (*self.inputs, *self.outputs):
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.name} has no tensor {name!r}")
+
+
+ENCODER = GraphSpec(
+    "encoder",
+    inputs=(
+        TensorSpec("input_ids", "INT64", ("N", "L"), "WordPiece ids, padded with 0"),
+        TensorSpec("attention_mask", "INT64", ("N", "L"), "1 for real tokens, 0 for padding"),
+    ),
+    outputs=(TensorSpec("item_vectors", "FP32", ("N", "D"), "projected mean-pooled MiniLM vectors"),),
+)
+
+# The heads take history and candidate vectors as ONE tensor (history rows first). Why: Triton rejects
+# a zero-batch request to a batching model, so a cold user's empty history cannot be an encoder request
+# of its own; with one tensor every user is exactly one encoder request of H + C >= 1 rows, and the
+# heads split it (H = len(history_category)).
+HEADS = GraphSpec(
+    "heads",
+    inputs=(
+        TensorSpec("item_vectors", "FP32", ("N", "D"), "H history rows, then C candidate rows (N = H + C)"),
+        TensorSpec("history_category", "INT64", ("H",), "category ids of history items (0 = unknown)"),
+        TensorSpec("history_subcategory", "INT64", ("H",), "subcategory ids of history items (0 = unknown)"),
+        TensorSpec("candidate_category", "INT64", ("C",), "category ids of candidates (0 = unknown)"),
+        TensorSpec("candidate_subcategory", "INT64", ("C",), "subcategory ids of candidates (0 = unknown)"),
+    ),
+    outputs=(
+        TensorSpec("scores", "FP32", ("C",), "click logit (primary task); rank by it"),
+        TensorSpec("topic_affinity", "FP32", ("C",), "aux task: P(user's next click is in the candidate's category)"),
+        TensorSpec("category_confidence", "FP32", ("C",), "aux task: P(candidate's stated category | its text)"),
+        TensorSpec("explanation", "FP32", ("C", "H"), "history item h's additive share of candidate c's match logit"),
+        TensorSpec("user_topics", "FP32", ("K",), "aux task: the user's topic profile over categories"),
+    ),
+)

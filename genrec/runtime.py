@@ -1,0 +1,112 @@
+"""In-process ONNX Runtime pipeline: tokenizer + category vocabularies + encoder.onnx + heads.onnx.
+
+Torch-free. One implementation used by the export parity gate, the Triton ``python-ort`` models,
+the benchmarks' in-process floor and the tests that compare Triton against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from genrec.contract import ENCODER, HEADS
+from genrec.text import TextTokenizer
+from genrec.vocab import Vocab
+
+ASSETS = "assets"
+SERVING_JSON = "serving.json"
+TOKENIZER_JSON = "tokenizer.json"
+
+
+def session(path: str | Path, threads: int = 0, device: str = "cpu"):
+    """An ORT session; ``threads`` = intra-op threads (0 = ORT default), ``device`` cpu or cuda."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("device=cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available)")
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+@dataclasses.dataclass
+class ServingAssets:
+    """What the tokenizer step needs besides the graphs (written by export into ART_DIR/assets)."""
+
+    tokenizer_json: str
+    max_length: int
+    dim: int
+    category_vocab: Vocab
+    subcategory_vocab: Vocab
+    info: dict                            # everything in serving.json (contract version, provenance...)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ServingAssets:
+        folder = Path(folder)
+        info = json.loads((folder / SERVING_JSON).read_text())
+        return cls((folder / TOKENIZER_JSON).read_text(encoding="utf-8"), info["max_length"], info["dim"],
+                   Vocab.from_list(info["categories"]), Vocab.from_list(info["subcategories"]), info)
+
+    def tokenizer(self, pad_to_multiple_of: int = 1) -> TextTokenizer:
+        return TextTokenizer(self.tokenizer_json, max_length=self.max_length, pad_to_multiple_of=pad_to_multiple_of)
+
+
+class OrtEncoder:
+    def __init__(self, path: str | Path, threads: int = 0, device: str = "cpu"):
+        self.sess = session(path, threads, device)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        # (N, L) int64 x2 -> (N, D) float32
+        (out,) = self.sess.run([ENCODER.outputs[0].name], {"input_ids": input_ids, "attention_mask": attention_mask})
+        return out
+
+
+class OrtHeads:
+    def __init__(self, path: str | Path, threads: int = 0, device: str = "cpu"):
+        self.sess = session(path, threads, device)
+
+    def __call__(self, item_vectors: np.ndarray, history_category: np.ndarray, history_subcategory: np.ndarray,
+                 candidate_category: np.ndarray, candidate_subcategory: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {"item_vectors": item_vectors, "history_category": history_category,
+                 "history_subcategory": history_subcategory, "candidate_category": candidate_category,
+                 "candidate_subcategory": candidate_subcategory}
+        outs = self.sess.run(HEADS.output_names, feeds)
+        return dict(zip(HEADS.output_names, outs))
+
+
+class Pipeline:
+    """texts + categories of one user -> every heads output, entirely in process."""
+
+    def __init__(self, artifacts_dir: str | Path, precision: str, threads: int = 0, device: str = "cpu",
+                 pad_to_multiple_of: int = 1):
+        root = Path(artifacts_dir)
+        self.assets = ServingAssets.load(root / ASSETS)
+        self.tokenizer = self.assets.tokenizer(pad_to_multiple_of)
+        self.encoder = OrtEncoder(root / precision / "encoder.onnx", threads, device)
+        self.heads = OrtHeads(root / precision / "heads.onnx", threads, device)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        tok = self.tokenizer(list(texts))
+        return self.encoder(tok.input_ids, tok.attention_mask)                 # (N, D)
+
+    def recommend(self, history: Sequence[str], candidates: Sequence[str],
+                  history_categories: Sequence[str] | None = None, history_subcategories: Sequence[str] | None = None,
+                  candidate_categories: Sequence[str] | None = None,
+                  candidate_subcategories: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        cv, sv = self.assets.category_vocab, self.assets.subcategory_vocab
+        vectors = self.encode([*history, *candidates])                          # (H + C, D)
+        return self.heads(vectors, cv.lookup(history_categories or [""] * len(history)),
+                          sv.lookup(history_subcategories or [""] * len(history)),
+                          cv.lookup(candidate_categories or [""] * len(candidates)),
+                          sv.lookup(candidate_subcategories or [""] * len(candidates)))

@@ -1,0 +1,114 @@
+"""Export: every precision passes its gate, graphs have the expected form, and the gate really fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from genrec.checkpoint import Checkpoint
+from genrec.contract import ENCODER, HEADS
+from genrec.export import ExportConfig, ParityError, export
+from genrec.export.graphs import HeadsGraph
+from genrec.export.parity import gate, measure, prepare, resolve_tolerances
+from genrec.runtime import OrtHeads, Pipeline
+
+
+def test_every_precision_passes_its_gate(artifacts):
+    report = json.loads((artifacts.root / "export_report.json").read_text())
+    assert set(report["precisions"]) == {"fp32", "fp16", "int8"}
+    for entry in report["precisions"].values():
+        assert entry["passed"], entry.get("error")
+        assert all(c["passed"] for c in entry["checks"])
+        assert entry["latency"]["encoder_batch1_ms"] > 0 and entry["latency"]["encoder_batch64_ms"] > 0
+        assert entry["files"]["encoder"]["bytes"] > 1e6
+    assert report["precisions"]["fp32"]["parity"]["encoder_cosine_min"] >= 0.99999
+    int8 = report["precisions"]["int8"]
+    assert int8["recipe"] in int8["recipes"] and int8["recipes"]["why"]
+    md = (artifacts.root / "export_report.md").read_text()
+    assert "| int8 |" in md and "Chosen:" in md
+    assert (artifacts.root / "assets" / "tokenizer.json").is_file()
+
+
+def test_graph_contract_names_and_opset(artifacts):
+    for spec in (ENCODER, HEADS):
+        model = onnx.load(str(artifacts.graph("fp32", spec.name)))
+        onnx.checker.check_model(model)
+        assert [i.name for i in model.graph.input] == spec.input_names
+        assert [o.name for o in model.graph.output] == spec.output_names
+        assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
+
+
+def test_int8_is_quantized_and_fp16_is_half(artifacts):
+    int8_ops = {n.op_type for n in onnx.load(str(artifacts.graph("int8", "encoder"))).graph.node}
+    assert int8_ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention"}
+    fp16 = onnx.load(str(artifacts.graph("fp16", "encoder")))
+    n_half = sum(1 for t in fp16.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    assert n_half > 50
+    # the heads of the FP16 artifact are half too, but keep FP32 inputs/outputs
+    heads16 = onnx.load(str(artifacts.graph("fp16", "heads")))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in heads16.graph.initializer)
+    assert heads16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("n_hist, n_cand", [(0, 5), (4, 1), (0, 1), (50, 300)])
+def test_heads_cold_user_and_single_candidate(artifacts, trained_run, n_hist, n_cand):
+    ckpt = Checkpoint.load(trained_run)
+    heads = HeadsGraph(ckpt.build_model().heads).eval()
+    rng = np.random.default_rng(0)
+    feeds = (rng.standard_normal((n_hist + n_cand, ckpt.model_config.dim)).astype(np.float32),
+             rng.integers(0, 5, n_hist), rng.integers(0, 5, n_hist), rng.integers(0, 5, n_cand),
+             rng.integers(0, 5, n_cand))
+    with torch.no_grad():
+        ref = [t.numpy() for t in heads(*(torch.from_numpy(f) for f in feeds))]
+    out = OrtHeads(artifacts.graph("fp32", "heads"))(*feeds)
+    assert out["scores"].shape == (n_cand,) and out["explanation"].shape == (n_cand, n_hist)
+    assert out["user_topics"].shape == (ckpt.model_config.n_categories,)
+    for name, r in zip(HEADS.output_names, ref):
+        np.testing.assert_allclose(out[name], r, atol=1e-5, rtol=1e-5)
+
+
+def test_pipeline_cold_user_end_to_end(artifacts):
+    pipe = Pipeline(artifacts.root, "int8", threads=1)
+    out = pipe.recommend([], ["Team wins the championship game", "Stocks rally on earnings"],
+                         candidate_categories=["sports", "finance"])
+    assert out["scores"].shape == (2,) and np.isfinite(out["scores"]).all()
+
+
+def test_perturbed_weights_fail_the_gate(artifacts, trained_run):
+    """Reference and export disagree (weights perturbed after export): the gate raises, naming the check."""
+    ckpt = Checkpoint.load(trained_run)
+    model = ckpt.build_model()
+    with torch.no_grad():
+        model.encoder.proj.weight.add_(0.05 * torch.randn_like(model.encoder.proj.weight))
+    inputs = prepare(model, ckpt.parity_set[:20], ckpt.tokenizer(), ckpt.category_vocab, ckpt.subcategory_vocab)
+    stats = measure(inputs, artifacts.graph("fp32", "encoder"), artifacts.graph("fp32", "heads"), ckpt.tokenizer())
+    with pytest.raises(ParityError) as err:
+        gate("fp32", stats, resolve_tolerances({})["fp32"])
+    assert err.value.check == "encoder_cosine_min" and err.value.value < err.value.bound
+    assert "fp32 parity check 'encoder_cosine_min' failed" in str(err.value)
+
+
+def test_cli_fails_on_exceeded_tolerance_and_records_override(trained_run, tmp_path):
+    # an impossible bound: the export must fail (exit 3), leave no fp32 artifact, and say why
+    proc = subprocess.run([sys.executable, "-m", "genrec.cli", "export", "--checkpoint", str(trained_run),
+                           "--out", str(tmp_path), "--precision", "fp32", "--no-latency",
+                           "--tolerance", "fp32.kendall_tau_mean=1.5"], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "fp32 parity check 'kendall_tau_mean' failed" in proc.stderr
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["tolerance_overrides"] == {"fp32.kendall_tau_mean": 1.5}
+    assert not (tmp_path / "fp32").exists()
+    assert json.loads((tmp_path / "artifacts.json").read_text())["precisions"] == {}
+
+
+def test_unknown_tolerance_and_precision_are_rejected(trained_run, tmp_path):
+    with pytest.raises(ValueError, match="unknown tolerance"):
+        export(trained_run, tmp_path, ExportConfig(tolerance={"int8.speed": 1.0}))
+    with pytest.raises(ValueError, match="unknown precision"):
+        export(trained_run, tmp_path, ExportConfig(precision=("bf16",)))
