@@ -108,6 +108,43 @@ def _export(sub: argparse._SubParsersAction) -> None:
 
 
 @command
+def _repository(sub: argparse._SubParsersAction) -> None:
+    from genrec.model_repository.builder import RepositoryConfig
+
+    p = sub.add_parser("repository", help="Triton model repository")
+    rsub = p.add_subparsers(dest="repository_command", required=True)
+    b = rsub.add_parser("build", help="build a Triton repository (tokenizer -> encoder -> heads ensemble)")
+    b.add_argument("--artifacts", required=True, help="ART_DIR written by `genrec export`")
+    b.add_argument("--out", required=True, help="repository folder to (re)create")
+    add_dataclass_args(b, RepositoryConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.model_repository.builder import build_repository
+
+        repo = build_repository(args.artifacts, args.out, from_args(RepositoryConfig, args))
+        print(f"wrote {repo} (models: tokenizer, encoder, heads, genrec)")
+        return 0
+
+    b.set_defaults(handler=run)
+
+
+@command
+def _serve(sub: argparse._SubParsersAction) -> None:
+    from genrec.server.launcher import ServerConfig
+
+    p = sub.add_parser("serve", help="run tritonserver on a repository until Ctrl-C / SIGTERM")
+    p.add_argument("--repository", required=True, help="repository built by `genrec repository build`")
+    add_dataclass_args(p, ServerConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.server.launcher import serve_forever
+
+        return serve_forever(args.repository, from_args(ServerConfig, args))
+
+    p.set_defaults(handler=run)
+
+
+@command
 def _demo(sub: argparse._SubParsersAction) -> None:
     from genrec.data.synth import SynthConfig
     from genrec.demo import DemoConfig

@@ -82,3 +82,34 @@ HEADS = GraphSpec(
         TensorSpec("user_topics", "FP32", ("K",), "aux task: the user's topic profile over categories"),
     ),
 )
+
+# ---- Triton-side models around the two graphs -------------------------------------------------
+
+_TEXT_INPUTS = (
+    TensorSpec("history_text", "BYTES", ("H",), "UTF-8 texts of the user's history, oldest first (0..50)"),
+    TensorSpec("history_category", "BYTES", ("H",), "category per history item ('' = unknown)"),
+    TensorSpec("history_subcategory", "BYTES", ("H",), "subcategory per history item ('' = unknown)"),
+    TensorSpec("candidate_text", "BYTES", ("C",), "UTF-8 texts of the candidates to rank (1..max_candidates)"),
+    TensorSpec("candidate_category", "BYTES", ("C",), "category per candidate ('' = unknown)"),
+    TensorSpec("candidate_subcategory", "BYTES", ("C",), "subcategory per candidate ('' = unknown)"),
+)
+
+TRUNCATED = TensorSpec("truncated", "BOOL", ("N",),
+                       "per text (history first): true when it was cut to the model's max tokens")
+
+TOKENIZER = GraphSpec(
+    "tokenizer",
+    inputs=_TEXT_INPUTS,
+    outputs=(
+        TensorSpec("input_ids", "INT64", ("N", "L"), "history then candidate texts, padded to the longest"),
+        TensorSpec("attention_mask", "INT64", ("N", "L")),
+        TensorSpec("history_category_id", "INT64", ("H",)),
+        TensorSpec("history_subcategory_id", "INT64", ("H",)),
+        TensorSpec("candidate_category_id", "INT64", ("C",)),
+        TensorSpec("candidate_subcategory_id", "INT64", ("C",)),
+        TRUNCATED,
+    ),
+)
+
+# The served contract of the `genrec` ensemble: what online services send and receive.
+ENSEMBLE = GraphSpec("genrec", inputs=_TEXT_INPUTS, outputs=(*HEADS.outputs, TRUNCATED))

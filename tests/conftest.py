@@ -42,3 +42,42 @@ def artifacts(trained_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("artifacts")
     return export(trained_run, out, ExportConfig(threads=2), log=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def fp32_repository(artifacts, tmp_path_factory):
+    from genrec.model_repository.builder import RepositoryConfig, build_repository
+
+    return build_repository(artifacts.root, tmp_path_factory.mktemp("repo") / "fp32",
+                            RepositoryConfig(precision="fp32", max_queue_delay_us=2000))
+
+
+@pytest.fixture(scope="session")
+def server(fp32_repository):
+    """A real tritonserver on the FP32 repository, shared by the serving tests."""
+    from genrec.server.launcher import running_server
+
+    with running_server(fp32_repository) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def pipeline(artifacts):
+    from genrec.runtime import Pipeline
+
+    return Pipeline(artifacts.root, "fp32", threads=1)
+
+
+@pytest.fixture(scope="session")
+def requests_corpus(tiny_data):
+    """Real user requests from the tiny dev split: (history, candidates) with categories."""
+    from genrec.data.mind import load_split
+
+    split = load_split(tiny_data / "dev")
+    out = []
+    for imp in split.impressions[:40]:
+        def items(ids):
+            return ([split.news[i].title for i in ids], [split.news[i].category for i in ids],
+                    [split.news[i].subcategory for i in ids])
+        out.append({"history": items(imp.history), "candidates": items(imp.candidates)})
+    return out

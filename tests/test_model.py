@@ -23,7 +23,8 @@ def heads() -> RecommenderHeads:
 
 def _inputs(b=2, h=4, c=3):
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(b, h, D, generator=g), torch.ones(b, h, dtype=torch.bool), torch.randint(1, 5, (b, h), generator=g),
+    return (torch.randn(b, h, D, generator=g), torch.ones(b, h, dtype=torch.bool),
+            torch.randint(1, 5, (b, h), generator=g),
             torch.randint(1, 7, (b, h), generator=g), torch.randn(b, c, D, generator=g),
             torch.randint(1, 5, (b, c), generator=g), torch.randint(1, 7, (b, c), generator=g))
 
@@ -44,7 +45,8 @@ def test_masked_history_is_ignored(heads):
     pad = torch.randn(2, 3, D)
     hv2 = torch.cat([hv, pad], 1)
     hm2 = torch.cat([hm, torch.zeros(2, 3, dtype=torch.bool)], 1)
-    hc2, hs2 = torch.cat([hc, torch.ones(2, 3, dtype=torch.long)], 1), torch.cat([hs, torch.ones(2, 3, dtype=torch.long)], 1)
+    ones = torch.ones(2, 3, dtype=torch.long)
+    hc2, hs2 = torch.cat([hc, ones], 1), torch.cat([hs, ones], 1)
     out = heads(hv2, hm2, hc2, hs2, cv, cc, cs)
     torch.testing.assert_close(out["click_logit"], base["click_logit"])
     assert out["explanation"][..., 4:].abs().max() < 1e-6

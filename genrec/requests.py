@@ -1,0 +1,93 @@
+"""Request validation shared by the server (Triton tokenizer model) and the client (its local checks).
+
+One user per request: history texts (0..max_history) and candidate texts (1..max_candidates), each
+with a category and a subcategory (empty string = unknown). The server and the client raise the
+same messages because both call this module. Torch-free and numpy-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from genrec.contract import MAX_CANDIDATES, MAX_HISTORY, MAX_TEXT_BYTES
+
+
+class RequestError(ValueError):
+    """The request is malformed; the message says what is wrong (sent as INVALID_ARGUMENT)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_history: int = MAX_HISTORY
+    max_candidates: int = MAX_CANDIDATES
+    max_text_bytes: int = MAX_TEXT_BYTES
+
+
+@dataclasses.dataclass
+class UserRequest:
+    history_text: list[str]
+    history_category: list[str]
+    history_subcategory: list[str]
+    candidate_text: list[str]
+    candidate_category: list[str]
+    candidate_subcategory: list[str]
+
+
+def _decode(values: Sequence[bytes | str], name: str, *, text: bool, limits: Limits) -> list[str]:
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            if len(v) > limits.max_text_bytes:
+                raise RequestError(f"{name}[{i}] is {len(v)} bytes; the limit is {limits.max_text_bytes} bytes")
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RequestError(f"{name}[{i}] is not valid UTF-8 (byte {exc.start})") from None
+        elif isinstance(v, str):
+            n = len(v.encode("utf-8"))
+            if n > limits.max_text_bytes:
+                raise RequestError(f"{name}[{i}] is {n} bytes; the limit is {limits.max_text_bytes} bytes")
+        else:
+            raise RequestError(f"{name}[{i}] must be a string, got {type(v).__name__}")
+        if text and not v.strip():
+            raise RequestError(f"{name}[{i}] is empty or whitespace only; every item needs a text")
+        out.append(v)
+    return out
+
+
+def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes | str],
+             history_category: Sequence[bytes | str] | None = None,
+             history_subcategory: Sequence[bytes | str] | None = None,
+             candidate_category: Sequence[bytes | str] | None = None,
+             candidate_subcategory: Sequence[bytes | str] | None = None,
+             limits: Limits = Limits()) -> UserRequest:
+    """Check counts, lengths, encodings and list alignment; return decoded strings.
+
+    Categories may be None (all unknown) or lists aligned with their texts. Unknown category values are
+    not an error: they map to the out-of-vocabulary bucket.
+    """
+    if len(candidate_text) == 0:
+        raise RequestError(f"candidate_text is empty; send 1 to {limits.max_candidates} candidates")
+    if len(candidate_text) > limits.max_candidates:
+        raise RequestError(f"candidate_text has {len(candidate_text)} items; the limit is {limits.max_candidates}")
+    if len(history_text) > limits.max_history:
+        raise RequestError(f"history_text has {len(history_text)} items; the limit is {limits.max_history} "
+                           f"(send the most recent {limits.max_history})")
+    lists = {"history_category": (history_category, history_text, "history_text"),
+             "history_subcategory": (history_subcategory, history_text, "history_text"),
+             "candidate_category": (candidate_category, candidate_text, "candidate_text"),
+             "candidate_subcategory": (candidate_subcategory, candidate_text, "candidate_text")}
+    decoded: dict[str, list[str]] = {}
+    for name, (values, texts, text_name) in lists.items():
+        if values is None:
+            decoded[name] = [""] * len(texts)
+            continue
+        if len(values) != len(texts):
+            raise RequestError(f"{name} has {len(values)} values but {text_name} has {len(texts)}; "
+                               "send one per item (empty string = unknown)")
+        decoded[name] = _decode(values, name, text=False, limits=limits)
+    return UserRequest(_decode(history_text, "history_text", text=True, limits=limits),
+                       decoded["history_category"], decoded["history_subcategory"],
+                       _decode(candidate_text, "candidate_text", text=True, limits=limits),
+                       decoded["candidate_category"], decoded["candidate_subcategory"])

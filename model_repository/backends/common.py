@@ -1,0 +1,62 @@
+"""Helpers shared by the python-backend models."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from genrec.requests import RequestError
+
+
+def model_params(args: dict[str, Any]) -> dict[str, str]:
+    cfg = json.loads(args["model_config"])
+    return {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+
+
+def version_dir(args: dict[str, Any]) -> Path:
+    return Path(args["model_repository"]) / str(args["model_version"])
+
+
+def error(message: str, code=None) -> pb_utils.InferenceResponse:
+    code = pb_utils.TritonError.INVALID_ARG if code is None else code
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def internal_error(model: str, exc: BaseException) -> pb_utils.InferenceResponse:
+    pb_utils.Logger.log_error(f"{model}: {exc!r}\n{traceback.format_exc()}")
+    return error(f"{model}: internal error: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+
+
+def per_request(model: str, requests: list, fn: Callable[[Any], pb_utils.InferenceResponse]) -> list:
+    """Run ``fn`` for each request; RequestError -> INVALID_ARGUMENT, anything else -> INTERNAL."""
+    out = []
+    for request in requests:
+        try:
+            out.append(fn(request))
+        except RequestError as exc:
+            out.append(error(f"{model}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - a request's failure must never take the stub down
+            out.append(internal_error(model, exc))
+    return out
+
+
+def get_input(request, name: str, *, dtype=None, ndim: int | None = None) -> np.ndarray:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise RequestError(f"missing input '{name}'")
+    arr = tensor.as_numpy()
+    if ndim is not None and arr.ndim != ndim:
+        raise RequestError(f"input '{name}' must have rank {ndim}, got shape {list(arr.shape)}")
+    if dtype is not None and arr.dtype != dtype:
+        raise RequestError(f"input '{name}' must be {np.dtype(dtype).name}, got {arr.dtype.name}")
+    return arr
+
+
+def response(outputs: dict[str, np.ndarray]) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])

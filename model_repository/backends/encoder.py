@@ -1,0 +1,73 @@
+"""Triton model ``encoder`` (python-ort backend): dynamically batched, ragged requests merged here.
+
+Triton hands ``execute`` the requests its dynamic batcher grouped. Each may have its own token length
+(``allow_ragged_batch``); valid ones are padded to the longest, concatenated and run through ONNX Runtime
+once, then split back. Invalid ones get their own INVALID_ARGUMENT and do not disturb the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genrec.model_repository.backends.common import (
+    error,
+    get_input,
+    internal_error,
+    model_params,
+    response,
+    version_dir,
+)
+from genrec.requests import RequestError
+from genrec.runtime import OrtEncoder
+
+
+class EncoderModel:
+    def initialize(self, args):
+        p = model_params(args)
+        self.encoder = OrtEncoder(version_dir(args) / "model.onnx", threads=int(p.get("threads", "0")),
+                                  device=p.get("device", "cpu"))
+        self.vocab_size = int(p["vocab_size"])
+        self.max_length = int(p["max_length"])
+
+    def _check(self, request) -> tuple[np.ndarray, np.ndarray]:
+        ids = get_input(request, "input_ids", dtype=np.int64, ndim=2)
+        mask = get_input(request, "attention_mask", dtype=np.int64, ndim=2)
+        if ids.shape != mask.shape:
+            raise RequestError(f"input_ids {list(ids.shape)} and attention_mask {list(mask.shape)} differ in shape")
+        if ids.shape[1] > self.max_length or ids.shape[1] == 0:
+            raise RequestError(f"token length must be 1..{self.max_length}, got {ids.shape[1]}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise RequestError(f"input_ids must be in [0, {self.vocab_size}), got [{ids.min()}, {ids.max()}]")
+        return ids, mask
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        good: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for i, request in enumerate(requests):
+            try:
+                good.append((i, *self._check(request)))
+            except RequestError as exc:
+                responses[i] = error(f"encoder: {exc}")
+            except Exception as exc:  # noqa: BLE001
+                responses[i] = internal_error("encoder", exc)
+        if good:
+            width = max(ids.shape[1] for _, ids, _ in good)
+            total = sum(ids.shape[0] for _, ids, _ in good)
+            all_ids = np.zeros((total, width), dtype=np.int64)                  # (sum N_i, L_max)
+            all_mask = np.zeros((total, width), dtype=np.int64)
+            row = 0
+            for _, ids, mask in good:
+                all_ids[row: row + len(ids), : ids.shape[1]] = ids
+                all_mask[row: row + len(ids), : ids.shape[1]] = mask
+                row += len(ids)
+            try:
+                vectors = self.encoder(all_ids, all_mask)                          # (sum N_i, D)
+            except Exception as exc:  # noqa: BLE001
+                for i, _, _ in good:
+                    responses[i] = internal_error("encoder", exc)
+                return responses
+            row = 0
+            for i, ids, _ in good:
+                responses[i] = response({"item_vectors": vectors[row: row + len(ids)]})
+                row += len(ids)
+        return responses

@@ -1,0 +1,289 @@
+"""Start the real ``tritonserver`` (Triton 2.51, shipped inside the nvidia-pytriton wheel) from pip alone.
+
+What the launcher takes care of (see the platform notes in the README):
+1. copies the python-backend stub for the running Python into ``<backends>/python/`` (the only place the
+   backend looks for it);
+2. ``--backend-directory`` pointing at the wheel's backends;
+3. ``PATH`` with this environment's ``bin`` first: the stub finds its Python environment only through PATH;
+4. numpy < 2 in that environment (numpy 2 breaks BYTES inputs in the stub): checked, refused otherwise;
+5. ``LD_LIBRARY_PATH`` with the wheel's ``nvidia_pytriton.libs`` and this Python's libpython;
+6. a per-server python-backend shared-memory prefix, so stale ``/dev/shm`` regions it owns can be removed.
+
+``running_server(repo)`` is the one context manager tests, benchmarks and the demo use: free ports,
+readiness wait with timeout, a clear error with the server log tail, clean stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+SHM_DIR = Path("/dev/shm")
+
+
+class ServerError(RuntimeError):
+    """tritonserver failed to start, become ready, or stop; the message carries its log tail."""
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    host: str = dataclasses.field(default="127.0.0.1", metadata={
+        "help": "bind address for HTTP, gRPC and metrics; loopback unless you mean to expose it"})
+    grpc_port: int = dataclasses.field(default=8001, metadata={"help": "gRPC port (0 = any free port)"})
+    http_port: int = dataclasses.field(default=8000, metadata={"help": "HTTP/REST port (0 = any free port)"})
+    metrics_port: int = dataclasses.field(default=8002, metadata={"help": "Prometheus metrics port (0 = any free)"})
+    ready_timeout_s: float = dataclasses.field(default=180.0, metadata={
+        "help": "seconds to wait for every model to load before giving up"})
+    exit_timeout_s: int = dataclasses.field(default=10, metadata={
+        "help": "seconds Triton waits for in-flight requests on shutdown"})
+    log_verbose: int = dataclasses.field(default=0, metadata={"help": "Triton --log-verbose level"})
+    grpc_ssl_cert: str = dataclasses.field(default="", metadata={
+        "help": "PEM server certificate: enables TLS on gRPC (with --grpc-ssl-key)"})
+    grpc_ssl_key: str = dataclasses.field(default="", metadata={"help": "PEM private key of --grpc-ssl-cert"})
+    grpc_ssl_root_cert: str = dataclasses.field(default="", metadata={
+        "help": "PEM CA bundle for mutual TLS (clients must present a certificate it signed)"})
+    log_file: str = dataclasses.field(default="", metadata={
+        "help": "where the server log goes (default: a temporary file, printed on failure)"})
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(f"package {name!r} is not installed; install genrec[serve] (nvidia-pytriton==0.7.0)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def triton_home() -> Path:
+    return _package_dir("pytriton") / "tritonserver"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host if host != "0.0.0.0" else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_environment() -> tuple[Path, Path, dict[str, str]]:
+    """(tritonserver binary, backends dir, environment) with the python stub in place."""
+    home = triton_home()
+    binary = home / "bin" / "tritonserver"
+    backends = home / "backends"
+    if not binary.is_file():
+        raise ServerError(f"{binary} not found: the nvidia-pytriton wheel is incomplete")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub_src = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub_src.is_file():
+        raise ServerError(f"no python-backend stub for Python {version} in {stub_src.parent.parent}")
+    stub_dst = backends / "python" / "triton_python_backend_stub"
+    if not stub_dst.is_file() or stub_dst.stat().st_size != stub_src.stat().st_size:
+        tmp = stub_dst.with_name(f".stub.{os.getpid()}")
+        shutil.copy2(stub_src, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, stub_dst)           # atomic: concurrent launchers never see half a file
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise ServerError(f"numpy {numpy.__version__} in {sys.prefix}: the Triton python-backend stub needs numpy<2 "
+                          "(BYTES inputs fail and INT64 outputs come back empty with numpy 2)")
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    libs = [str(Path(sysconfig.get_config_var("LIBDIR") or "")), str(home.parent.parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("OMP_NUM_THREADS", "1")     # ORT sizes its own pools; keep stray OpenMP pools small
+    return binary, backends, env
+
+
+class TritonServer:
+    """One tritonserver process on a model repository."""
+
+    def __init__(self, repository: str | Path, cfg: ServerConfig = ServerConfig()):
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository {self.repository} does not exist")
+        self.cfg = dataclasses.replace(
+            cfg,
+            grpc_port=cfg.grpc_port or _free_port(cfg.host),
+            http_port=cfg.http_port or _free_port(cfg.host),
+            metrics_port=cfg.metrics_port or _free_port(cfg.host),
+        )
+        self.shm_prefix = f"genrec-{uuid.uuid4().hex[:12]}-"
+        self.proc: subprocess.Popen | None = None
+        self._own_log = not cfg.log_file
+        self.log_path = Path(cfg.log_file) if cfg.log_file else Path(tempfile.mkstemp(prefix="tritonserver-",
+                                                                                       suffix=".log")[1])
+
+    # ---- addresses ------------------------------------------------------------------------------
+    @property
+    def _connect_host(self) -> str:
+        return "127.0.0.1" if self.cfg.host in ("0.0.0.0", "::") else self.cfg.host
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._connect_host}:{self.cfg.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._connect_host}:{self.cfg.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._connect_host}:{self.cfg.metrics_port}/metrics"
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def command(self, binary: Path, backends: Path) -> list[str]:
+        c = self.cfg
+        cmd = [str(binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
+               "--model-control-mode=none", "--strict-readiness=true",
+               f"--http-address={c.host}", f"--http-port={c.http_port}",
+               f"--grpc-address={c.host}", f"--grpc-port={c.grpc_port}",
+               f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}",
+               "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
+               "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
+               f"--exit-timeout-secs={c.exit_timeout_s}", f"--log-verbose={c.log_verbose}",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
+        if c.grpc_ssl_cert or c.grpc_ssl_key:
+            if not (c.grpc_ssl_cert and c.grpc_ssl_key):
+                raise ServerError("TLS needs both --grpc-ssl-cert and --grpc-ssl-key")
+            cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={c.grpc_ssl_cert}",
+                    f"--grpc-server-key={c.grpc_ssl_key}"]
+            if c.grpc_ssl_root_cert:
+                cmd += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={c.grpc_ssl_root_cert}"]
+        return cmd
+
+    def start(self) -> TritonServer:
+        if self.proc is not None and self.proc.poll() is None:
+            raise ServerError("server already running")
+        binary, backends, env = prepare_environment()
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.command(binary, backends), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        finally:
+            log.close()
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float | None = None) -> TritonServer:
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.cfg.ready_timeout_s)
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise ServerError(f"tritonserver exited with code {code} before it was ready\n{self.log_tail()}")
+            if self.is_ready():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise ServerError(f"tritonserver was not ready after {timeout_s or self.cfg.ready_timeout_s:.0f}s\n"
+                          f"{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout_s``; remove owned shm."""
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signal.SIGTERM)       # the server itself; it stops its stubs
+                try:
+                    self.proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            code = self.proc.returncode
+            # stubs left behind by a crash or a kill share the server's process group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.remove_stale_shm()
+        return code
+
+    def remove_stale_shm(self) -> int:
+        n = 0
+        for p in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+        return n
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no server log)"
+        return "--- tritonserver log (tail) ---\n" + "\n".join(text[-lines:])
+
+    def cleanup_log(self) -> None:
+        if self._own_log:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+    def __enter__(self) -> TritonServer:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_server(repository: str | Path, cfg: ServerConfig | None = None, **overrides) -> Iterator[TritonServer]:
+    """A ready tritonserver on ``repository``; ports default to free ones. Stops it on exit."""
+    base = cfg or ServerConfig(grpc_port=0, http_port=0, metrics_port=0)
+    server = TritonServer(repository, dataclasses.replace(base, **overrides))
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        server.cleanup_log()
+
+
+def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> int:
+    """Foreground server for ``genrec serve``: ready, then wait for SIGINT/SIGTERM and stop cleanly."""
+    stop = {"signal": None}
+
+    def handle(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = TritonServer(repository, cfg)
+    try:
+        server.start().wait_ready()
+        out(f"tritonserver ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}\n"
+            f"log: {server.log_path}  (Ctrl-C to stop)")
+        while stop["signal"] is None:
+            if server.proc.poll() is not None:
+                out(f"tritonserver exited unexpectedly with code {server.proc.returncode}\n{server.log_tail()}")
+                return 1
+            time.sleep(0.5)
+        out(f"received {signal.Signals(stop['signal']).name}: stopping (in-flight requests finish first)")
+        code = server.stop()
+        out(f"stopped (exit code {code})")
+        return 0
+    except ServerError as err:
+        out(str(err))
+        return 1
+    finally:
+        server.stop()
+        for s, h in old.items():
+            signal.signal(s, h)

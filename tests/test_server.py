@@ -1,0 +1,149 @@
+"""The Triton repository served by a real tritonserver: parity with in-process ONNX, batching, metrics."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import yaml
+from google.protobuf import text_format
+from triton_helpers import text_inputs
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+from genrec.contract import ENSEMBLE
+from genrec.model_repository.builder import RepositoryConfig, build_repository, load_configs
+from genrec.server.launcher import SHM_DIR, ServerError, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_python_ort_repository_layout(fp32_repository):
+    configs = load_configs(fp32_repository)
+    assert set(configs) == {"tokenizer", "encoder", "heads", "genrec"}
+    enc = configs["encoder"]
+    assert enc.backend == "python" and enc.max_batch_size >= 350
+    assert all(i.allow_ragged_batch for i in enc.input) and enc.HasField("dynamic_batching")
+    assert [i.name for i in enc.input] == ["input_ids", "attention_mask"]
+    ens = configs["genrec"]
+    assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == [
+        "tokenizer", "encoder", "heads"]
+    assert [i.name for i in ens.input] == ENSEMBLE.input_names
+    assert [o.name for o in ens.output] == ENSEMBLE.output_names
+    for name in ("tokenizer", "encoder", "heads"):
+        assert (fp32_repository / name / "1" / "model.py").is_file()
+        # thin entry points: one import of project code
+        assert "import" in (fp32_repository / name / "1" / "model.py").read_text()
+    assert (fp32_repository / "genrec" / "1").is_dir()
+    assert (fp32_repository / "tokenizer" / "1" / "assets" / "tokenizer.json").is_file()
+
+
+def test_onnxruntime_backend_repository(artifacts, tmp_path):
+    repo = build_repository(artifacts.root, tmp_path / "ort", RepositoryConfig(backend="onnxruntime", precision="fp16",
+                                                                               device="cuda"))
+    configs = load_configs(repo)
+    for name in ("encoder", "heads"):
+        cfg = configs[name]
+        assert cfg.backend == "onnxruntime" and cfg.platform == "onnxruntime_onnx"
+        assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        assert (repo / name / "1" / "model.onnx").is_file() and not (repo / name / "1" / "model.py").exists()
+    # native ORT cannot merge requests of different token lengths: the tokenizer pads to max_length
+    assert configs["tokenizer"].parameters["pad_to"].string_value == "32"
+    assert not any(i.allow_ragged_batch for i in configs["encoder"].input)
+
+
+def test_every_shipped_config_parses(fp32_repository):
+    for path in fp32_repository.glob("*/config.pbtxt"):
+        text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def _infer(client, req):
+    return client.infer("genrec", text_inputs(req["history"], req["candidates"]))
+
+
+def test_ensemble_equals_in_process_pipeline(server, pipeline, requests_corpus):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    cold = {"history": ([], [], []), "candidates": requests_corpus[0]["candidates"]}
+    single = {"history": requests_corpus[1]["history"],
+              "candidates": tuple(x[:1] for x in requests_corpus[1]["candidates"])}
+    for req in [*requests_corpus[:10], cold, single]:
+        res = _infer(client, req)
+        (ht, hc, hs), (ct, cc, cs) = req["history"], req["candidates"]
+        ref = pipeline.recommend(ht, ct, hc, hs, cc, cs)
+        for name, value in ref.items():
+            got = res.as_numpy(name)
+            assert got.shape == value.shape, name
+            np.testing.assert_allclose(got, value, atol=1e-5, rtol=0, err_msg=name)
+        assert res.as_numpy("truncated").shape == (len(ht) + len(ct),)
+
+
+def test_dynamic_batching_merges_concurrent_requests(server, requests_corpus):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def stats():
+        s = client.get_inference_statistics("encoder").model_stats[0]
+        return s.inference_count, s.execution_count, s.inference_stats.success.count
+
+    inf0, exe0, req0 = stats()
+    with cf.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda r: _infer(grpcclient.InferenceServerClient(server.grpc_url), r), requests_corpus * 2))
+    inf1, exe1, req1 = stats()
+    requests, executions, texts = req1 - req0, exe1 - exe0, inf1 - inf0
+    assert requests == 2 * len(requests_corpus)
+    assert executions < texts                 # Triton's own view: many texts per execution
+    assert executions < requests              # and requests were really merged into shared executions
+
+
+def test_metrics_endpoint(server):
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
+        body = r.read().decode()
+    assert 'nv_inference_count{model="genrec"' in body and "nv_inference_exec_count" in body
+
+
+def test_bad_request_is_invalid_argument_and_server_stays_ready(server, requests_corpus):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    req = requests_corpus[0]
+    bad = {"history": req["history"], "candidates": ([], [], [])}
+    with pytest.raises(InferenceServerException) as err:
+        _infer(client, bad)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "candidate_text is empty" in err.value.message()
+    assert client.is_server_ready() and _infer(client, req).as_numpy("scores").shape == (len(req["candidates"][0]),)
+
+
+def test_broken_repository_fails_with_log_tail(fp32_repository, tmp_path):
+    import shutil
+
+    repo = tmp_path / "broken"
+    shutil.copytree(fp32_repository, repo)
+    (repo / "heads" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(ServerError) as err:
+        with running_server(repo, ready_timeout_s=60):
+            pass
+    assert "tritonserver" in str(err.value) and "heads" in str(err.value)
+
+
+def test_stop_removes_owned_shared_memory(fp32_repository):
+    with running_server(fp32_repository) as srv:
+        prefix = srv.shm_prefix
+        assert list(SHM_DIR.glob(f"{prefix}*"))          # the python backend really uses them
+    assert not list(SHM_DIR.glob(f"{prefix}*"))
+
+
+def test_deployment_manifests_parse():
+    docs = []
+    for path in sorted((ROOT / "server" / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "InferenceService"} <= kinds
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert {p["containerPort"] for p in container["ports"]} == {8000, 8001, 8002}
+    dockerfile = (ROOT / "server" / "Dockerfile").read_text()
+    assert "nvcr.io/nvidia/tritonserver:" in dockerfile and ":latest" not in dockerfile
