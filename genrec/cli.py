@@ -145,6 +145,74 @@ def _serve(sub: argparse._SubParsersAction) -> None:
 
 
 @command
+def _recommend(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recommend", help="rank candidates for one user against a running server (gRPC)")
+    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address HOST:PORT")
+    p.add_argument("--history", action="append", default=[], help="a history title (repeat, oldest first)")
+    p.add_argument("--history-file", help="history items, one per line: text[<TAB>category[<TAB>subcategory]]")
+    p.add_argument("--candidates-file", required=True,
+                   help="candidates, one per line: text[<TAB>category[<TAB>subcategory]]")
+    p.add_argument("--top-k", type=int, default=10, help="how many items to print")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    p.add_argument("--ssl", action="store_true", help="TLS")
+    p.add_argument("--root-cert", help="PEM CA file that signed the server certificate")
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.client import GenrecClientError, RecommenderClient
+
+        history = [(t, "", "") for t in args.history] + (_read_items(args.history_file) if args.history_file else [])
+        candidates = _read_items(args.candidates_file)
+        try:
+            with RecommenderClient(args.url, timeout=args.timeout, ssl=args.ssl or bool(args.root_cert),
+                                   root_certificates=args.root_cert) as client:
+                recs = client.recommend([h[0] for h in history], [c[0] for c in candidates],
+                                        history_categories=[h[1] for h in history],
+                                        history_subcategories=[h[2] for h in history],
+                                        candidate_categories=[c[1] for c in candidates],
+                                        candidate_subcategories=[c[2] for c in candidates], top_k=args.top_k)
+        except GenrecClientError as err:
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)
+            return 1
+        if args.json:
+            import dataclasses
+            print(json.dumps(dataclasses.asdict(recs)))
+        else:
+            print_recommendations(recs)
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def _read_items(path: str) -> list[tuple[str, str, str]]:
+    items = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                parts = line.rstrip("\n").split("\t")
+                items.append(((parts + ["", "", ""])[0], (parts + ["", ""])[1], (parts + ["", "", ""])[2]))
+    return items
+
+
+def print_recommendations(recs, title: str = "recommendations") -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{title} ({recs.model_name} v{recs.model_version}, {recs.latency_ms:.1f} ms)")
+    for col, kw in (("#", {"justify": "right"}), ("score", {"justify": "right"}), ("topic", {"justify": "right"}),
+                    ("item", {}), ("because you read", {})):
+        table.add_column(col, **kw)
+    for rank, it in enumerate(recs.items, 1):
+        because = "\n".join(f"{b.weight:+.2f}  {b.text[:50]}" for b in it.because) or "(no history: cold start)"
+        table.add_row(str(rank), f"{it.score:.3f}", f"{it.tasks.get('topic_affinity', 0):.2f}",
+                      escape(f"[{it.category or '?'}] {it.text}"), escape(because))
+    Console().print(table)
+    top = ", ".join(f"{k} {v:.2f}" for k, v in list(recs.user_topics.items())[:3])
+    Console().print(f"user topics: {top}")
+
+
+@command
 def _demo(sub: argparse._SubParsersAction) -> None:
     from genrec.data.synth import SynthConfig
     from genrec.demo import DemoConfig
@@ -178,8 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
-        add(sub)
+        try:
+            add(sub)
+        except ImportError as exc:   # e.g. a client-only install without torch: that command is unavailable
+            name = add.__name__.strip("_")
+            p = sub.add_parser(name, help=f"(unavailable: {exc.name} is not installed)")
+            p.set_defaults(handler=lambda _a, exc=exc, name=name: _missing(name, exc))
     return parser
+
+
+def _missing(name: str, exc: ImportError) -> int:
+    print(f"genrec {name} needs {exc.name}, which is not installed here (pip install 'genrec[all]')",
+          file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,9 +157,13 @@ _WIRING = {
 }
 
 
-def ensemble_config(assets: ServingAssets) -> mc.ModelConfig:
+def ensemble_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConfig:
     m = mc.ModelConfig(name=ENSEMBLE.name, platform="ensemble", max_batch_size=0)
     _io(m, ENSEMBLE, batched=False, fixed={"K": len(assets.category_vocab)})
+    # what clients read from the served config: contract version, request limits, names of user_topics
+    _params(m, contract_version=CONTRACT_VERSION, max_history=cfg.max_history, max_candidates=cfg.max_candidates,
+            max_text_bytes=cfg.max_text_bytes, max_length=assets.max_length,
+            categories=json.dumps(["", *assets.category_vocab.to_list()]))
     for model in ("tokenizer", "encoder", "heads"):
         step = m.ensemble_scheduling.step.add(model_name=model, model_version=-1)
         for k, v in _WIRING[model]["in"].items():
@@ -212,7 +216,7 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
         if cfg.backend == "python-ort":
             _thin_model_py(out / name / "1" / "model.py", f"genrec.model_repository.backends.{name}", cls)
 
-    write_config(out / ENSEMBLE.name, ensemble_config(assets))
+    write_config(out / ENSEMBLE.name, ensemble_config(cfg, assets))
     (out / ENSEMBLE.name / "1").mkdir(parents=True, exist_ok=True)     # Triton requires a version folder
     manifest = {"contract_version": CONTRACT_VERSION, "config": dataclasses.asdict(cfg),
                 "artifacts": str(art.root.resolve()), "encoder_sha256": art.sha256(cfg.precision, "encoder"),

@@ -1,0 +1,127 @@
+"""asyncio twin of RecommenderClient on tritonclient.grpc.aio (one channel, same checks and errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from genrec.client import core
+from genrec.client.errors import DeadlineExceeded, GenrecClientError, Unavailable
+from genrec.client.types import Recommendations, RecommendRequest
+
+
+class AsyncRecommenderClient:
+    """Same parameters and semantics as :class:`genrec.client.RecommenderClient`, awaitable."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
+                 root_certificates: str | None = None, compression: str | None = None, model: str = "genrec",
+                 backoff_s: float = 0.1, max_backoff_s: float = 2.0, private_key: str | None = None,
+                 certificate_chain: str | None = None):
+        self.url, self.model, self.timeout, self.retries = url, model, timeout, retries
+        self.compression, self.backoff_s, self.max_backoff_s = compression, backoff_s, max_backoff_s
+        self._grpc = aioclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
+                                                     private_key=private_key, certificate_chain=certificate_chain,
+                                                     channel_args=core.CHANNEL_ARGS)
+        self._served: core.Served | None = None
+        self._served_lock = asyncio.Lock()
+        self._rng = random.Random()
+
+    async def _call(self, fn, deadline: float):
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline of {self.timeout}s exceeded before the call could complete")
+            try:
+                return await fn(remaining)
+            except InferenceServerException as exc:
+                err = core.map_error(exc)
+                if not isinstance(err, Unavailable) or attempt >= self.retries:
+                    if isinstance(err, Unavailable):
+                        err = Unavailable(f"{self.url} unavailable after {attempt + 1} attempts: {err.message}",
+                                          err.status)
+                    raise err from None
+                delay = core.backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                attempt += 1
+
+    async def served(self) -> core.Served:
+        async with self._served_lock:
+            if self._served is None:
+                deadline = time.monotonic() + self.timeout
+                metadata = await self._call(
+                    lambda t: self._grpc.get_model_metadata(self.model, client_timeout=t), deadline)
+                core.check_metadata(metadata, self.model)
+                config = (await self._call(
+                    lambda t: self._grpc.get_model_config(self.model, client_timeout=t), deadline)).config
+                self._served = core.served_from_config(config, metadata.versions[-1] if metadata.versions else "")
+            return self._served
+
+    check_contract = served
+
+    async def recommend(self, history: Sequence[str], candidates: Sequence[str], *,
+                        history_categories: Sequence[str] | None = None,
+                        candidate_categories: Sequence[str] | None = None,
+                        history_subcategories: Sequence[str] | None = None,
+                        candidate_subcategories: Sequence[str] | None = None,
+                        top_k: int | None = None) -> Recommendations:
+        return await self.recommend_request(RecommendRequest(
+            history, candidates, history_categories, candidate_categories, history_subcategories,
+            candidate_subcategories, top_k))
+
+    async def recommend_request(self, req: RecommendRequest) -> Recommendations:
+        served = await self.served()
+        user = core.prepare(req, served.limits)
+        inputs = core.encode_inputs(user, grpcclient.InferInput)
+        start = time.perf_counter()
+        deadline = time.monotonic() + self.timeout
+        result = await self._call(lambda t: self._grpc.infer(self.model, inputs, client_timeout=t,
+                                                             compression_algorithm=self.compression), deadline)
+        return core.decode(result, user, req, served, self.model, (time.perf_counter() - start) * 1e3)
+
+    async def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 32,
+                             return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:
+        """At most ``concurrency`` calls in flight over one channel; results in request order."""
+        sem = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(req):
+            async with sem:
+                return await self.recommend_request(req)
+
+        return await asyncio.gather(*(one(r) for r in requests), return_exceptions=return_exceptions)
+
+    async def health(self) -> dict[str, bool]:
+        try:
+            t = min(self.timeout, 2.0)
+            return {"live": await self._grpc.is_server_live(client_timeout=t),
+                    "ready": await self._grpc.is_server_ready(client_timeout=t),
+                    "model_ready": await self._grpc.is_model_ready(self.model, client_timeout=t)}
+        except InferenceServerException:
+            return {"live": False, "ready": False, "model_ready": False}
+
+    async def wait_until_ready(self, timeout: float = 60.0) -> core.Served:
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while time.monotonic() < deadline:
+            if (await self.health())["model_ready"]:
+                return await self.served()
+            await asyncio.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._rng) + 0.05,
+                                    max(0.0, deadline - time.monotonic())))
+            attempt += 1
+        raise Unavailable(f"{self.url}: model '{self.model}' not ready after {timeout}s")
+
+    async def close(self) -> None:
+        await self._grpc.close()
+
+    async def __aenter__(self) -> AsyncRecommenderClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+

@@ -1,0 +1,134 @@
+"""What the sync and async clients share: request encoding, response decoding, error mapping, backoff."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
+from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
+from genrec.contract import CONTRACT_VERSION, ENSEMBLE
+from genrec.requests import Limits, RequestError, UserRequest, validate
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # client channel limit; requests are far smaller (texts are capped)
+CHANNEL_ARGS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # reconnect quickly after a server restart (gRPC's default backoff grows to 120 s)
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)]
+EXPLAIN_TOP = 3                          # history items listed per candidate in ``because``
+TASK_OUTPUTS = ("topic_affinity", "category_confidence")
+
+
+@dataclasses.dataclass
+class Served:
+    """What the client learned from the served model's metadata and config."""
+
+    version: str
+    limits: Limits
+    categories: list[str]
+
+
+def status_name(exc: InferenceServerException) -> str:
+    return str(exc.status() or "").removeprefix("StatusCode.")
+
+
+def map_error(exc: InferenceServerException) -> GenrecClientError:
+    status = status_name(exc)
+    message = exc.message() or str(exc)
+    if status == "INVALID_ARGUMENT":
+        return InvalidRequest(message, status)
+    if status == "UNAVAILABLE":
+        return Unavailable(message, status)
+    if status == "DEADLINE_EXCEEDED":
+        return DeadlineExceeded(f"deadline exceeded: {message}", status)
+    return GenrecClientError(f"{status or 'error'}: {message}", status)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
+
+
+def check_metadata(metadata: Any, model: str) -> None:
+    """Compare the served model's inputs/outputs with the contract; name every difference."""
+    def table(tensors) -> dict[str, tuple[str, int]]:
+        return {t.name: (t.datatype, len(t.shape)) for t in tensors}
+
+    want_in = {t.name: (t.dtype, len(t.dims)) for t in ENSEMBLE.inputs}
+    want_out = {t.name: (t.dtype, len(t.dims)) for t in ENSEMBLE.outputs}
+    got_in, got_out = table(metadata.inputs), table(metadata.outputs)
+    problems = []
+    for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
+        for name in want.keys() - got.keys():
+            problems.append(f"missing {kind} '{name}'")
+        for name in got.keys() - want.keys():
+            if kind == "input":
+                problems.append(f"unexpected {kind} '{name}'")
+        for name in want.keys() & got.keys():
+            if want[name] != got[name]:
+                problems.append(f"{kind} '{name}' is {got[name][0]} rank {got[name][1]}, "
+                                f"expected {want[name][0]} rank {want[name][1]}")
+    if problems:
+        raise ContractMismatch(f"model '{model}' does not serve contract {CONTRACT_VERSION}: "
+                               + "; ".join(sorted(problems)))
+
+
+def served_from_config(config: Any, version: str) -> Served:
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    served_contract = params.get("contract_version", "")
+    if served_contract and served_contract != CONTRACT_VERSION:
+        raise ContractMismatch(f"server speaks {served_contract}, this client {CONTRACT_VERSION}")
+    limits = Limits(**{k: int(params[k]) for k in ("max_history", "max_candidates", "max_text_bytes") if k in params})
+    return Served(version, limits, json.loads(params.get("categories", "[]")))
+
+
+def prepare(req: RecommendRequest, limits: Limits) -> UserRequest:
+    try:
+        return validate(list(req.history), list(req.candidates), req.history_categories, req.history_subcategories,
+                        req.candidate_categories, req.candidate_subcategories, limits)
+    except RequestError as exc:
+        raise InvalidRequest(str(exc), "INVALID_ARGUMENT") from None
+
+
+def encode_inputs(user: UserRequest, infer_input_cls) -> list:
+    inputs = []
+    for t in ENSEMBLE.inputs:
+        values = getattr(user, t.name)
+        arr = np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(len(values))
+        inp = infer_input_cls(t.name, [len(values)], "BYTES")
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
+def decode(result: Any, user: UserRequest, req: RecommendRequest, served: Served, model: str,
+           latency_ms: float) -> Recommendations:
+    scores = result.as_numpy("scores")                      # (C,)
+    tasks = {name: result.as_numpy(name) for name in TASK_OUTPUTS}
+    explanation = result.as_numpy("explanation")            # (C, H)
+    truncated = result.as_numpy("truncated")                # (H + C,)
+    topics = result.as_numpy("user_topics")                 # (K,)
+    n_hist = len(user.history_text)
+    order = np.argsort(-scores, kind="stable")
+    if req.top_k is not None:
+        order = order[: max(0, req.top_k)]
+    items = []
+    for c in order:
+        weights = explanation[c] if explanation.size else np.zeros(0)
+        top = np.argsort(-weights, kind="stable")[:EXPLAIN_TOP]
+        items.append(RecommendedItem(
+            index=int(c), text=user.candidate_text[c], category=user.candidate_category[c], score=float(scores[c]),
+            tasks={k: float(v[c]) for k, v in tasks.items()},
+            because=tuple(Because(int(h), user.history_text[h], float(weights[h])) for h in top),
+            truncated=bool(truncated[n_hist + c])))
+    names = served.categories if len(served.categories) == len(topics) else [str(i) for i in range(len(topics))]
+    profile = dict(sorted(((names[i] or "<unknown>", float(p)) for i, p in enumerate(topics)),
+                          key=lambda kv: -kv[1]))
+    return Recommendations(tuple(items), model, served.version, profile,
+                           tuple(int(i) for i in np.flatnonzero(truncated[:n_hist])), latency_ms)

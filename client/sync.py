@@ -1,0 +1,139 @@
+"""Synchronous, thread-safe gRPC client: one channel per client, retries on UNAVAILABLE only."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import random
+import threading
+import time
+from collections.abc import Sequence
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from genrec.client import core
+from genrec.client.errors import DeadlineExceeded, GenrecClientError, Unavailable
+from genrec.client.types import Recommendations, RecommendRequest
+
+
+class RecommenderClient:
+    """Ranks candidates for one user per call against the ``genrec`` ensemble.
+
+    ``timeout`` is the whole call's deadline in seconds, retries included. ``retries`` applies to
+    UNAVAILABLE only (server down, restarting, overloaded connection), with exponential backoff
+    (``backoff_s`` doubling, capped at ``max_backoff_s``) and full jitter. ``ssl``/``root_certificates``
+    (a PEM file path) enable TLS; ``compression`` is "gzip" or "deflate".
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
+                 root_certificates: str | None = None, compression: str | None = None, model: str = "genrec",
+                 backoff_s: float = 0.1, max_backoff_s: float = 2.0, private_key: str | None = None,
+                 certificate_chain: str | None = None):
+        self.url, self.model, self.timeout, self.retries = url, model, timeout, retries
+        self.compression, self.backoff_s, self.max_backoff_s = compression, backoff_s, max_backoff_s
+        self._grpc = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
+                                                      private_key=private_key, certificate_chain=certificate_chain,
+                                                      channel_args=core.CHANNEL_ARGS)
+        self._served: core.Served | None = None
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+
+    # ---- plumbing -------------------------------------------------------------------------------
+    def _call(self, fn, deadline: float):
+        """Run ``fn(remaining_seconds)``; retry UNAVAILABLE with backoff while the deadline allows."""
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline of {self.timeout}s exceeded before the call could complete")
+            try:
+                return fn(remaining)
+            except InferenceServerException as exc:
+                err = core.map_error(exc)
+                if not isinstance(err, Unavailable) or attempt >= self.retries:
+                    if isinstance(err, Unavailable):
+                        err = Unavailable(f"{self.url} unavailable after {attempt + 1} attempts: {err.message}",
+                                          err.status)
+                    raise err from None
+                with self._lock:
+                    delay = core.backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                attempt += 1
+
+    def served(self) -> core.Served:
+        """Contract check + limits, fetched once per client (thread-safe)."""
+        with self._lock:
+            if self._served is not None:
+                return self._served
+        deadline = time.monotonic() + self.timeout
+        metadata = self._call(lambda t: self._grpc.get_model_metadata(self.model, client_timeout=t), deadline)
+        core.check_metadata(metadata, self.model)
+        config = self._call(lambda t: self._grpc.get_model_config(self.model, client_timeout=t), deadline).config
+        served = core.served_from_config(config, metadata.versions[-1] if metadata.versions else "")
+        with self._lock:
+            self._served = served
+        return served
+
+    check_contract = served
+
+    # ---- API ------------------------------------------------------------------------------------
+    def recommend(self, history: Sequence[str], candidates: Sequence[str], *,
+                  history_categories: Sequence[str] | None = None, candidate_categories: Sequence[str] | None = None,
+                  history_subcategories: Sequence[str] | None = None,
+                  candidate_subcategories: Sequence[str] | None = None, top_k: int | None = None) -> Recommendations:
+        req = RecommendRequest(history, candidates, history_categories, candidate_categories,
+                               history_subcategories, candidate_subcategories, top_k)
+        return self.recommend_request(req)
+
+    def recommend_request(self, req: RecommendRequest) -> Recommendations:
+        served = self.served()
+        user = core.prepare(req, served.limits)                  # same checks and messages as the server
+        inputs = core.encode_inputs(user, grpcclient.InferInput)
+        start = time.perf_counter()
+        deadline = time.monotonic() + self.timeout
+        result = self._call(lambda t: self._grpc.infer(self.model, inputs, client_timeout=t,
+                                                       compression_algorithm=self.compression), deadline)
+        return core.decode(result, user, req, served, self.model, (time.perf_counter() - start) * 1e3)
+
+    def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 8,
+                       return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:
+        """Many users over this client's one channel, ``concurrency`` calls in flight; results in order."""
+        def one(req):
+            try:
+                return self.recommend_request(req)
+            except GenrecClientError as exc:
+                if return_exceptions:
+                    return exc
+                raise
+        with cf.ThreadPoolExecutor(max(1, concurrency)) as pool:
+            return list(pool.map(one, requests))
+
+    def health(self) -> dict[str, bool]:
+        try:
+            t = min(self.timeout, 2.0)
+            return {"live": self._grpc.is_server_live(client_timeout=t),
+                    "ready": self._grpc.is_server_ready(client_timeout=t),
+                    "model_ready": self._grpc.is_model_ready(self.model, client_timeout=t)}
+        except InferenceServerException:
+            return {"live": False, "ready": False, "model_ready": False}
+
+    def wait_until_ready(self, timeout: float = 60.0) -> core.Served:
+        """Poll until the server and model are ready, then check the contract; Unavailable on timeout."""
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while time.monotonic() < deadline:
+            if self.health()["model_ready"]:
+                return self.served()
+            time.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._rng) + 0.05,
+                           max(0.0, deadline - time.monotonic())))
+            attempt += 1
+        raise Unavailable(f"{self.url}: model '{self.model}' not ready after {timeout}s")
+
+    def close(self) -> None:
+        self._grpc.close()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,216 @@
+"""The gRPC client against a live tritonserver: round trips, async, errors, retries, deadlines, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from triton_helpers import text_inputs
+from tritonclient.utils import InferenceServerException
+
+from genrec.client import (
+    AsyncRecommenderClient,
+    ContractMismatch,
+    DeadlineExceeded,
+    InvalidRequest,
+    RecommenderClient,
+    RecommendRequest,
+    Unavailable,
+)
+from genrec.requests import Limits
+from genrec.server.launcher import ServerConfig, TritonServer, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _req(r, top_k=None) -> RecommendRequest:
+    (ht, hc, hs), (ct, cc, cs) = r["history"], r["candidates"]
+    return RecommendRequest(ht, ct, hc, cc, hs, cs, top_k)
+
+
+def test_round_trip_matches_in_process_ranking(server, pipeline, requests_corpus):
+    client = RecommenderClient(server.grpc_url)
+    r = requests_corpus[2]
+    recs = client.recommend_request(_req(r))
+    (ht, hc, hs), (ct, cc, cs) = r["history"], r["candidates"]
+    ref = pipeline.recommend(ht, ct, hc, hs, cc, cs)
+    assert [it.index for it in recs] == list(np.argsort(-ref["scores"], kind="stable"))
+    assert [it.score for it in recs] == pytest.approx(sorted(ref["scores"], reverse=True), abs=1e-5)
+    top = recs.items[0]
+    assert set(top.tasks) == {"topic_affinity", "category_confidence"} and top.text == ct[top.index]
+    assert len(top.because) == min(3, len(ht))
+    assert top.because[0].weight == pytest.approx(float(ref["explanation"][top.index].max()), abs=1e-5)
+    assert recs.model_name == "genrec" and recs.model_version == "1"
+    assert sum(recs.user_topics.values()) == pytest.approx(1.0, abs=1e-4)
+    assert len(client.recommend_request(_req(r, top_k=2))) == 2
+
+
+def test_async_32_concurrent_requests(server, requests_corpus):
+    reqs = [_req(r) for r in (requests_corpus * 2)[:32]]
+
+    async def main():
+        async with AsyncRecommenderClient(server.grpc_url, timeout=30) as client:
+            return await client.recommend_many(reqs, concurrency=32)
+
+    results = asyncio.run(main())
+    sync = RecommenderClient(server.grpc_url)
+    assert len(results) == 32
+    for req, res in zip(reqs[:4], results[:4]):
+        assert [it.index for it in res] == [it.index for it in sync.recommend_request(req)]
+
+
+def test_invalid_request_same_message_locally_and_from_server(server, requests_corpus):
+    client = RecommenderClient(server.grpc_url)
+    r = requests_corpus[0]
+    bad = dataclasses.replace(_req(r), candidate_categories=["sports"])      # wrong length
+    with pytest.raises(InvalidRequest) as local:
+        client.recommend_request(bad)
+    (ht, hc, hs), (ct, _cc, cs) = r["history"], r["candidates"]
+    with pytest.raises(InferenceServerException) as remote:
+        raw = grpcclient.InferenceServerClient(server.grpc_url)
+        raw.infer("genrec", text_inputs((ht, hc, hs), (ct, ["sports"], cs)))
+    assert local.value.message in remote.value.message()
+
+
+def test_server_invalid_argument_becomes_invalid_request(server):
+    """A client whose cached limits are looser than the server's (e.g. the server was reconfigured)."""
+    client = RecommenderClient(server.grpc_url)
+    client._served = dataclasses.replace(client.served(), limits=Limits(max_candidates=1000))
+    with pytest.raises(InvalidRequest) as err:
+        client.recommend(["Coach praises linebacker"], [f"candidate {i}" for i in range(301)])
+    assert err.value.status == "INVALID_ARGUMENT"
+    assert "candidate_text has 301 items; the limit is 300" in err.value.message
+    assert "Traceback" not in err.value.message
+
+
+def test_contract_mismatch_names_the_difference(server):
+    client = RecommenderClient(server.grpc_url, model="encoder")
+    with pytest.raises(ContractMismatch) as err:
+        client.recommend(["a"], ["b"])
+    assert "missing input 'candidate_text'" in str(err.value)
+
+
+def test_unavailable_after_retries():
+    from genrec.server.launcher import _free_port
+
+    client = RecommenderClient(f"127.0.0.1:{_free_port('127.0.0.1')}", retries=2, timeout=10, backoff_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(Unavailable) as err:
+        client.recommend(["a"], ["b"])
+    assert "after 3 attempts" in str(err.value) and time.monotonic() - start < 10
+    assert client.health() == {"live": False, "ready": False, "model_ready": False}
+
+
+def test_deadline_shorter_than_the_request(server):
+    client = RecommenderClient(server.grpc_url, timeout=0.02)
+    client_ok = RecommenderClient(server.grpc_url)
+    client._served = client_ok.served()             # the deadline applies to the recommendation itself
+    texts = [f"A long candidate title number {i} about markets, sports and weather today" for i in range(300)]
+    with pytest.raises(DeadlineExceeded):
+        client.recommend(texts[:50], texts)
+    assert client_ok.health()["ready"]
+
+
+def test_server_restart_inside_retry_window_is_survived(fp32_repository):
+    cfg = ServerConfig(grpc_port=0, http_port=0, metrics_port=0)
+    first = TritonServer(fp32_repository, cfg)
+    first.start().wait_ready()
+    fixed = first.cfg                                   # the same ports for the second life
+    client = RecommenderClient(first.grpc_url, timeout=60, retries=30, backoff_s=0.2, max_backoff_s=1.0)
+    assert len(client.recommend(["Coach praises linebacker"], ["Stocks rally", "Team wins"])) == 2
+    first.stop()
+    second = TritonServer(fp32_repository, fixed)
+
+    def restart():
+        time.sleep(1.0)
+        second.start()
+
+    t = threading.Thread(target=restart)
+    t.start()
+    try:
+        recs = client.recommend(["Coach praises linebacker"], ["Stocks rally", "Team wins"])
+        assert len(recs) == 2
+    finally:
+        t.join()
+        second.stop()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "server.crt", tmp / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_round_trip_with_self_signed_certificate(fp32_repository, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    with running_server(fp32_repository, grpc_ssl_cert=str(cert), grpc_ssl_key=str(key)) as srv:
+        url = f"localhost:{srv.cfg.grpc_port}"
+        secure = RecommenderClient(url, ssl=True, root_certificates=str(cert), timeout=10)
+        assert len(secure.recommend(["Coach praises linebacker"], ["Stocks rally", "Team wins"])) == 2
+        plain = RecommenderClient(url, retries=0, timeout=3)
+        with pytest.raises((Unavailable, DeadlineExceeded)):
+            plain.recommend(["a"], ["b"])
+
+
+BLOCKER = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in {'torch', 'transformers', 'onnx', 'onnxruntime', 'tokenizers', 'optimum',
+                                  'safetensors', 'sentence_transformers'}:
+            raise ImportError(f'{name} is blocked in this test')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_client_works_without_torch(server, tmp_path):
+    script = BLOCKER + f"""
+from genrec.client import RecommenderClient
+recs = RecommenderClient({server.grpc_url!r}).recommend(["Coach praises linebacker"], ["Stocks rally", "Team wins"])
+assert len(recs) == 2
+from genrec.cli import main
+sys.exit(main(["recommend", "--url", {server.grpc_url!r}, "--history", "Coach praises linebacker",
+               "--candidates-file", {str(tmp_path / 'c.tsv')!r}, "--json"]))
+"""
+    (tmp_path / "c.tsv").write_text("Stocks rally\tfinance\nTeam wins\tsports\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["items"]) == 2 and out["model_name"] == "genrec"
+
+
+def test_readme_client_example_runs_as_written(server):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- client-example.*?-->\s*```python\n(.*?)```", readme, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 12
+    env = dict(os.environ, GENREC_URL=server.grpc_url)
+    proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("<-") == 2
