@@ -212,6 +212,29 @@ def print_recommendations(recs, title: str = "recommendations") -> None:
     Console().print(f"user topics: {top}")
 
 
+BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def bench_command(fn: Callable[[argparse._SubParsersAction], None]):
+    """Register a `genrec bench <name>` subcommand (the suite itself is `genrec bench` with no name)."""
+    BENCH_COMMANDS.append(fn)
+    return fn
+
+
+@command
+def _bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: the latency/throughput suite, and `bench soak`")
+    bsub = p.add_subparsers(dest="bench_command")
+    for add in BENCH_COMMANDS:
+        add(bsub)
+
+    def run(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(handler=run)
+
+
 @command
 def _demo(sub: argparse._SubParsersAction) -> None:
     from genrec.data.synth import SynthConfig
