@@ -11,6 +11,12 @@ What the launcher takes care of (see the platform notes in the README):
 
 ``running_server(repo)`` is the one context manager tests, benchmarks and the demo use: free ports,
 readiness wait with timeout, a clear error with the server log tail, clean stop.
+
+Supervision (``genrec serve`` always, ``running_server(..., supervised=True)`` on request): Triton 2.51's python
+backend does not restart a stub that died. The server and the model stay READY while every request through
+that model fails with INTERNAL "Stub process 'encoder_0_0' is not healthy." (measured), so readiness probes
+cannot see it. ``supervise`` watches the server process and its stub processes and restarts the server on the
+same ports when either dies.
 """
 
 from __future__ import annotations
@@ -26,14 +32,16 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
+STUB_BINARY = "triton_python_backend_stub"
 
 
 class ServerError(RuntimeError):
@@ -59,6 +67,9 @@ class ServerConfig:
         "help": "PEM CA bundle for mutual TLS (clients must present a certificate it signed)"})
     log_file: str = dataclasses.field(default="", metadata={
         "help": "where the server log goes (default: a temporary file, printed on failure)"})
+    max_restarts: int = dataclasses.field(default=5, metadata={
+        "help": "restarts within 10 minutes when tritonserver exits or a python-backend stub dies (Triton 2.51 "
+                "never restarts a dead stub); then the supervisor gives up (0 = never restart)"})
 
 
 def _package_dir(name: str) -> Path:
@@ -76,6 +87,23 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host if host != "0.0.0.0" else "127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _child_pids(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (Triton launches stubs from its model-loading threads)."""
+    out = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in children.read_text().split()]
+    return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    """A process's arguments; empty for a zombie (a stub Triton never reaps) or a process that is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
 
 
 def prepare_environment() -> tuple[Path, Path, dict[str, str]]:
@@ -124,6 +152,8 @@ class TritonServer:
         )
         self.shm_prefix = f"genrec-{uuid.uuid4().hex[:12]}-"
         self.proc: subprocess.Popen | None = None
+        self.stubs: dict[int, str] = {}               # stubs seen at readiness: pid -> model instance name
+        self.restarts: list[tuple[float, str]] = []   # (time.monotonic(), why) of each supervised restart
         self._own_log = not cfg.log_file
         self.log_path = Path(cfg.log_file) if cfg.log_file else Path(tempfile.mkstemp(prefix="tritonserver-",
                                                                                        suffix=".log")[1])
@@ -192,6 +222,7 @@ class TritonServer:
                 code = None if self.proc is None else self.proc.returncode
                 raise ServerError(f"tritonserver exited with code {code} before it was ready\n{self.log_tail()}")
             if self.is_ready():
+                self.stubs = self.stub_processes()
                 return self
             time.sleep(0.2)
         self.stop()
@@ -216,6 +247,34 @@ class TritonServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.remove_stale_shm()
         return code
+
+    def restart(self, why: str) -> TritonServer:
+        """Kill and start again on the same ports. No grace period: the server is broken (requests through a
+        dead stub fail anyway), and a hard stop gives clients UNAVAILABLE, which they retry, instead of the
+        NOT_FOUND "has no available versions" a graceful stop answers while it unloads models."""
+        self.restarts.append((time.monotonic(), why))
+        self.stop(timeout_s=0)
+        return self.start().wait_ready()
+
+    # ---- python-backend stubs -------------------------------------------------------------------
+    def stub_processes(self) -> dict[int, str]:
+        """Live python-backend stubs of this server: pid -> model instance name (e.g. ``encoder_0_0``)."""
+        if self.proc is None:
+            return {}
+        stubs = {}
+        for pid in _child_pids(self.proc.pid):
+            cmd = _cmdline(pid)
+            if cmd and Path(cmd[0]).name == STUB_BINARY:
+                stubs[pid] = cmd[-2]          # ... <ipc handle> <instance name> <runtime modeldir>
+        return stubs
+
+    def failure(self) -> str | None:
+        """Why this server cannot serve any more (its process or one of its stubs died), or None."""
+        if self.proc is None or self.proc.poll() is not None:
+            return f"tritonserver exited with code {None if self.proc is None else self.proc.returncode}"
+        alive = self.stub_processes()
+        dead = sorted(name for pid, name in self.stubs.items() if pid not in alive)
+        return f"python-backend stub {', '.join(dead)} died" if dead else None
 
     def remove_stale_shm(self) -> int:
         n = 0
@@ -244,22 +303,59 @@ class TritonServer:
         self.stop()
 
 
+def supervise(server: TritonServer, should_stop: Callable[[], bool], *, interval_s: float = 0.5,
+              window_s: float = 600.0, out: Callable[[str], None] = print) -> bool:
+    """Restart ``server`` whenever it fails, until ``should_stop()`` (then True). False when it fails again
+    after ``cfg.max_restarts`` restarts within ``window_s``, or a restart fails: the caller gives up."""
+    while not should_stop():
+        why = server.failure()
+        if why is not None:
+            now = time.monotonic()
+            recent = sum(now - t < window_s for t, _ in server.restarts)
+            if recent >= server.cfg.max_restarts:
+                out(f"{why}; {recent} restarts in the last {window_s:.0f}s: giving up\n{server.log_tail()}")
+                return False
+            out(f"{why}: restarting tritonserver")
+            try:
+                server.restart(why)
+            except ServerError as err:
+                out(str(err))
+                return False
+            out(f"tritonserver ready again (restart {len(server.restarts)})")
+        time.sleep(interval_s)
+    return True
+
+
 @contextlib.contextmanager
-def running_server(repository: str | Path, cfg: ServerConfig | None = None, **overrides) -> Iterator[TritonServer]:
-    """A ready tritonserver on ``repository``; ports default to free ones. Stops it on exit."""
+def running_server(repository: str | Path, cfg: ServerConfig | None = None, *, supervised: bool = False,
+                   **overrides) -> Iterator[TritonServer]:
+    """A ready tritonserver on ``repository``; ports default to free ones. Stops it on exit.
+
+    ``supervised``: a background thread restarts it when it or a python-backend stub dies (``server.restarts``
+    says when and why)."""
     base = cfg or ServerConfig(grpc_port=0, http_port=0, metrics_port=0)
     server = TritonServer(repository, dataclasses.replace(base, **overrides))
+    stop = threading.Event()
+    watcher: threading.Thread | None = None
     server.start()
     try:
         server.wait_ready()
+        if supervised:
+            watcher = threading.Thread(target=supervise, args=(server, stop.is_set), daemon=True,
+                                       kwargs={"out": lambda m: print(f"[supervisor] {m}", file=sys.stderr)})
+            watcher.start()
         yield server
     finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join()
         server.stop()
         server.cleanup_log()
 
 
 def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> int:
-    """Foreground server for ``genrec serve``: ready, then wait for SIGINT/SIGTERM and stop cleanly."""
+    """Foreground server for ``genrec serve``: ready, supervised (restarted when it or a python-backend stub
+    dies, up to ``cfg.max_restarts`` times in 10 minutes), until SIGINT/SIGTERM; then a clean stop."""
     stop = {"signal": None}
 
     def handle(signum, _frame):
@@ -271,11 +367,8 @@ def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> in
         server.start().wait_ready()
         out(f"tritonserver ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}\n"
             f"log: {server.log_path}  (Ctrl-C to stop)")
-        while stop["signal"] is None:
-            if server.proc.poll() is not None:
-                out(f"tritonserver exited unexpectedly with code {server.proc.returncode}\n{server.log_tail()}")
-                return 1
-            time.sleep(0.5)
+        if not supervise(server, lambda: stop["signal"] is not None, out=out):
+            return 1
         out(f"received {signal.Signals(stop['signal']).name}: stopping (in-flight requests finish first)")
         code = server.stop()
         out(f"stopped (exit code {code})")
