@@ -3,10 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Triton's perf_analyzer ships only in tritonclient wheels; 2.51.0 is the newest that runs on glibc 2.36.
+# Its own venv, no dependencies: it is a C++ binary the benchmark suite calls as an anchor.
+PA_VENV  := .venv-perf-analyzer
+PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(PA_STAMP)
 
 # torch first, pinned: 2.13.0 is a CPU wheel on local disk; letting a resolver pick torch pulls a
 # multi-GB CUDA build. Then the project with every extra (model, export, serve, bench, dev).
@@ -17,11 +21,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[all]"
 	touch $(STAMP)
 
+$(PA_STAMP):
+	$(PYTHON) -m venv $(PA_VENV)
+	$(PA_VENV)/bin/python -m pip install --quiet --no-deps tritonclient==2.51.0
+	touch $(PA_STAMP)
+
 demo: setup
 	$(VENV)/bin/genrec demo
 
 test: setup
 	$(PY) -m pytest -q
+
+bench: setup
+	$(VENV)/bin/genrec bench --out build/bench
 
 lint: setup
 	$(VENV)/bin/ruff check genrec export model_repository server client benchmarks tests

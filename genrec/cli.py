@@ -221,16 +221,42 @@ def bench_command(fn: Callable[[argparse._SubParsersAction], None]):
     return fn
 
 
+@bench_command
+def _soak(bsub: argparse._SubParsersAction) -> None:
+    from genrec.benchmarks.soak import SoakConfig
+
+    s = bsub.add_parser("soak", help="mixed valid/invalid traffic for minutes: errors, latency drift, RSS growth")
+    add_dataclass_args(s, SoakConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.benchmarks.soak import run_soak
+
+        return 0 if run_soak(from_args(SoakConfig, args))["passed"] else 1
+
+    s.set_defaults(handler=run)
+
+
 @command
 def _bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: the latency/throughput suite, and `bench soak`")
+    from genrec.benchmarks.suite import BenchConfig
+
+    p = sub.add_parser("bench", help="benchmarks: the latency/throughput suite (anchors side by side), `bench soak`")
+    add_dataclass_args(p, BenchConfig)
     bsub = p.add_subparsers(dest="bench_command")
     for add in BENCH_COMMANDS:
         add(bsub)
 
     def run(args: argparse.Namespace) -> int:
-        p.print_help()
-        return 2
+        from genrec.benchmarks.suite import run_bench
+
+        results = run_bench(from_args(BenchConfig, args))
+        out = args.out if hasattr(args, "out") else BenchConfig().out
+        for t in results["targets"]:
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+            value = "-" if t["value"] is None else f"{t['value']:.3f}"
+            print(f"  {verdict:>12}  {t['target']}: {value} (bound {t['bound']}) {t['note']}")
+        print(f"results: {out}/results.md, results.json, latency.png")
+        return 0
 
     p.set_defaults(handler=run)
 

@@ -1,0 +1,193 @@
+"""Targets, ratios, the markdown table and the latency-vs-throughput plot of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from genrec.benchmarks.scenarios import REFERENCE
+
+REF = f"h{REFERENCE[0]}-c{REFERENCE[1]}"
+
+
+def _points(results: dict, name: str) -> list[dict]:
+    return results["scenarios"].get(name, {}).get("points", [])
+
+
+def _at(points: list[dict], concurrency: int) -> dict | None:
+    return next((p for p in points if p["concurrency"] == concurrency), None)
+
+
+def _peak(points: list[dict]) -> dict | None:
+    return max(points, key=lambda p: p["throughput_rps"], default=None)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with its measured value, bound and verdict (None = not measured)."""
+    fast = "fp16" if results["config"]["device"] == "cuda" else "int8"
+    out: list[dict[str, Any]] = []
+
+    def add(name, value, bound, note=""):
+        ok = None if value is None or (isinstance(value, float) and math.isnan(value)) else value >= bound
+        out.append({"target": name, "value": value, "bound": bound, "met": ok, "note": note})
+
+    ours = _points(results, f"ours-{REF}-{fast}")
+    floor = results["in_process"].get(f"{REF}-{fast}")
+    p4 = _at(ours, 4)
+    add(f"served / in-process floor throughput ({REF}, {fast}, concurrency 4)",
+        p4["throughput_rps"] / floor["throughput_rps"] if p4 and floor else None, 0.9)
+
+    naive = _points(results, f"naive-{REF}-fp32")
+    if naive and ours:
+        best_naive = _peak(naive)
+        budget = best_naive["latency_ms"]["p99"]
+        fits = [p for p in ours if p["latency_ms"]["p99"] <= budget]
+        ratio = (max(p["throughput_rps"] for p in fits) / best_naive["throughput_rps"]) if fits else 0.0
+        add(f"ours ({fast}) / naive Triton throughput at equal p99 ({REF})", ratio, 2.0,
+            f"p99 budget {budget:.0f} ms = the naive pattern's p99 at its best throughput "
+            f"(concurrency {best_naive['concurrency']})")
+    else:
+        add(f"ours / naive Triton throughput at equal p99 ({REF})", None, 2.0)
+
+    fp32 = _points(results, f"ours-{REF}-fp32")
+    parity = results.get("parity", {}).get(fast, {})
+    note = (f"parity: AUC drop {parity['auc_drop']:+.5f}, Kendall tau {parity['kendall_tau_mean']:.3f}"
+            if parity else "")
+    add(f"{fast} / fp32 peak served throughput ({REF})",
+        _peak(ours)["throughput_rps"] / _peak(fp32)["throughput_rps"] if ours and fp32 else None, 1.4, note)
+
+    for key, pa in results.get("perf_analyzer", {}).items():
+        if not isinstance(pa, dict) or "throughput_rps" not in pa:
+            continue
+        mine = _at(_points(results, key.split("@")[0]), pa["concurrency"])
+        if mine:
+            diff = abs(mine["throughput_rps"] - pa["throughput_rps"]) / pa["throughput_rps"]
+            out.append({"target": f"our client vs perf_analyzer throughput ({key})", "value": diff, "bound": 0.15,
+                        "met": diff <= 0.15, "note": f"ours {mine['throughput_rps']:.1f} req/s, perf_analyzer "
+                                                     f"{pa['throughput_rps']:.1f} req/s (|diff| / perf_analyzer)"})
+    return out
+
+
+def ratios(results: dict[str, Any]) -> list[tuple[str, float | None]]:
+    fast = "fp16" if results["config"]["device"] == "cuda" else "int8"
+    rows = []
+    for shape in sorted({s["scenario"]["history"] * 1000 + s["scenario"]["candidates"]
+                         for s in results["scenarios"].values()}):
+        h, c = divmod(shape, 1000)
+        tag = f"h{h}-c{c}"
+        ours, fp32 = _peak(_points(results, f"ours-{tag}-{fast}")), _peak(_points(results, f"ours-{tag}-fp32"))
+        floor = results["in_process"].get(f"{tag}-{fast}")
+        floor32 = results["in_process"].get(f"{tag}-fp32")
+        eager = results["torch_eager"].get(tag)
+        naive = _peak(_points(results, f"naive-{tag}-fp32"))
+        for label, a, b in ((f"served peak / in-process floor ({fast})", ours, floor),
+                             (f"served {fast} / fp32 (peak)", ours, fp32),
+                             (f"in-process {fast} / fp32", floor, floor32),
+                             (f"in-process ONNX {fast} / PyTorch eager", floor, eager),
+                             (f"served {fast} (peak) / PyTorch eager in-process", ours, eager),
+                             ("ours peak / naive Triton peak", ours, naive)):
+            if a and b:
+                rows.append((f"{tag}: {label}", a["throughput_rps"] / b["throughput_rps"]))
+    return rows
+
+
+def _fmt(v, spec=".2f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = ["# genrec benchmark", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}; "
+             f"Triton {results.get('server_version', '?')}; onnxruntime {m['packages']['onnxruntime']}; "
+             f"torch {m['packages']['torch']}. Run took {results['seconds']:.0f} s. All figures below were "
+             "measured in this one run, side by side.", "", "## Targets", "",
+             "| target | measured | bound | met | note |", "|---|---|---|---|---|"]
+    for t in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        op = "<=" if "perf_analyzer" in t["target"] else ">="
+        lines.append(f"| {t['target']} | {_fmt(t['value'], '.3f')} | {op} {t['bound']} | {met} | {t['note']} |")
+    lines += ["", "## Ratios (throughput)", "", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)}x |" for k, v in ratios(results)]
+    lines += ["", "## Served scenarios", "",
+              "Client-side latency (ms) from the genrec async client; server-side mean queue / compute per request "
+              "(ms) of the encoder from Triton's statistics over the same window.", "",
+              "| scenario | conc. | req/s | items/s | p50 | p90 | p99 | p99.9 | n | enc. queue | enc. compute "
+              "| enc. batch (texts/exec) | errors |", "|" + "---|" * 13]
+    for name, sc in results["scenarios"].items():
+        for p in sc["points"]:
+            lat, enc = p["latency_ms"], p.get("server", {}).get("encoder", {})
+            per_exec = enc.get("inferences", 0) / enc["executions"] if enc.get("executions") else None
+            lines.append(f"| {name} | {p['concurrency']} | {p['throughput_rps']:.1f} | {p['items_per_s']:.0f} "
+                         f"| {_fmt(lat['p50'], '.1f')} | {_fmt(lat['p90'], '.1f')} | {_fmt(lat['p99'], '.1f')} "
+                         f"| {_fmt(lat['p99.9'], '.1f')} | {p['requests']} | {_fmt(enc.get('queue_ms'), '.1f')} "
+                         f"| {_fmt(enc.get('compute_ms'), '.1f')} | {_fmt(per_exec, '.0f')} | {p['errors']} |")
+    lines += ["", "## In-process anchors (one request at a time, all cores)", "",
+              "| anchor | req/s | items/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for kind, table in (("ONNX Runtime", results["in_process"]), ("PyTorch eager", results["torch_eager"])):
+        for key, p in table.items():
+            lines.append(f"| {kind} {key} | {p['throughput_rps']:.1f} | {p['items_per_s']:.0f} "
+                         f"| {p['latency_ms']['p50']:.1f} | {p['latency_ms']['p99']:.1f} |")
+    lines += ["", "## perf_analyzer (Triton's load generator) on the same requests", ""]
+    pa = results.get("perf_analyzer", {})
+    if "error" in pa:
+        lines.append(f"Not measured: {pa['error']}")
+    else:
+        lines += ["| point | perf_analyzer req/s | ours req/s | perf_analyzer p50 / p99 ms | ours p50 / p99 ms |",
+                  "|---|---|---|---|---|"]
+        for key, r in pa.items():
+            if "error" in r:
+                lines.append(f"| {key} | error: {r['error'][:200]} | | | |")
+                continue
+            mine = _at(_points(results, key.split("@")[0]), r["concurrency"]) or {}
+            ml = mine.get("latency_ms", {})
+            lines.append(f"| {key} | {r['throughput_rps']:.1f} | {_fmt(mine.get('throughput_rps'), '.1f')} "
+                         f"| {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} "
+                         f"| {_fmt(ml.get('p50'), '.1f')} / {_fmt(ml.get('p99'), '.1f')} |")
+    lines += ["", "## Memory (RSS MB after each server's sweep)", "", "| server | process | RSS MB |", "|---|---|---|"]
+    for server, procs in results["memory"].items():
+        lines += [f"| {server} | {proc} | {rss:.0f} |" for proc, rss in procs.items()]
+    lines += ["", "![latency vs throughput](latency.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for name, sc in results["scenarios"].items():
+        pts = sc["points"]
+        x = [p["throughput_rps"] for p in pts]
+        line, = ax.plot(x, [p["latency_ms"]["p99"] for p in pts], marker="o", label=f"{name} p99")
+        ax.plot(x, [p["latency_ms"]["p50"] for p in pts], linestyle="--", color=line.get_color(), alpha=0.6)
+        for p in pts:
+            ax.annotate(str(p["concurrency"]), (p["throughput_rps"], p["latency_ms"]["p99"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    for key, p in results["in_process"].items():
+        ax.axvline(p["throughput_rps"], linestyle=":", color="grey", alpha=0.5)
+        ax.annotate(f"in-process {key}", (p["throughput_rps"], ax.get_ylim()[0] if ax.lines else 1), rotation=90,
+                    fontsize=6, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("client latency (ms): p99 solid, p50 dashed; labels = concurrency")
+    ax.set_title(f"genrec served latency vs throughput ({results['machine']['cores']} cores)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    plot(results, out / "latency.png")
+    (out / "results.md").write_text(markdown(results))

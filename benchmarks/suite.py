@@ -1,0 +1,183 @@
+"""``genrec bench``: latency/throughput of the served recommender, with its anchors measured in the same run.
+
+Entry point: ``run_bench(BenchConfig) -> dict`` (also written to OUT/results.json, results.md, latency.png).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from genrec.benchmarks import anchors
+from genrec.benchmarks.loadgen import Timing, served_point, timed_loop
+from genrec.benchmarks.report import targets, write_report
+from genrec.benchmarks.scenarios import CONCURRENCY, REFERENCE, Scenario, suite
+from genrec.benchmarks.workload import load_catalog, make_requests, perf_analyzer_json
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    out: str = dataclasses.field(default="build/bench", metadata={"help": "where results.json/.md and the PNG go"})
+    quick: bool = dataclasses.field(default=False, metadata={
+        "help": "CI smoke: the reference shape only, concurrency 1 and 4, short windows (< 3 min)"})
+    scenario: tuple[str, ...] = dataclasses.field(default=(), metadata={
+        "help": "only scenarios whose name contains one of these (e.g. h50-c100,naive)"})
+    device: str = dataclasses.field(default="cpu", metadata={
+        "help": "cpu (int8 + fp32) or cuda (fp16 + fp32, needs onnxruntime-gpu)", "choices": ("cpu", "cuda")})
+    concurrency: tuple[int, ...] = dataclasses.field(default=CONCURRENCY, metadata={
+        "help": "concurrency sweep of every served scenario"})
+    warmup_s: float = dataclasses.field(default=2.0, metadata={"help": "seconds per point excluded from statistics"})
+    duration_s: float = dataclasses.field(default=6.0, metadata={"help": "measurement window per point (minimum)"})
+    min_requests: int = dataclasses.field(default=30, metadata={
+        "help": "a window is extended until this many requests completed in it"})
+    threads: int = dataclasses.field(default=2, metadata={
+        "help": "threads of the in-process anchors and of the encoder (= cores, for a fair floor)"})
+    workdir: str = dataclasses.field(default="build/bench-work", metadata={
+        "help": "data, model and repositories the suite builds when none are given"})
+    artifacts: str = dataclasses.field(default="", metadata={
+        "help": "ART_DIR from `genrec export` (default: build/demo/artifacts, else built in --workdir)"})
+    checkpoint: str = dataclasses.field(default="", metadata={
+        "help": "RUN_DIR for the PyTorch anchor (default: build/demo/run, else trained in --workdir)"})
+    data: str = dataclasses.field(default="", metadata={
+        "help": "MIND folder whose news.tsv titles make the requests (default: synthetic, real title lengths)"})
+    perf_analyzer: str = dataclasses.field(default="", metadata={
+        "help": "perf_analyzer binary (default: .venv-perf-analyzer from `make setup`)"})
+
+
+def _ensure_model(cfg: BenchConfig, precisions: set[str], log) -> tuple[Path, Path]:
+    """The given (or demo) checkpoint and artifacts; what is missing is built in --workdir (never elsewhere)."""
+    from genrec.export import Artifacts, ExportConfig, export
+
+    work = Path(cfg.workdir)
+    demo_run, demo_art = Path("build/demo/run"), Path("build/demo/artifacts")
+    if cfg.checkpoint:
+        ckpt = Path(cfg.checkpoint)
+    else:
+        ckpt = demo_run if (demo_run / "checkpoint.pt").is_file() else work / "run"
+    art = Path(cfg.artifacts) if cfg.artifacts else demo_art
+
+    def have(folder: Path) -> set[str]:
+        return set(Artifacts.load(folder).precisions) if (folder / "artifacts.json").is_file() else set()
+
+    if precisions <= have(art):
+        return ckpt, art
+    art = work / "artifacts"
+    if precisions <= have(art):
+        return ckpt, art
+    if not (ckpt / "checkpoint.pt").is_file():
+        from genrec.config import ModelConfig, TrainConfig
+        from genrec.data.synth import SynthConfig, synthesize
+        from genrec.train import train
+
+        log(f"no checkpoint: training one in {work} on synthetic data")
+        synthesize(work / "data", SynthConfig())
+        train(work / "data" / "train", ckpt, ModelConfig(), TrainConfig(threads=cfg.threads), progress=False, log=log)
+    log(f"exporting {sorted(precisions)} from {ckpt} to {art}")
+    export(ckpt, art, ExportConfig(precision=tuple(sorted(precisions)), threads=cfg.threads), log=log)
+    return ckpt, art
+
+
+def _catalog(cfg: BenchConfig) -> list[tuple[str, str, str]]:
+    if cfg.data:
+        return load_catalog(Path(cfg.data) / "news.tsv")
+    news = Path(cfg.workdir) / "catalog" / "train" / "news.tsv"
+    if not news.is_file():
+        from genrec.data.synth import SynthConfig, synthesize
+
+        synthesize(Path(cfg.workdir) / "catalog", SynthConfig(users=50, items=3000, seed=7))
+    return load_catalog(news)
+
+
+def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path) -> Path:
+    from genrec.model_repository.builder import RepositoryConfig, build_repository
+
+    rc = RepositoryConfig(precision=sc.precision, device=cfg.device, encoder_threads=cfg.threads)
+    if sc.target == "naive":
+        rc = dataclasses.replace(rc, fixed_padding=True, dynamic_batching=False)
+    return build_repository(art, work / "repos" / f"{sc.target}-{sc.precision}", rc)
+
+
+def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from genrec.server.launcher import running_server
+
+    t_start = time.perf_counter()
+    if cfg.quick:
+        cfg = dataclasses.replace(cfg, concurrency=(1, 4), warmup_s=min(cfg.warmup_s, 1.0),
+                                  duration_s=min(cfg.duration_s, 3.0), min_requests=min(cfg.min_requests, 10))
+    scenarios = [s for s in suite("quick" if cfg.quick else "full", cfg.device)
+                 if not cfg.scenario or any(f in s.name for f in cfg.scenario)]
+    if not scenarios:
+        raise ValueError(f"no scenario matches {cfg.scenario}")
+    out, work = Path(cfg.out), Path(cfg.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt, art = _ensure_model(cfg, {s.precision for s in scenarios}, log)
+    timing = Timing(cfg.warmup_s, cfg.duration_s, cfg.min_requests)
+    catalog = _catalog(cfg)
+    shapes = sorted({(s.history, s.candidates) for s in scenarios})
+    reqs = {shape: make_requests(catalog, *shape) for shape in shapes}
+    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "machine": anchors.machine_info(),
+                               "artifacts": str(art), "scenarios": {}, "in_process": {}, "torch_eager": {},
+                               "perf_analyzer": {}, "memory": {}}
+    export_report = Path(art) / "export_report.json"
+    if export_report.is_file():
+        rep = json.loads(export_report.read_text())
+        results["parity"] = {p: {k: e["parity"][k] for k in ("auc_drop", "kendall_tau_mean", "encoder_cosine_mean")}
+                             for p, e in rep["precisions"].items()}
+
+    n_points = len(scenarios) * len(cfg.concurrency)
+    bar = tqdm(total=n_points, desc="bench", unit="point")
+
+    # anchors first: in-process ONNX per (shape, precision) and PyTorch eager per shape
+    for p in sorted({s.precision for s in scenarios if s.target == "ours"}):
+        floor = anchors.onnx_in_process(art, p, cfg.threads, cfg.device)
+        for shape in shapes:
+            bar.set_postfix_str(f"in-process onnx {p} h{shape[0]}-c{shape[1]}")
+            results["in_process"][f"h{shape[0]}-c{shape[1]}-{p}"] = timed_loop(floor, reqs[shape], timing)
+        del floor
+    eager = anchors.torch_eager(ckpt, cfg.threads, cfg.device)
+    for shape in shapes:
+        bar.set_postfix_str(f"torch eager h{shape[0]}-c{shape[1]}")
+        results["torch_eager"][f"h{shape[0]}-c{shape[1]}"] = timed_loop(eager, reqs[shape], timing)
+    del eager
+
+    pa_binary = anchors.perf_analyzer_binary(cfg.perf_analyzer)
+    groups: dict[tuple[str, str], list[Scenario]] = {}
+    for s in scenarios:
+        groups.setdefault((s.target, s.precision), []).append(s)
+    for (target, precision), members in groups.items():
+        repo = _repository(art, members[0], cfg, work)
+        with running_server(repo) as server:
+            import tritonclient.grpc as grpcclient
+
+            results.setdefault("server_version", grpcclient.InferenceServerClient(server.grpc_url)
+                               .get_server_metadata().version)
+            for sc in members:
+                points = []
+                for c in cfg.concurrency:
+                    bar.set_postfix_str(f"{sc.name} c={c}")
+                    points.append(served_point(server.grpc_url, reqs[(sc.history, sc.candidates)], c, timing))
+                    bar.update(1)
+                results["scenarios"][sc.name] = {"scenario": dataclasses.asdict(sc), "points": points}
+            results["memory"][f"{target}-{precision}"] = anchors.process_memory(server.proc.pid)
+            ref = next((s for s in members if (s.history, s.candidates) == REFERENCE), None)
+            if target == "ours" and ref is not None and not results["perf_analyzer"]:
+                if pa_binary is None:
+                    results["perf_analyzer"] = {"error": "perf_analyzer not found (make setup installs it)"}
+                else:
+                    pa_json = perf_analyzer_json(reqs[REFERENCE], work / "perf_analyzer_input.json")
+                    for c in (1, 4):
+                        bar.set_postfix_str(f"perf_analyzer {ref.name} c={c}")
+                        results["perf_analyzer"][f"{ref.name}@c{c}"] = anchors.perf_analyzer(
+                            pa_binary, server.grpc_url, pa_json, c, work,
+                            window_ms=int(max(2000, cfg.duration_s * 1000)))
+    bar.close()
+    results["targets"] = targets(results)
+    results["seconds"] = round(time.perf_counter() - t_start, 1)
+    write_report(results, out)
+    return results

@@ -1,0 +1,37 @@
+"""`genrec bench --quick` end to end (the CI smoke run): every anchor measured, every output written.
+
+Speed targets are benchmark outputs, never asserted here (the machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+
+from genrec.benchmarks.suite import BenchConfig, run_bench
+
+
+def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, tiny_data, tmp_path):
+    cfg = BenchConfig(out=str(tmp_path / "out"), quick=True, workdir=str(tmp_path / "work"),
+                      artifacts=str(artifacts.root), checkpoint=str(trained_run), data=str(tiny_data / "dev"),
+                      warmup_s=0.5, duration_s=2.0, min_requests=5)
+    res = run_bench(cfg, log=lambda _m: None)
+    out = tmp_path / "out"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["machine"]["cores"] and saved["machine"]["packages"]["onnxruntime"]
+    assert saved["server_version"].startswith("2.")
+    assert set(res["scenarios"]) == {"ours-h50-c100-int8", "ours-h50-c100-fp32", "naive-h50-c100-fp32"}
+    for sc in res["scenarios"].values():
+        assert [p["concurrency"] for p in sc["points"]] == [1, 4]
+        for p in sc["points"]:
+            assert p["throughput_rps"] > 0 and p["errors"] == 0 and p["latency_ms"]["p99"] >= p["latency_ms"]["p50"]
+            assert p["server"]["encoder"]["requests"] > 0 and p["server"]["encoder"]["compute_ms"] > 0
+    assert set(res["in_process"]) == {"h50-c100-int8", "h50-c100-fp32"} and "h50-c100" in res["torch_eager"]
+    pa = res["perf_analyzer"]
+    assert set(pa) == {"ours-h50-c100-int8@c1", "ours-h50-c100-int8@c4"}, pa
+    assert all(r.get("throughput_rps", 0) > 0 for r in pa.values()), pa
+    names = [t["target"] for t in res["targets"]]
+    assert any("naive" in n for n in names) and any("perf_analyzer" in n for n in names)
+    assert all(t["value"] is not None for t in res["targets"])
+    assert {"tritonserver", "stub:encoder", "stub:tokenizer", "stub:heads"} <= set(res["memory"]["ours-int8"])
+    md = (out / "results.md").read_text()
+    assert "## Targets" in md and "perf_analyzer" in md
+    assert (out / "latency.png").stat().st_size > 10_000
