@@ -64,10 +64,21 @@ def stats_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-async def _closed_loop(url: str, requests: Sequence[RecommendRequest], concurrency: int,
-                       timing: Timing) -> dict[str, Any]:
+Requests = Sequence[RecommendRequest] | Callable[[int], RecommendRequest]
+
+
+def _source(requests: Requests) -> tuple[Callable[[int], RecommendRequest], float]:
+    """(request for call i, mean items per request) of a fixed list or a generating workload."""
+    if callable(requests):
+        return requests, float(requests.items_per_request)
+    items = float(np.mean([len(r.history) + len(r.candidates) for r in requests]))
+    return (lambda i: requests[i % len(requests)]), items
+
+
+async def _closed_loop(url: str, requests: Requests, concurrency: int, timing: Timing) -> dict[str, Any]:
+    get, items = _source(requests)
     async with AsyncRecommenderClient(url, timeout=300.0, retries=0) as client:
-        await client.served()
+        await client.served(client.index_model if get(0).by_id else client.model)
         loop_start = time.perf_counter()
         t0 = loop_start + timing.warmup_s
         done: list[tuple[float, float, bool]] = []       # (start, end, ok) of requests ending after t0
@@ -76,7 +87,7 @@ async def _closed_loop(url: str, requests: Sequence[RecommendRequest], concurren
         async def worker(k: int) -> None:
             i = k
             while not state["stop"]:
-                req = requests[i % len(requests)]
+                req = get(i)
                 i += concurrency
                 start = time.perf_counter()
                 try:
@@ -103,13 +114,12 @@ async def _closed_loop(url: str, requests: Sequence[RecommendRequest], concurren
     window = [(s, e) for s, e, good in done if good and e <= t_end]
     latencies = [e - s for s, e in window if s >= t0]
     errors = sum(1 for _, e, good in done if not good and e <= t_end)
-    items = float(np.mean([len(r.history) + len(r.candidates) for r in requests]))
     result = summarize(latencies, t_end - t0, errors, items, concurrency, completed=len(window))
     result["server"] = stats_delta(before, after)
     return result
 
 
-def served_point(url: str, requests: Sequence[RecommendRequest], concurrency: int, timing: Timing) -> dict[str, Any]:
+def served_point(url: str, requests: Requests, concurrency: int, timing: Timing) -> dict[str, Any]:
     """``concurrency`` closed-loop clients over one channel; warm-up excluded."""
     return asyncio.run(_closed_loop(url, requests, concurrency, timing))
 

@@ -29,9 +29,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     fast = "fp16" if results["config"]["device"] == "cuda" else "int8"
     out: list[dict[str, Any]] = []
 
-    def add(name, value, bound, note=""):
-        ok = None if value is None or (isinstance(value, float) and math.isnan(value)) else value >= bound
-        out.append({"target": name, "value": value, "bound": bound, "met": ok, "note": note})
+    def add(name, value, bound, note="", op=">="):
+        if value is None or bound is None or (isinstance(value, float) and math.isnan(value)):
+            ok = None
+        else:
+            ok = value >= bound if op == ">=" else value <= bound
+        out.append({"target": name, "value": value, "bound": bound, "op": op, "met": ok, "note": note})
 
     ours = _points(results, f"ours-{REF}-{fast}")
     floor = results["in_process"].get(f"{REF}-{fast}")
@@ -58,15 +61,30 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     add(f"{fast} / fp32 peak served throughput ({REF})",
         _peak(ours)["throughput_rps"] / _peak(fp32)["throughput_rps"] if ours and fp32 else None, 1.4, note)
 
+    # the id path (item index): warm requests with every item indexed, then 10 % and 50 % new candidates
+    for unknown in (0, 10, 50):
+        pts = _points(results, f"ids-{REF}-{fast}-u{unknown}")
+        if not pts and unknown:
+            continue
+        c1, c16 = _at(pts, 1), _at(pts, 16)
+        bounded = unknown == 0
+        tag = f"id path, {unknown} % new candidates ({REF}, {fast})"
+        add(f"{tag}: p50 ms at concurrency 1", c1["latency_ms"]["p50"] if c1 else None, 4.0 if bounded else None,
+            op="<=")
+        add(f"{tag}: p99 ms at concurrency 1", c1["latency_ms"]["p99"] if c1 else None, 10.0 if bounded else None,
+            op="<=")
+        add(f"{tag}: requests/s at concurrency 16", c16["throughput_rps"] if c16 else None,
+            400.0 if bounded else None)
+
     for key, pa in results.get("perf_analyzer", {}).items():
         if not isinstance(pa, dict) or "throughput_rps" not in pa:
             continue
         mine = _at(_points(results, key.split("@")[0]), pa["concurrency"])
         if mine:
             diff = abs(mine["throughput_rps"] - pa["throughput_rps"]) / pa["throughput_rps"]
-            out.append({"target": f"our client vs perf_analyzer throughput ({key})", "value": diff, "bound": 0.15,
-                        "met": diff <= 0.15, "note": f"ours {mine['throughput_rps']:.1f} req/s, perf_analyzer "
-                                                     f"{pa['throughput_rps']:.1f} req/s (|diff| / perf_analyzer)"})
+            add(f"our client vs perf_analyzer throughput ({key})", diff, 0.15,
+                f"ours {mine['throughput_rps']:.1f} req/s, perf_analyzer {pa['throughput_rps']:.1f} req/s "
+                "(|diff| / perf_analyzer)", op="<=")
     return out
 
 
@@ -108,9 +126,12 @@ def markdown(results: dict[str, Any]) -> str:
              "measured in this one run, side by side.", "", "## Targets", "",
              "| target | measured | bound | met | note |", "|---|---|---|---|---|"]
     for t in results["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
-        op = "<=" if "perf_analyzer" in t["target"] else ">="
-        lines.append(f"| {t['target']} | {_fmt(t['value'], '.3f')} | {op} {t['bound']} | {met} | {t['note']} |")
+        if t["bound"] is None:
+            met, bound = "(reported)", "-"
+        else:
+            met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+            bound = f"{t['op']} {t['bound']}"
+        lines.append(f"| {t['target']} | {_fmt(t['value'], '.3f')} | {bound} | {met} | {t['note']} |")
     lines += ["", "## Ratios (throughput)", "", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)}x |" for k, v in ratios(results)]
     lines += ["", "## Served scenarios", "",

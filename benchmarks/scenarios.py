@@ -1,8 +1,11 @@
 """Benchmark scenarios, declared as data.
 
-A scenario is a request shape (history H, candidates C), a precision and a serving target:
+A scenario is a request shape (history H, candidates C), a precision, a serving target and a path:
   ours   -- the genrec repository: python-ort, ragged dynamic batching, pad-to-longest
   naive  -- the naive Triton pattern: FP32, every text padded to 32 tokens, no dynamic batching
+  text   -- the `genrec` ensemble: every text encoded per request (a cold request)
+  ids    -- the `recommend` model: indexed items read from the item index; a fraction `unknown` of the
+            candidates are new items (fresh ids + texts every request), encoded through the encoder
 Each served scenario is swept over a concurrency range; in-process anchors run the same requests.
 """
 
@@ -19,9 +22,14 @@ class Scenario:
     candidates: int                # C: candidate texts per request
     precision: str                 # fp32 | int8 | fp16
     target: str = "ours"           # ours | naive
+    mode: str = "text"             # text | ids
+    unknown: float = 0.0           # ids: fraction of candidates the index does not know
+    concurrency: tuple[int, ...] | None = None   # None: the suite's sweep
 
     @property
     def name(self) -> str:
+        if self.mode == "ids":
+            return f"ids-h{self.history}-c{self.candidates}-{self.precision}-u{self.unknown * 100:g}"
         return f"{self.target}-h{self.history}-c{self.candidates}-{self.precision}"
 
     @property
@@ -33,13 +41,21 @@ class Scenario:
 REFERENCE = (50, 100)
 
 
+HIT_RATE_SWEEP = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)      # unknown fractions, at concurrency 1 and 16
+
+
 def suite(name: str, device: str = "cpu") -> list[Scenario]:
     precisions = ("fp16", "fp32") if device == "cuda" else ("int8", "fp32")
+    fast = precisions[0]
+    h, c = REFERENCE
     if name == "quick":
-        h, c = REFERENCE
-        return [Scenario(h, c, precisions[0]), Scenario(h, c, "fp32"), Scenario(h, c, "fp32", "naive")]
+        return [Scenario(h, c, fast), Scenario(h, c, "fp32"), Scenario(h, c, "fp32", "naive"),
+                Scenario(h, c, fast, mode="ids"), Scenario(h, c, fast, mode="ids", unknown=0.1)]
     if name == "full":
-        shapes = [(h, c) for h in (10, 50) for c in (20, 100, 300)]
-        return ([Scenario(h, c, p) for h, c in shapes for p in precisions]
-                + [Scenario(*REFERENCE, "fp32", "naive"), Scenario(10, 20, "fp32", "naive")])
+        shapes = [(hh, cc) for hh in (10, 50) for cc in (20, 100, 300)]
+        return ([Scenario(hh, cc, p) for hh, cc in shapes for p in precisions]
+                + [Scenario(h, c, "fp32", "naive"), Scenario(10, 20, "fp32", "naive")]
+                + [Scenario(h, c, fast, mode="ids", unknown=u) for u in (0.0, 0.1, 0.5)]
+                + [Scenario(h, c, fast, mode="ids", unknown=u, concurrency=(1, 16))
+                   for u in HIT_RATE_SWEEP if u not in (0.0, 0.1, 0.5)])
     raise ValueError(f"unknown suite {name!r} (quick, full)")

@@ -15,14 +15,14 @@ from genrec.benchmarks import anchors
 from genrec.benchmarks.loadgen import Timing, served_point, timed_loop
 from genrec.benchmarks.report import targets, write_report
 from genrec.benchmarks.scenarios import CONCURRENCY, REFERENCE, Scenario, suite
-from genrec.benchmarks.workload import load_catalog, make_requests, perf_analyzer_json
+from genrec.benchmarks.workload import IdWorkload, load_catalog, make_requests, perf_analyzer_json
 
 
 @dataclasses.dataclass
 class BenchConfig:
     out: str = dataclasses.field(default="build/bench", metadata={"help": "where results.json/.md and the PNG go"})
     quick: bool = dataclasses.field(default=False, metadata={
-        "help": "CI smoke: the reference shape only, concurrency 1 and 4, short windows (< 3 min)"})
+        "help": "CI smoke: the reference shape only (text and id paths), concurrency 1 and 4, short windows"})
     scenario: tuple[str, ...] = dataclasses.field(default=(), metadata={
         "help": "only scenarios whose name contains one of these (e.g. h50-c100,naive)"})
     device: str = dataclasses.field(default="cpu", metadata={
@@ -80,21 +80,23 @@ def _ensure_model(cfg: BenchConfig, precisions: set[str], log) -> tuple[Path, Pa
     return ckpt, art
 
 
-def _catalog(cfg: BenchConfig) -> list[tuple[str, str, str]]:
+def _catalog(cfg: BenchConfig) -> Path:
+    """news.tsv whose titles (real lengths) and ids make the requests."""
     if cfg.data:
-        return load_catalog(Path(cfg.data) / "news.tsv")
+        return Path(cfg.data) / "news.tsv"
     news = Path(cfg.workdir) / "catalog" / "train" / "news.tsv"
     if not news.is_file():
         from genrec.data.synth import SynthConfig, synthesize
 
         synthesize(Path(cfg.workdir) / "catalog", SynthConfig(users=50, items=3000, seed=7))
-    return load_catalog(news)
+    return news
 
 
-def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path) -> Path:
+def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path, index: Path | None) -> Path:
     from genrec.model_repository.builder import RepositoryConfig, build_repository
 
-    rc = RepositoryConfig(precision=sc.precision, device=cfg.device, encoder_threads=cfg.threads)
+    rc = RepositoryConfig(precision=sc.precision, device=cfg.device, encoder_threads=cfg.threads,
+                          index=str(index) if index else "")
     if sc.target == "naive":
         rc = dataclasses.replace(rc, fixed_padding=True, dynamic_batching=False)
     return build_repository(art, work / "repos" / f"{sc.target}-{sc.precision}", rc)
@@ -118,9 +120,16 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     ckpt, art = _ensure_model(cfg, {s.precision for s in scenarios}, log)
     timing = Timing(cfg.warmup_s, cfg.duration_s, cfg.min_requests)
-    catalog = _catalog(cfg)
-    shapes = sorted({(s.history, s.candidates) for s in scenarios})
+    news_tsv = _catalog(cfg)
+    catalog = load_catalog(news_tsv)
+    shapes = sorted({(s.history, s.candidates) for s in scenarios if s.mode == "text"})
     reqs = {shape: make_requests(catalog, *shape) for shape in shapes}
+    indexes = {}
+    for p in sorted({s.precision for s in scenarios if s.mode == "ids"}):
+        from genrec.index import IndexConfig, build_index
+
+        indexes[p] = build_index(news_tsv, art, work / f"index-{p}", IndexConfig(precision=p, threads=cfg.threads),
+                                 progress=False, log=log)
     results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "machine": anchors.machine_info(),
                                "artifacts": str(art), "scenarios": {}, "in_process": {}, "torch_eager": {},
                                "perf_analyzer": {}, "memory": {}}
@@ -130,11 +139,11 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
         results["parity"] = {p: {k: e["parity"][k] for k in ("auc_drop", "kendall_tau_mean", "encoder_cosine_mean")}
                              for p, e in rep["precisions"].items()}
 
-    n_points = len(scenarios) * len(cfg.concurrency)
+    n_points = sum(len(s.concurrency or cfg.concurrency) for s in scenarios)
     bar = tqdm(total=n_points, desc="bench", unit="point")
 
     # anchors first: in-process ONNX per (shape, precision) and PyTorch eager per shape
-    for p in sorted({s.precision for s in scenarios if s.target == "ours"}):
+    for p in sorted({s.precision for s in scenarios if s.target == "ours" and s.mode == "text"}):
         floor = anchors.onnx_in_process(art, p, cfg.threads, cfg.device)
         for shape in shapes:
             bar.set_postfix_str(f"in-process onnx {p} h{shape[0]}-c{shape[1]}")
@@ -151,7 +160,7 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     for s in scenarios:
         groups.setdefault((s.target, s.precision), []).append(s)
     for (target, precision), members in groups.items():
-        repo = _repository(art, members[0], cfg, work)
+        repo = _repository(art, members[0], cfg, work, indexes.get(precision) if target == "ours" else None)
         with running_server(repo) as server:
             import tritonclient.grpc as grpcclient
 
@@ -159,13 +168,15 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
                                .get_server_metadata().version)
             for sc in members:
                 points = []
-                for c in cfg.concurrency:
+                for c in sc.concurrency or cfg.concurrency:
                     bar.set_postfix_str(f"{sc.name} c={c}")
-                    points.append(served_point(server.grpc_url, reqs[(sc.history, sc.candidates)], c, timing))
+                    work_ = (IdWorkload(catalog, sc.history, sc.candidates, sc.unknown, seed=c) if sc.mode == "ids"
+                             else reqs[(sc.history, sc.candidates)])
+                    points.append(served_point(server.grpc_url, work_, c, timing))
                     bar.update(1)
                 results["scenarios"][sc.name] = {"scenario": dataclasses.asdict(sc), "points": points}
             results["memory"][f"{target}-{precision}"] = anchors.process_memory(server.proc.pid)
-            ref = next((s for s in members if (s.history, s.candidates) == REFERENCE), None)
+            ref = next((s for s in members if (s.history, s.candidates) == REFERENCE and s.mode == "text"), None)
             if target == "ours" and ref is not None and not results["perf_analyzer"]:
                 if pa_binary is None:
                     results["perf_analyzer"] = {"error": "perf_analyzer not found (make setup installs it)"}

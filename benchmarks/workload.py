@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -11,12 +12,12 @@ from genrec.client.types import RecommendRequest
 from genrec.data.mind import iter_news
 
 
-def load_catalog(news_tsv: str | Path) -> list[tuple[str, str, str]]:
-    """(title, category, subcategory) of every item with a title."""
-    return [(n.title, n.category, n.subcategory) for n in iter_news(news_tsv) if n.title.strip()]
+def load_catalog(news_tsv: str | Path) -> list[tuple[str, str, str, str]]:
+    """(title, category, subcategory, id) of every item with a title."""
+    return [(n.title, n.category, n.subcategory, n.news_id) for n in iter_news(news_tsv) if n.title.strip()]
 
 
-def make_requests(catalog: list[tuple[str, str, str]], history: int, candidates: int, n: int = 64,
+def make_requests(catalog: list[tuple[str, str, str, str]], history: int, candidates: int, n: int = 64,
                   seed: int = 0) -> list[RecommendRequest]:
     rng = np.random.default_rng(seed)
     out = []
@@ -24,9 +25,34 @@ def make_requests(catalog: list[tuple[str, str, str]], history: int, candidates:
         rows = rng.choice(len(catalog), size=history + candidates, replace=history + candidates > len(catalog))
         h = [catalog[i] for i in rows[:history]]
         c = [catalog[i] for i in rows[history:]]
-        out.append(RecommendRequest([t for t, _, _ in h], [t for t, _, _ in c], [x for _, x, _ in h],
-                                    [x for _, x, _ in c], [s for _, _, s in h], [s for _, _, s in c]))
+        out.append(RecommendRequest([x[0] for x in h], [x[0] for x in c], [x[1] for x in h], [x[1] for x in c],
+                                    [x[2] for x in h], [x[2] for x in c]))
     return out
+
+
+class IdWorkload:
+    """Id-path requests: indexed items, plus a fraction of candidates that are new items (never seen
+    before by the server: a fresh id with its text per request, so the server's LRU cannot help)."""
+
+    def __init__(self, catalog: list[tuple[str, str, str, str]], history: int, candidates: int, unknown: float,
+                 seed: int = 0):
+        self.catalog, self.history, self.candidates = catalog, history, candidates
+        self.n_new = int(round(unknown * candidates))
+        self.rng = np.random.default_rng(seed)
+        self.counter = itertools.count()
+        self.items_per_request = float(history + candidates)
+
+    def __call__(self, _i: int) -> RecommendRequest:
+        k = next(self.counter)
+        rows = self.rng.choice(len(self.catalog), size=self.history + self.candidates, replace=False)
+        hist = [self.catalog[i][3] for i in rows[: self.history]]
+        cands = [self.catalog[i][3] for i in rows[self.history:]]
+        new = {}
+        for j in range(self.n_new):
+            title, cat, sub, _ = self.catalog[rows[self.history + j]]
+            cands[j] = f"new-{k}-{j}"
+            new[cands[j]] = (title, cat, sub)
+        return RecommendRequest(history_ids=hist, candidate_ids=cands, new_items=new)
 
 
 def perf_analyzer_json(requests: list[RecommendRequest], path: Path) -> Path:

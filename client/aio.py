@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client import core
 from genrec.client.errors import DeadlineExceeded, GenrecClientError, Unavailable
-from genrec.client.types import Recommendations, RecommendRequest
+from genrec.client.types import NewItem, Recommendations, RecommendRequest
 
 
 class AsyncRecommenderClient:
@@ -21,14 +21,16 @@ class AsyncRecommenderClient:
 
     def __init__(self, url: str, *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
                  root_certificates: str | None = None, compression: str | None = None, model: str = "genrec",
+                 index_model: str = "recommend",
                  backoff_s: float = 0.1, max_backoff_s: float = 2.0, private_key: str | None = None,
                  certificate_chain: str | None = None):
-        self.url, self.model, self.timeout, self.retries = url, model, timeout, retries
+        self.url, self.model, self.index_model = url, model, index_model
+        self.timeout, self.retries = timeout, retries
         self.compression, self.backoff_s, self.max_backoff_s = compression, backoff_s, max_backoff_s
         self._grpc = aioclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
                                                      private_key=private_key, certificate_chain=certificate_chain,
                                                      channel_args=core.CHANNEL_ARGS)
-        self._served: core.Served | None = None
+        self._served: dict[str, core.Served] = {}
         self._served_lock = asyncio.Lock()
         self._rng = random.Random()
 
@@ -51,39 +53,44 @@ class AsyncRecommenderClient:
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 attempt += 1
 
-    async def served(self) -> core.Served:
+    async def served(self, model: str | None = None) -> core.Served:
+        model = model or self.model
         async with self._served_lock:
-            if self._served is None:
+            if model not in self._served:
+                spec = core.RECOMMEND if model == self.index_model else core.ENSEMBLE
                 deadline = time.monotonic() + self.timeout
                 metadata = await self._call(
-                    lambda t: self._grpc.get_model_metadata(self.model, client_timeout=t), deadline)
-                core.check_metadata(metadata, self.model)
+                    lambda t: self._grpc.get_model_metadata(model, client_timeout=t), deadline)
+                core.check_metadata(metadata, model, spec)
                 config = (await self._call(
-                    lambda t: self._grpc.get_model_config(self.model, client_timeout=t), deadline)).config
-                self._served = core.served_from_config(config, metadata.versions[-1] if metadata.versions else "")
-            return self._served
+                    lambda t: self._grpc.get_model_config(model, client_timeout=t), deadline)).config
+                version = metadata.versions[-1] if metadata.versions else ""
+                self._served[model] = core.served_from_config(config, version)
+            return self._served[model]
 
     check_contract = served
 
-    async def recommend(self, history: Sequence[str], candidates: Sequence[str], *,
+    async def recommend(self, history: Sequence[str] = (), candidates: Sequence[str] = (), *,
                         history_categories: Sequence[str] | None = None,
                         candidate_categories: Sequence[str] | None = None,
                         history_subcategories: Sequence[str] | None = None,
-                        candidate_subcategories: Sequence[str] | None = None,
-                        top_k: int | None = None) -> Recommendations:
+                        candidate_subcategories: Sequence[str] | None = None, top_k: int | None = None,
+                        history_ids: Sequence[str] | None = None, candidate_ids: Sequence[str] | None = None,
+                        new_items: dict[str, NewItem] | None = None) -> Recommendations:
         return await self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
-            candidate_subcategories, top_k))
+            candidate_subcategories, top_k, history_ids, candidate_ids, new_items))
 
     async def recommend_request(self, req: RecommendRequest) -> Recommendations:
-        served = await self.served()
+        model = self.index_model if req.by_id else self.model
+        served = await self.served(model)
         user = core.prepare(req, served.limits)
         inputs = core.encode_inputs(user, grpcclient.InferInput)
         start = time.perf_counter()
         deadline = time.monotonic() + self.timeout
-        result = await self._call(lambda t: self._grpc.infer(self.model, inputs, client_timeout=t,
+        result = await self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
                                                              compression_algorithm=self.compression), deadline)
-        return core.decode(result, user, req, served, self.model, (time.perf_counter() - start) * 1e3)
+        return core.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)
 
     async def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 32,
                              return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:

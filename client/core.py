@@ -12,8 +12,8 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
-from genrec.contract import CONTRACT_VERSION, ENSEMBLE
-from genrec.requests import Limits, RequestError, UserRequest, validate
+from genrec.contract import CONTRACT_VERSION, ENSEMBLE, RECOMMEND, GraphSpec
+from genrec.requests import IdRequest, Limits, RequestError, UserRequest, validate, validate_ids
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # client channel limit; requests are far smaller (texts are capped)
 CHANNEL_ARGS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -55,13 +55,13 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
 
 
-def check_metadata(metadata: Any, model: str) -> None:
+def check_metadata(metadata: Any, model: str, spec: GraphSpec = ENSEMBLE) -> None:
     """Compare the served model's inputs/outputs with the contract; name every difference."""
     def table(tensors) -> dict[str, tuple[str, int]]:
         return {t.name: (t.datatype, len(t.shape)) for t in tensors}
 
-    want_in = {t.name: (t.dtype, len(t.dims)) for t in ENSEMBLE.inputs}
-    want_out = {t.name: (t.dtype, len(t.dims)) for t in ENSEMBLE.outputs}
+    want_in = {t.name: (t.dtype, len(t.dims)) for t in spec.inputs}
+    want_out = {t.name: (t.dtype, len(t.dims)) for t in spec.outputs}
     got_in, got_out = table(metadata.inputs), table(metadata.outputs)
     problems = []
     for kind, want, got in (("input", want_in, got_in), ("output", want_out, got_out)):
@@ -88,33 +88,67 @@ def served_from_config(config: Any, version: str) -> Served:
     return Served(version, limits, json.loads(params.get("categories", "[]")))
 
 
-def prepare(req: RecommendRequest, limits: Limits) -> UserRequest:
+def spec_for(req: RecommendRequest) -> GraphSpec:
+    return RECOMMEND if req.by_id else ENSEMBLE
+
+
+def prepare(req: RecommendRequest, limits: Limits) -> UserRequest | IdRequest:
     try:
+        if req.by_id:
+            if req.history or req.candidates:
+                raise RequestError("send either texts (history/candidates) or ids (history_ids/candidate_ids), "
+                                   "not both")
+            new = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in (req.new_items or {}).items()}
+            return validate_ids(list(req.history_ids or ()), list(req.candidate_ids or ()), list(new),
+                                [v[0] for v in new.values()], [v[1] if len(v) > 1 else "" for v in new.values()],
+                                [v[2] if len(v) > 2 else "" for v in new.values()], limits)
         return validate(list(req.history), list(req.candidates), req.history_categories, req.history_subcategories,
                         req.candidate_categories, req.candidate_subcategories, limits)
     except RequestError as exc:
         raise InvalidRequest(str(exc), "INVALID_ARGUMENT") from None
 
 
-def encode_inputs(user: UserRequest, infer_input_cls) -> list:
+def _fields(user: UserRequest | IdRequest) -> dict[str, list[str]]:
+    if isinstance(user, UserRequest):
+        return {t.name: getattr(user, t.name) for t in ENSEMBLE.inputs}
+    new = user.new_items
+    return {"history_id": user.history_id, "candidate_id": user.candidate_id, "new_item_id": list(new),
+            "new_item_text": [v[0] for v in new.values()], "new_item_category": [v[1] for v in new.values()],
+            "new_item_subcategory": [v[2] for v in new.values()]}
+
+
+def encode_inputs(user: UserRequest | IdRequest, infer_input_cls) -> list:
     inputs = []
-    for t in ENSEMBLE.inputs:
-        values = getattr(user, t.name)
+    for name, values in _fields(user).items():
         arr = np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(len(values))
-        inp = infer_input_cls(t.name, [len(values)], "BYTES")
+        inp = infer_input_cls(name, [len(values)], "BYTES")
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
     return inputs
 
 
-def decode(result: Any, user: UserRequest, req: RecommendRequest, served: Served, model: str,
+SOURCES = ("index", "cache", "encoded")
+
+
+def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, served: Served, model: str,
            latency_ms: float) -> Recommendations:
     scores = result.as_numpy("scores")                      # (C,)
     tasks = {name: result.as_numpy(name) for name in TASK_OUTPUTS}
     explanation = result.as_numpy("explanation")            # (C, H)
-    truncated = result.as_numpy("truncated")                # (H + C,)
     topics = result.as_numpy("user_topics")                 # (K,)
-    n_hist = len(user.history_text)
+    if isinstance(user, IdRequest):
+        hist_ids, cand_ids = user.history_id, user.candidate_id
+        texts = {k: v[0] for k, v in user.new_items.items()}
+        hist_text, cand_text = [texts.get(i, "") for i in hist_ids], [texts.get(i, "") for i in cand_ids]
+        cand_cat = [user.new_items[i][1] if i in user.new_items else "" for i in cand_ids]
+        source = [SOURCES[s] for s in result.as_numpy("item_source")]     # (H + C,)
+        truncated = np.zeros(len(hist_ids) + len(cand_ids), dtype=bool)
+    else:
+        hist_ids, cand_ids = [""] * len(user.history_text), [""] * len(user.candidate_text)
+        hist_text, cand_text, cand_cat = user.history_text, user.candidate_text, user.candidate_category
+        source = [""] * (len(hist_ids) + len(cand_ids))
+        truncated = result.as_numpy("truncated")            # (H + C,)
+    n_hist = len(hist_ids)
     order = np.argsort(-scores, kind="stable")
     if req.top_k is not None:
         order = order[: max(0, req.top_k)]
@@ -123,10 +157,10 @@ def decode(result: Any, user: UserRequest, req: RecommendRequest, served: Served
         weights = explanation[c] if explanation.size else np.zeros(0)
         top = np.argsort(-weights, kind="stable")[:EXPLAIN_TOP]
         items.append(RecommendedItem(
-            index=int(c), text=user.candidate_text[c], category=user.candidate_category[c], score=float(scores[c]),
+            index=int(c), text=cand_text[c], category=cand_cat[c], score=float(scores[c]),
             tasks={k: float(v[c]) for k, v in tasks.items()},
-            because=tuple(Because(int(h), user.history_text[h], float(weights[h])) for h in top),
-            truncated=bool(truncated[n_hist + c])))
+            because=tuple(Because(int(h), hist_text[h], float(weights[h]), hist_ids[h]) for h in top),
+            truncated=bool(truncated[n_hist + c]), item_id=cand_ids[c], source=source[n_hist + c]))
     names = served.categories if len(served.categories) == len(topics) else [str(i) for i in range(len(topics))]
     profile = dict(sorted(((names[i] or "<unknown>", float(p)) for i, p in enumerate(topics)),
                           key=lambda kv: -kv[1]))

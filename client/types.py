@@ -11,8 +11,9 @@ class Because:
     """One history item that drove a candidate's score."""
 
     history_index: int
-    text: str
+    text: str                # "" on the id path for indexed items
     weight: float            # its additive share of the candidate's match logit
+    item_id: str = ""        # id path only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,9 @@ class RecommendedItem:
     score: float             # click logit: what the list is sorted by
     tasks: dict[str, float]  # auxiliary outputs: topic_affinity, category_confidence
     because: tuple[Because, ...]
-    truncated: bool          # the text was cut to the model's max tokens
+    truncated: bool          # the text was cut to the model's max tokens (text path)
+    item_id: str = ""        # id path only
+    source: str = ""         # id path: "index", "cache" (new item encoded before) or "encoded" (now)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +45,24 @@ class Recommendations:
         return len(self.items)
 
 
+NewItem = str | tuple[str, str] | tuple[str, str, str]     # text, or (text, category[, subcategory])
+
+
 @dataclasses.dataclass
 class RecommendRequest:
-    """One user's request, for ``recommend_many``."""
+    """One user's request, for ``recommend_many``: texts (the ``genrec`` ensemble) or ids (``recommend``)."""
 
-    history: Sequence[str]
-    candidates: Sequence[str]
+    history: Sequence[str] = ()
+    candidates: Sequence[str] = ()
     history_categories: Sequence[str] | None = None
     candidate_categories: Sequence[str] | None = None
     history_subcategories: Sequence[str] | None = None
     candidate_subcategories: Sequence[str] | None = None
     top_k: int | None = None
+    history_ids: Sequence[str] | None = None        # id path: items of the item-embedding index...
+    candidate_ids: Sequence[str] | None = None
+    new_items: dict[str, NewItem] | None = None     # ...and the texts of ids the index may not know
+
+    @property
+    def by_id(self) -> bool:
+        return self.candidate_ids is not None or self.history_ids is not None

@@ -113,3 +113,21 @@ TOKENIZER = GraphSpec(
 
 # The served contract of the `genrec` ensemble: what online services send and receive.
 ENSEMBLE = GraphSpec("genrec", inputs=_TEXT_INPUTS, outputs=(*HEADS.outputs, TRUNCATED))
+
+# The id path (`recommend` model): known items come from the item-embedding index, only unknown items
+# are encoded. Every id not in the index must come with its text in new_item_*.
+MAX_ID_BYTES = 64
+ITEM_SOURCE = TensorSpec("item_source", "INT8", ("N",),
+                         "per item (history first): 0 = index, 1 = LRU cache of new items, 2 = encoded now")
+RECOMMEND = GraphSpec(
+    "recommend",
+    inputs=(
+        TensorSpec("history_id", "BYTES", ("H",), "ids of the user's history items, oldest first (0..50)"),
+        TensorSpec("candidate_id", "BYTES", ("C",), "ids of the candidates to rank (1..max_candidates)"),
+        TensorSpec("new_item_id", "BYTES", ("M",), "ids of items the index may not know (0..H + C)"),
+        TensorSpec("new_item_text", "BYTES", ("M",), "their texts"),
+        TensorSpec("new_item_category", "BYTES", ("M",), "their categories ('' = unknown)"),
+        TensorSpec("new_item_subcategory", "BYTES", ("M",), "their subcategories ('' = unknown)"),
+    ),
+    outputs=(*HEADS.outputs, ITEM_SOURCE),
+)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from genrec.contract import MAX_CANDIDATES, MAX_HISTORY, MAX_TEXT_BYTES
+from genrec.contract import MAX_CANDIDATES, MAX_HISTORY, MAX_ID_BYTES, MAX_TEXT_BYTES
 
 
 class RequestError(ValueError):
@@ -91,3 +91,61 @@ def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes
                        decoded["history_category"], decoded["history_subcategory"],
                        _decode(candidate_text, "candidate_text", text=True, limits=limits),
                        decoded["candidate_category"], decoded["candidate_subcategory"])
+
+
+@dataclasses.dataclass
+class IdRequest:
+    history_id: list[str]
+    candidate_id: list[str]
+    new_items: dict[str, tuple[str, str, str]]     # id -> (text, category, subcategory)
+
+
+def _ids(values: Sequence[bytes | str], name: str) -> list[str]:
+    out = []
+    for i, v in enumerate(values):
+        raw = v if isinstance(v, bytes) else str(v).encode("utf-8")
+        if not raw.strip():
+            raise RequestError(f"{name}[{i}] is empty; every item needs an id")
+        if len(raw) > MAX_ID_BYTES:
+            raise RequestError(f"{name}[{i}] is {len(raw)} bytes; ids are at most {MAX_ID_BYTES} bytes")
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"{name}[{i}] is not valid UTF-8 (byte {exc.start})") from None
+    return out
+
+
+def validate_ids(history_id: Sequence[bytes | str], candidate_id: Sequence[bytes | str],
+                 new_item_id: Sequence[bytes | str] = (), new_item_text: Sequence[bytes | str] = (),
+                 new_item_category: Sequence[bytes | str] | None = None,
+                 new_item_subcategory: Sequence[bytes | str] | None = None,
+                 limits: Limits = Limits()) -> IdRequest:
+    """The id path's checks: counts as for texts, ids non-empty UTF-8 of at most MAX_ID_BYTES, and
+    new_item_* lists aligned (one text, category, subcategory per new id, no id twice)."""
+    if len(candidate_id) == 0:
+        raise RequestError(f"candidate_id is empty; send 1 to {limits.max_candidates} candidates")
+    if len(candidate_id) > limits.max_candidates:
+        raise RequestError(f"candidate_id has {len(candidate_id)} items; the limit is {limits.max_candidates}")
+    if len(history_id) > limits.max_history:
+        raise RequestError(f"history_id has {len(history_id)} items; the limit is {limits.max_history} "
+                           f"(send the most recent {limits.max_history})")
+    if len(new_item_id) > len(history_id) + len(candidate_id):
+        raise RequestError(f"new_item_id has {len(new_item_id)} items, more than the request's "
+                           f"{len(history_id) + len(candidate_id)} history and candidate ids")
+    n = len(new_item_id)
+    for name, values in (("new_item_text", new_item_text), ("new_item_category", new_item_category),
+                         ("new_item_subcategory", new_item_subcategory)):
+        if values is not None and len(values) != n:
+            raise RequestError(f"{name} has {len(values)} values but new_item_id has {n}; send one per new item")
+    new_ids = _ids(new_item_id, "new_item_id")
+    texts = _decode(new_item_text, "new_item_text", text=True, limits=limits)
+    cats = [""] * n if new_item_category is None else _decode(new_item_category, "new_item_category", text=False,
+                                                               limits=limits)
+    subs = [""] * n if new_item_subcategory is None else _decode(new_item_subcategory, "new_item_subcategory",
+                                                                 text=False, limits=limits)
+    new_items: dict[str, tuple[str, str, str]] = {}
+    for i, item_id in enumerate(new_ids):
+        if item_id in new_items:
+            raise RequestError(f"new_item_id[{i}] {item_id!r} appears twice")
+        new_items[item_id] = (texts[i], cats[i], subs[i])
+    return IdRequest(_ids(history_id, "history_id"), _ids(candidate_id, "candidate_id"), new_items)

@@ -45,11 +45,22 @@ def artifacts(trained_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def fp32_repository(artifacts, tmp_path_factory):
+def fp32_index(artifacts, tiny_data, tmp_path_factory):
+    """The tiny catalog encoded by the FP32 encoder (the id path's item index)."""
+    from genrec.index import IndexConfig, build_index
+
+    return build_index(tiny_data / "train" / "news.tsv", artifacts.root, tmp_path_factory.mktemp("index") / "fp32",
+                       IndexConfig(precision="fp32", threads=2), progress=False, log=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def fp32_repository(artifacts, fp32_index, tmp_path_factory):
+    """Text ensemble + the id path over the FP32 index (one recommend instance: deterministic LRU hits)."""
     from genrec.model_repository.builder import RepositoryConfig, build_repository
 
     return build_repository(artifacts.root, tmp_path_factory.mktemp("repo") / "fp32",
-                            RepositoryConfig(precision="fp32", max_queue_delay_us=2000))
+                            RepositoryConfig(precision="fp32", max_queue_delay_us=2000, index=str(fp32_index),
+                                             recommend_instances=1))
 
 
 @pytest.fixture(scope="session")

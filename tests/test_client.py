@@ -87,7 +87,7 @@ def test_invalid_request_same_message_locally_and_from_server(server, requests_c
 def test_server_invalid_argument_becomes_invalid_request(server):
     """A client whose cached limits are looser than the server's (e.g. the server was reconfigured)."""
     client = RecommenderClient(server.grpc_url)
-    client._served = dataclasses.replace(client.served(), limits=Limits(max_candidates=1000))
+    client._served["genrec"] = dataclasses.replace(client.served(), limits=Limits(max_candidates=1000))
     with pytest.raises(InvalidRequest) as err:
         client.recommend(["Coach praises linebacker"], [f"candidate {i}" for i in range(301)])
     assert err.value.status == "INVALID_ARGUMENT"
@@ -116,7 +116,7 @@ def test_unavailable_after_retries():
 def test_deadline_shorter_than_the_request(server):
     client = RecommenderClient(server.grpc_url, timeout=0.02)
     client_ok = RecommenderClient(server.grpc_url)
-    client._served = client_ok.served()             # the deadline applies to the recommendation itself
+    client._served["genrec"] = client_ok.served()    # the deadline applies to the recommendation itself
     texts = [f"A long candidate title number {i} about markets, sports and weather today" for i in range(300)]
     with pytest.raises(DeadlineExceeded):
         client.recommend(texts[:50], texts)

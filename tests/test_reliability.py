@@ -301,7 +301,7 @@ def test_unsupervised_dead_stub_fails_fast_while_triton_still_reports_ready(fp32
         client = grpcclient.InferenceServerClient(srv.grpc_url)
         inputs = ensemble([TITLE], ["Stocks rally"])[1]
         client.infer("genrec", inputs)
-        assert sorted(srv.stub_processes().values()) == ["encoder_0_0", "heads_0_0", "tokenizer_0_0"]
+        assert sorted(srv.stub_processes().values()) == ["encoder_0_0", "heads_0_0", "recommend_0_0", "tokenizer_0_0"]
         os.kill(next(p for p, name in srv.stub_processes().items() if name == "heads_0_0"), signal.SIGKILL)
         for _ in range(3):
             start = time.monotonic()
@@ -375,6 +375,6 @@ def test_30_second_soak(fp32_repository, tmp_path):
     assert report["unexpected"] == 0, report["unexpected_examples"]
     assert report["ok"] > 0 and report["rejected"] > 0
     assert set(report["rejected_by_kind"]) >= {"no_candidates", "non_utf8_text", "nan_item_vectors"}
-    assert set(report["rss"]) == {"tritonserver", "encoder_0_0", "tokenizer_0_0", "heads_0_0"}
+    assert set(report["rss"]) == {"tritonserver", "encoder_0_0", "tokenizer_0_0", "heads_0_0", "recommend_0_0"}
     assert report["passed"], report["reasons"]            # RSS over 30 s is noisy: the bound here is 50 %
     assert json.loads((tmp_path / "soak.json").read_text())["requests"] == report["requests"]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_python_ort_repository_layout(fp32_repository):
     configs = load_configs(fp32_repository)
-    assert set(configs) == {"tokenizer", "encoder", "heads", "genrec"}
+    assert set(configs) == {"tokenizer", "encoder", "heads", "genrec", "recommend"}
     enc = configs["encoder"]
     assert enc.backend == "python" and enc.max_batch_size >= 350
     assert all(i.allow_ragged_batch for i in enc.input) and enc.HasField("dynamic_batching")

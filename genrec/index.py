@@ -1,0 +1,234 @@
+"""Item-embedding index: a whole catalog encoded once, memory-mapped, stamped with the encoder's hash.
+
+INDEX_DIR/
+  index.json        manifest: encoder sha256 + precision, D, row count, catalog fingerprint, complete flag
+  ids.bin           (N,) fixed-width UTF-8 ids, catalog order          memory-mapped
+  order.i64         (N,) argsort of ids: binary search without a dict  memory-mapped
+  category.i64      (N,) category ids, subcategory.i64 (N,)             memory-mapped
+  vectors.f32       (N, D) float32 item vectors                         memory-mapped
+  progress.json     rows encoded so far (resume point)
+
+Building streams news.tsv twice (count + ids/categories, then encode in chunks), so a 1M-item catalog
+never sits in memory; an interrupted build resumes from the last flushed chunk. Torch-free: the serving
+model opens indexes with this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genrec.contract import CONTRACT_VERSION
+from genrec.data.mind import NewsItem, iter_news
+from genrec.runtime import OrtEncoder, ServingAssets
+from genrec.text import item_text
+
+FORMAT = "genrec.index/1"
+MAX_ID_BYTES = 64
+
+
+FILES = ("index.json", "ids.bin", "order.i64", "category.i64", "subcategory.i64", "vectors.f32", "progress.json")
+
+
+class IndexMismatch(RuntimeError):
+    """The index is missing, incomplete, or was built by another encoder."""
+
+
+@dataclasses.dataclass
+class IndexConfig:
+    precision: str = dataclasses.field(default="int8", metadata={
+        "help": "which exported encoder encodes the catalog; the serving repository must use the same one",
+        "choices": ("fp32", "fp16", "int8")})
+    chunk_size: int = dataclasses.field(default=4096, metadata={
+        "help": "items encoded and flushed per chunk (the resume granularity)"})
+    batch_size: int = dataclasses.field(default=128, metadata={"help": "texts per ONNX Runtime call"})
+    threads: int = dataclasses.field(default=0, metadata={"help": "ORT intra-op threads (0 = all cores)"})
+    skip_bad_lines: bool = dataclasses.field(default=False, metadata={
+        "help": "count and report malformed catalog lines instead of failing"})
+
+
+def _catalog_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
+    chunk: list[NewsItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg: IndexConfig = IndexConfig(),
+                *, progress: bool = True, log: Callable[[str], None] = print,
+                on_chunk: Callable[[int], None] | None = None) -> Path:
+    """Encode every item of ``catalog`` (news.tsv) with the exported encoder; resume if interrupted.
+
+    ``on_chunk(rows_done)`` is called after each flushed chunk (progress hooks, tests).
+    """
+    from genrec.export.pipeline import Artifacts
+
+    catalog, out = Path(catalog), Path(out)
+    art = Artifacts.load(artifacts)
+    assets = ServingAssets.load(art.assets)
+    encoder_sha = art.sha256(cfg.precision, "encoder")
+    fingerprint = _catalog_fingerprint(catalog)
+    manifest_path = out / "index.json"
+    out.mkdir(parents=True, exist_ok=True)
+
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    same = manifest is not None and manifest["encoder_sha256"] == encoder_sha and \
+        manifest["catalog_sha256"] == fingerprint
+    if same and manifest["complete"]:
+        log(f"{out}: already complete for this catalog and encoder ({manifest['count']} items)")
+        return out
+    if manifest is not None and not same:
+        log(f"{out}: built for another catalog or encoder; rebuilding from scratch")
+        for name in FILES:
+            (out / name).unlink(missing_ok=True)
+        manifest = None
+
+    n = 0
+    id_width = 1
+    if manifest is None:
+        for item in iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines):
+            raw = item.news_id.encode("utf-8")
+            if len(raw) > MAX_ID_BYTES:
+                raise ValueError(f"item id {item.news_id[:80]!r} is longer than {MAX_ID_BYTES} bytes")
+            n += 1
+            id_width = max(id_width, len(raw))
+        if n == 0:
+            raise ValueError(f"{catalog} has no items")
+        manifest = {"format": FORMAT, "contract_version": CONTRACT_VERSION, "encoder_sha256": encoder_sha,
+                    "precision": cfg.precision, "dim": assets.dim, "count": n, "id_width": id_width,
+                    "catalog": str(catalog.resolve()), "catalog_sha256": fingerprint,
+                    "use_abstract": bool(assets.info.get("use_abstract", False)),
+                    "categories_sha256": hashlib.sha256(
+                        json.dumps(assets.category_vocab.to_list()).encode()).hexdigest(),
+                    "complete": False, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        ids = np.memmap(out / "ids.bin", dtype=f"S{id_width}", mode="w+", shape=(n,))
+        cats = np.memmap(out / "category.i64", dtype=np.int64, mode="w+", shape=(n,))
+        subs = np.memmap(out / "subcategory.i64", dtype=np.int64, mode="w+", shape=(n,))
+        for row, item in enumerate(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines)):
+            ids[row] = item.news_id.encode("utf-8")
+            cats[row] = assets.category_vocab.id(item.category)
+            subs[row] = assets.subcategory_vocab.id(item.subcategory)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
+        if dup.size:
+            raise ValueError(f"{catalog}: duplicate item id {sorted_ids[dup[0]].decode()!r} "
+                             f"({dup.size} duplicates); ids must be unique")
+        np.memmap(out / "order.i64", dtype=np.int64, mode="w+", shape=(n,))[:] = order
+        ids.flush(), cats.flush(), subs.flush()
+        np.memmap(out / "vectors.f32", dtype=np.float32, mode="w+", shape=(n, assets.dim)).flush()
+        _write_json(out / "progress.json", {"rows": 0})
+        _write_json(manifest_path, manifest)
+    n = manifest["count"]
+    done = json.loads((out / "progress.json").read_text())["rows"]
+    if done:
+        log(f"{out}: resuming at row {done} of {n}")
+
+    encoder = OrtEncoder(art.graph(cfg.precision, "encoder"), threads=cfg.threads)
+    tokenizer = assets.tokenizer()
+    vectors = np.memmap(out / "vectors.f32", dtype=np.float32, mode="r+", shape=(n, manifest["dim"]))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, initial=done, desc="indexing", unit="item", mininterval=1.0)
+    t0 = time.perf_counter()
+    row = 0
+    truncated = 0
+    for chunk in _chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
+        start, row = row, row + len(chunk)
+        if row <= done:
+            continue                                            # encoded before the interruption
+        texts = [item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk]
+        tok = tokenizer(texts, pad_to=tokenizer.max_length)
+        truncated += int(tok.truncated.sum())
+        lengths = tok.attention_mask.sum(1)
+        order = np.argsort(lengths, kind="stable")
+        out_vec = np.empty((len(chunk), manifest["dim"]), dtype=np.float32)    # (chunk, D)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i: i + cfg.batch_size]
+            width = max(1, int(lengths[idx].max()))
+            out_vec[idx] = encoder(tok.input_ids[idx, :width], tok.attention_mask[idx, :width])
+        vectors[start:row] = out_vec
+        vectors.flush()
+        _write_json(out / "progress.json", {"rows": row})       # only after the rows are on disk
+        if bar is not None:
+            bar.update(len(chunk))
+        if on_chunk is not None:
+            on_chunk(row)
+    if bar is not None:
+        bar.close()
+    manifest.update(complete=True, seconds=round(time.perf_counter() - t0, 1), truncated_texts=truncated)
+    _write_json(manifest_path, manifest)
+    log(f"indexed {n} items into {out} ({manifest['seconds']} s for this run; {truncated} texts cut to "
+        f"{tokenizer.max_length} tokens)")
+    return out
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+
+class ItemIndex:
+    """Read-only view of a complete index: vectorized id lookup, vectors and category ids."""
+
+    def __init__(self, folder: str | Path, *, expect_encoder_sha256: str | None = None):
+        folder = Path(folder)
+        path = folder / "index.json"
+        if not path.is_file():
+            raise IndexMismatch(f"no index at {folder} (build one with `genrec index build`)")
+        self.manifest = m = json.loads(path.read_text())
+        if m.get("format") != FORMAT:
+            raise IndexMismatch(f"{path}: format {m.get('format')!r} is not {FORMAT!r}")
+        if not m["complete"]:
+            rows = json.loads((folder / "progress.json").read_text())["rows"]
+            raise IndexMismatch(f"{folder} is incomplete ({rows} of {m['count']} rows): "
+                                "rerun `genrec index build` to resume it")
+        if expect_encoder_sha256 is not None and m["encoder_sha256"] != expect_encoder_sha256:
+            raise IndexMismatch(
+                f"index {folder} was built by encoder {m['encoder_sha256'][:12]} ({m['precision']}), but this server "
+                f"serves encoder {expect_encoder_sha256[:12]}: its vectors would not match freshly encoded items. "
+                "Rebuild the index with the served artifacts and precision.")
+        n, d = m["count"], m["dim"]
+        self.dim = d
+        self.ids = np.memmap(folder / "ids.bin", dtype=f"S{m['id_width']}", mode="r", shape=(n,))
+        self.order = np.memmap(folder / "order.i64", dtype=np.int64, mode="r", shape=(n,))
+        self.sorted_ids = np.asarray(self.ids[self.order])         # (N,) small: id_width bytes per item
+        self.category = np.memmap(folder / "category.i64", dtype=np.int64, mode="r", shape=(n,))
+        self.subcategory = np.memmap(folder / "subcategory.i64", dtype=np.int64, mode="r", shape=(n,))
+        self.vectors = np.memmap(folder / "vectors.f32", dtype=np.float32, mode="r", shape=(n, d))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids: list[bytes]) -> np.ndarray:
+        """(len(ids),) row of each id, -1 where unknown. Binary search, no per-item Python dict."""
+        if not ids:
+            return np.zeros(0, dtype=np.int64)
+        width = self.sorted_ids.dtype.itemsize
+        query = np.array([i if len(i) <= width else b"\xff" * (width + 1) for i in ids], dtype=f"S{width + 1}")
+        pos = np.searchsorted(self.sorted_ids, query)
+        pos = np.minimum(pos, len(self.sorted_ids) - 1)
+        found = self.sorted_ids[pos] == query
+        return np.where(found, self.order[pos], -1)

@@ -1,0 +1,144 @@
+"""Triton model ``recommend`` (python backend, BLS): the real-time id path.
+
+Per request: ids -> rows of the memory-mapped item index (binary search); ids the index does not know
+must come with their text in ``new_item_*``: those are looked up in a bounded LRU of recently encoded
+new items, and only true misses are tokenized here and sent to the ``encoder`` model through BLS, so
+they are still dynamically batched with every other request's texts. The heads run in process (a
+0.2 ms ONNX graph is cheaper than another BLS hop; see model_repository/README.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from genrec.contract import HEADS
+from genrec.index import IndexMismatch, ItemIndex
+from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
+from genrec.requests import Limits, RequestError, validate_ids
+from genrec.runtime import OrtHeads, ServingAssets
+
+INDEX, CACHE, ENCODED = 0, 1, 2      # item_source values
+
+
+class LRU:
+    """Bounded map (id, text, category, subcategory) -> (vector, category id, subcategory id)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._data: OrderedDict[bytes, tuple[np.ndarray, int, int]] = OrderedDict()
+
+    @staticmethod
+    def key(item_id: str, text: str, category: str, subcategory: str) -> bytes:
+        return hashlib.blake2b("\x1f".join((item_id, text, category, subcategory)).encode(), digest_size=16).digest()
+
+    def get(self, key: bytes):
+        hit = self._data.get(key)
+        if hit is not None:
+            self._data.move_to_end(key)
+        return hit
+
+    def put(self, key: bytes, value) -> None:
+        if self.capacity <= 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+
+class RecommendModel:
+    def initialize(self, args):
+        p = model_params(args)
+        vdir = version_dir(args)
+        self.assets = ServingAssets.load(vdir / "assets")
+        self.tokenizer = self.assets.tokenizer()
+        try:
+            self.index = ItemIndex(p["index_dir"], expect_encoder_sha256=p["encoder_sha256"])
+        except IndexMismatch as exc:
+            raise pb_utils.TritonModelException(f"recommend: {exc}") from None
+        if self.index.dim != self.assets.dim:
+            raise pb_utils.TritonModelException(
+                f"recommend: index vectors have D={self.index.dim}, the model D={self.assets.dim}")
+        # "in-process" runs heads.onnx here; "bls" calls the `heads` model (kept to measure the choice)
+        self.heads_mode = p.get("heads_mode", "in-process")
+        self.heads = OrtHeads(vdir / "heads.onnx", threads=1, device=p.get("device", "cpu"))
+        self.cache = LRU(int(p["lru_items"]))
+        self.encoder_model = p.get("encoder_model", "encoder")
+        self.limits = Limits(max_history=int(p["max_history"]), max_candidates=int(p["max_candidates"]),
+                             max_text_bytes=int(p["max_text_bytes"]))
+
+    def execute(self, requests):
+        return per_request("recommend", requests, self._one)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        tok = self.tokenizer(texts)
+        req = pb_utils.InferenceRequest(model_name=self.encoder_model, requested_output_names=["item_vectors"],
+                                        inputs=[pb_utils.Tensor("input_ids", tok.input_ids),
+                                                pb_utils.Tensor("attention_mask", tok.attention_mask)])
+        res = req.exec()
+        if res.has_error():
+            raise RuntimeError(f"encoder: {res.error().message()}")
+        return pb_utils.get_output_tensor_by_name(res, "item_vectors").as_numpy()     # (M, D)
+
+    def _heads_bls(self, vectors, hc, hs, cc, cs) -> dict[str, np.ndarray]:
+        feeds = zip(HEADS.input_names, (vectors, hc, hs, cc, cs))
+        req = pb_utils.InferenceRequest(model_name="heads", requested_output_names=HEADS.output_names,
+                                        inputs=[pb_utils.Tensor(n, v) for n, v in feeds])
+        res = req.exec()
+        if res.has_error():
+            raise RuntimeError(f"heads: {res.error().message()}")
+        return {n: pb_utils.get_output_tensor_by_name(res, n).as_numpy() for n in HEADS.output_names}
+
+    def _one(self, request):
+        raw = {name: get_input(request, name, ndim=1).tolist() for name in (
+            "history_id", "candidate_id", "new_item_id", "new_item_text", "new_item_category", "new_item_subcategory")}
+        req = validate_ids(raw["history_id"], raw["candidate_id"], raw["new_item_id"], raw["new_item_text"],
+                           raw["new_item_category"], raw["new_item_subcategory"], self.limits)
+        ids = [*req.history_id, *req.candidate_id]
+        n_hist = len(req.history_id)
+        rows = self.index.rows([i.encode("utf-8") for i in ids])                  # (N,) -1 = not indexed
+        known = rows >= 0
+        vectors = np.empty((len(ids), self.index.dim), dtype=np.float32)         # (N, D)
+        cats = np.zeros(len(ids), dtype=np.int64)
+        subs = np.zeros(len(ids), dtype=np.int64)
+        source = np.full(len(ids), INDEX, dtype=np.int8)
+        if known.any():
+            kr = rows[known]
+            vectors[known] = self.index.vectors[kr]
+            cats[known], subs[known] = self.index.category[kr], self.index.subcategory[kr]
+        misses: dict[bytes, list[int]] = {}          # LRU key -> positions in this request
+        miss_items: dict[bytes, tuple[str, str, str]] = {}
+        for pos in np.flatnonzero(~known):
+            item_id = ids[pos]
+            if item_id not in req.new_items:
+                kind, k = ("history_id", pos) if pos < n_hist else ("candidate_id", pos - n_hist)
+                raise RequestError(f"{kind}[{k}] {item_id!r} is not in the index; send its text in new_item_*")
+            text, cat, sub = req.new_items[item_id]
+            key = LRU.key(item_id, text, cat, sub)
+            hit = self.cache.get(key)
+            if hit is not None:
+                vectors[pos], cats[pos], subs[pos] = hit
+                source[pos] = CACHE
+            else:
+                misses.setdefault(key, []).append(int(pos))
+                miss_items[key] = (text, cat, sub)
+        if misses:
+            keys = list(misses)
+            encoded = self._encode([miss_items[k][0] for k in keys])
+            for key, vec in zip(keys, encoded):
+                _, cat, sub = miss_items[key]
+                value = (vec, self.assets.category_vocab.id(cat), self.assets.subcategory_vocab.id(sub))
+                self.cache.put(key, value)
+                for pos in misses[key]:
+                    vectors[pos], cats[pos], subs[pos] = value
+                    source[pos] = ENCODED
+        if self.heads_mode == "bls":
+            out = self._heads_bls(vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:])
+        else:
+            out = self.heads(vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:])
+        out["item_source"] = source
+        return response(out)
