@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PA_VENV  := .venv-perf-analyzer
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-gpu lint clean
 
 setup: $(STAMP) $(PA_STAMP)
 
@@ -34,6 +34,14 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/genrec bench --out build/bench
+
+# On a machine with an NVIDIA GPU: ONNX Runtime with the CUDA EP replaces the CPU build in .venv, then
+# the suite runs FP16 (and FP32) on the GPU. The PyTorch anchor stays on CPU (torch is pinned to the CPU
+# wheel) and says so in results.json.
+bench-gpu: setup
+	$(PY) -m pip uninstall --quiet -y onnxruntime
+	$(PY) -m pip install --quiet "onnxruntime-gpu>=1.19"
+	$(VENV)/bin/genrec bench --device cuda --out build/bench-gpu
 
 lint: setup
 	$(VENV)/bin/ruff check genrec export model_repository server client benchmarks tests

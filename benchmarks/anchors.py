@@ -39,6 +39,9 @@ def torch_eager(checkpoint: Path, threads: int, device: str = "cpu"):
     from genrec.export.graphs import HeadsGraph
 
     torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "cpu"          # the project pins the CPU wheel of torch; the anchor then runs on CPU
+    run_device = device
     ckpt = Checkpoint.load(checkpoint)
     model = ckpt.build_model().to(device)
     heads = HeadsGraph(model.heads).eval()
@@ -56,6 +59,7 @@ def torch_eager(checkpoint: Path, threads: int, device: str = "cpu"):
         return heads(vec, ids(r.history_categories, cv, n_h), ids(r.history_subcategories, sv, n_h),
                      ids(r.candidate_categories, cv, len(r.candidates)),
                      ids(r.candidate_subcategories, sv, len(r.candidates)))
+    run.device = run_device
     return run
 
 

@@ -177,33 +177,55 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
+    """Three panels: the reference shape's text path against its anchors; every text-path shape of the
+    fast precision; the id path per fraction of new candidates. p99 solid, p50 dashed, labels = concurrency."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 6))
-    for name, sc in results["scenarios"].items():
-        pts = sc["points"]
-        x = [p["throughput_rps"] for p in pts]
-        line, = ax.plot(x, [p["latency_ms"]["p99"] for p in pts], marker="o", label=f"{name} p99")
-        ax.plot(x, [p["latency_ms"]["p50"] for p in pts], linestyle="--", color=line.get_color(), alpha=0.6)
-        for p in pts:
-            ax.annotate(str(p["concurrency"]), (p["throughput_rps"], p["latency_ms"]["p99"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    for key, p in results["in_process"].items():
-        ax.axvline(p["throughput_rps"], linestyle=":", color="grey", alpha=0.5)
-        ax.annotate(f"in-process {key}", (p["throughput_rps"], ax.get_ylim()[0] if ax.lines else 1), rotation=90,
-                    fontsize=6, color="grey")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("throughput (requests/s)")
-    ax.set_ylabel("client latency (ms): p99 solid, p50 dashed; labels = concurrency")
-    ax.set_title(f"genrec served latency vs throughput ({results['machine']['cores']} cores)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    fast = "fp16" if results["config"]["device"] == "cuda" else "int8"
+    scen = results["scenarios"]
+    panels = [
+        (f"text path {REF}: ours vs naive Triton, anchors",
+         [n for n in scen if n.endswith(f"-{REF}-{fast}") or n.endswith(f"-{REF}-fp32")], True),
+        (f"text path, every shape ({fast})", [n for n in scen if n.startswith("ours-") and n.endswith(f"-{fast}")],
+         False),
+        (f"id path {REF} ({fast}): % new candidates", [n for n in scen if n.startswith("ids-")], False),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6))
+    for ax, (title, names, anchors_too) in zip(axes, panels):
+        colors = plt.cm.tab10.colors
+        for k, name in enumerate(names):
+            pts = scen[name]["points"]
+            x = [p["throughput_rps"] for p in pts]
+            color = colors[k % len(colors)]
+            ax.plot(x, [p["latency_ms"]["p99"] for p in pts], marker="o", color=color, label=name)
+            ax.plot(x, [p["latency_ms"]["p50"] for p in pts], linestyle="--", color=color, alpha=0.6)
+            for p in pts:
+                ax.annotate(str(p["concurrency"]), (p["throughput_rps"], p["latency_ms"]["p99"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        if anchors_too:
+            styles = {"int8": ":", "fp16": ":", "fp32": "-."}
+            for key, p in results["in_process"].items():
+                if key.startswith(REF):
+                    prec = key.rsplit("-", 1)[1]
+                    ax.axvline(p["throughput_rps"], color="grey", linestyle=styles.get(prec, ":"),
+                               label=f"in-process ONNX {prec} (throughput)")
+            eager = results["torch_eager"].get(REF)
+            if eager:
+                ax.axvline(eager["throughput_rps"], color="black", linestyle=":", label="PyTorch eager in-process")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("throughput (requests/s)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("client latency (ms): p99 solid, p50 dashed; labels = concurrency")
+    fig.suptitle(f"genrec served latency vs throughput ({results['machine']['cores']} cores, "
+                 f"{results['machine']['cpu']})", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

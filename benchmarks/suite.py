@@ -150,6 +150,7 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
             results["in_process"][f"h{shape[0]}-c{shape[1]}-{p}"] = timed_loop(floor, reqs[shape], timing)
         del floor
     eager = anchors.torch_eager(ckpt, cfg.threads, cfg.device)
+    results["torch_eager_device"] = eager.device
     for shape in shapes:
         bar.set_postfix_str(f"torch eager h{shape[0]}-c{shape[1]}")
         results["torch_eager"][f"h{shape[0]}-c{shape[1]}"] = timed_loop(eager, reqs[shape], timing)
