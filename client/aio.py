@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import random
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -12,7 +12,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import core
-from genrec.client.errors import DeadlineExceeded, GenrecClientError, Unavailable
+from genrec.client.errors import GenrecClientError, Unavailable
 from genrec.client.types import NewItem, Recommendations, RecommendRequest
 
 
@@ -26,32 +26,22 @@ class AsyncRecommenderClient:
                  certificate_chain: str | None = None):
         self.url, self.model, self.index_model = url, model, index_model
         self.timeout, self.retries = timeout, retries
-        self.compression, self.backoff_s, self.max_backoff_s = compression, backoff_s, max_backoff_s
+        self.compression = compression
         self._grpc = aioclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
                                                      private_key=private_key, certificate_chain=certificate_chain,
                                                      channel_args=core.CHANNEL_ARGS)
         self._served: dict[str, core.Served] = {}
         self._served_lock = asyncio.Lock()
-        self._rng = random.Random()
+        self._retry = core.RetryPolicy(url, timeout, retries, backoff_s, max_backoff_s)
 
     async def _call(self, fn, deadline: float):
-        attempt = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"deadline of {self.timeout}s exceeded before the call could complete")
+        """Run ``fn(remaining_seconds)``; retry UNAVAILABLE with backoff while the deadline allows."""
+        for attempt in itertools.count():
+            remaining = self._retry.remaining(deadline)
             try:
                 return await fn(remaining)
             except InferenceServerException as exc:
-                err = core.map_error(exc)
-                if not isinstance(err, Unavailable) or attempt >= self.retries:
-                    if isinstance(err, Unavailable):
-                        err = Unavailable(f"{self.url} unavailable after {attempt + 1} attempts: {err.message}",
-                                          err.status)
-                    raise err from None
-                delay = core.backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
-                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                attempt += 1
+                await asyncio.sleep(self._retry.delay_after(exc, attempt, deadline))
 
     async def served(self, model: str | None = None) -> core.Served:
         model = model or self.model
@@ -118,7 +108,7 @@ class AsyncRecommenderClient:
         while time.monotonic() < deadline:
             if (await self.health())["model_ready"]:
                 return await self.served()
-            await asyncio.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._rng) + 0.05,
+            await asyncio.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._retry.rng) + 0.05,
                                     max(0.0, deadline - time.monotonic())))
             attempt += 1
         raise Unavailable(f"{self.url}: model '{self.model}' not ready after {timeout}s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,36 @@ def map_error(exc: InferenceServerException) -> GenrecClientError:
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
     return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
+
+
+@dataclasses.dataclass
+class RetryPolicy:
+    """One deadline per call; UNAVAILABLE retried ``retries`` times with jittered backoff, nothing else.
+    Shared by the sync and the async client, which differ only in how they wait."""
+
+    url: str
+    timeout: float
+    retries: int
+    backoff_s: float
+    max_backoff_s: float
+    rng: random.Random = dataclasses.field(default_factory=random.Random)
+
+    def remaining(self, deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(f"deadline of {self.timeout}s exceeded before the call could complete")
+        return left
+
+    def delay_after(self, exc: InferenceServerException, attempt: int, deadline: float) -> float:
+        """Seconds to wait before attempt ``attempt + 1``, or raise the client error for ``exc``."""
+        err = map_error(exc)
+        if not isinstance(err, Unavailable):
+            raise err from None
+        if attempt >= self.retries:
+            raise Unavailable(f"{self.url} unavailable after {attempt + 1} attempts: {err.message}", err.status) \
+                from None
+        delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self.rng)
+        return min(delay, max(0.0, deadline - time.monotonic()))
 
 
 def check_metadata(metadata: Any, model: str, spec: GraphSpec = ENSEMBLE) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import random
+import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import core
-from genrec.client.errors import DeadlineExceeded, GenrecClientError, Unavailable
+from genrec.client.errors import GenrecClientError, Unavailable
 from genrec.client.types import NewItem, Recommendations, RecommendRequest
 
 
@@ -32,35 +32,23 @@ class RecommenderClient:
                  certificate_chain: str | None = None):
         self.url, self.model, self.index_model = url, model, index_model
         self.timeout, self.retries = timeout, retries
-        self.compression, self.backoff_s, self.max_backoff_s = compression, backoff_s, max_backoff_s
+        self.compression = compression
         self._grpc = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
                                                       private_key=private_key, certificate_chain=certificate_chain,
                                                       channel_args=core.CHANNEL_ARGS)
         self._served: dict[str, core.Served] = {}
         self._lock = threading.Lock()
-        self._rng = random.Random()
+        self._retry = core.RetryPolicy(url, timeout, retries, backoff_s, max_backoff_s)
 
     # ---- plumbing -------------------------------------------------------------------------------
     def _call(self, fn, deadline: float):
         """Run ``fn(remaining_seconds)``; retry UNAVAILABLE with backoff while the deadline allows."""
-        attempt = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"deadline of {self.timeout}s exceeded before the call could complete")
+        for attempt in itertools.count():
+            remaining = self._retry.remaining(deadline)
             try:
                 return fn(remaining)
             except InferenceServerException as exc:
-                err = core.map_error(exc)
-                if not isinstance(err, Unavailable) or attempt >= self.retries:
-                    if isinstance(err, Unavailable):
-                        err = Unavailable(f"{self.url} unavailable after {attempt + 1} attempts: {err.message}",
-                                          err.status)
-                    raise err from None
-                with self._lock:
-                    delay = core.backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
-                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                attempt += 1
+                time.sleep(self._retry.delay_after(exc, attempt, deadline))
 
     def served(self, model: str | None = None) -> core.Served:
         """Contract check + limits of ``model`` (default: the text ensemble), fetched once (thread-safe)."""
@@ -133,7 +121,7 @@ class RecommenderClient:
         while time.monotonic() < deadline:
             if self.health()["model_ready"]:
                 return self.served()
-            time.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._rng) + 0.05,
+            time.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._retry.rng) + 0.05,
                            max(0.0, deadline - time.monotonic())))
             attempt += 1
         raise Unavailable(f"{self.url}: model '{self.model}' not ready after {timeout}s")

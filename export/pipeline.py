@@ -10,7 +10,6 @@ ART_DIR/
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from genrec.export.parity import (
     resolve_tolerances,
 )
 from genrec.runtime import ASSETS, SERVING_JSON, TOKENIZER_JSON, OrtEncoder, OrtHeads
+from genrec.text import sha256_file, sha256_text
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MANIFEST = "artifacts.json"
@@ -91,14 +91,6 @@ class Artifacts:
         return self.root / ASSETS
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_assets(ckpt: Checkpoint, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / TOKENIZER_JSON).write_text(ckpt.tokenizer_json, encoding="utf-8")
@@ -110,7 +102,7 @@ def _write_assets(ckpt: Checkpoint, folder: Path) -> None:
         "categories": ckpt.category_vocab.to_list(),
         "subcategories": ckpt.subcategory_vocab.to_list(),
         "tokenizer_source": ckpt.tokenizer_source,
-        "tokenizer_sha256": hashlib.sha256(ckpt.tokenizer_json.encode()).hexdigest(),
+        "tokenizer_sha256": sha256_text(ckpt.tokenizer_json),
         "model_metrics": ckpt.metrics,
         "checkpoint_provenance": {k: v for k, v in ckpt.provenance.items() if k != "history"},
     }
@@ -199,7 +191,7 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
             stats = measure(inputs, pdir / "encoder.onnx", pdir / "heads.onnx", tokenizer, cfg.threads)
             entry["parity"] = stats
             entry["files"] = {g: {"path": f"{prec}/{g}.onnx", "bytes": (pdir / f"{g}.onnx").stat().st_size,
-                                  "sha256": _sha256(pdir / f"{g}.onnx")} for g in ("encoder", "heads")}
+                                  "sha256": sha256_file(pdir / f"{g}.onnx")} for g in ("encoder", "heads")}
             report["tolerances"][prec] = tolerances[prec]
             try:
                 entry["checks"] = [dataclasses.asdict(r) | {"passed": r.passed}

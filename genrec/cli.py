@@ -122,7 +122,8 @@ def _repository(sub: argparse._SubParsersAction) -> None:
         from genrec.model_repository.builder import build_repository
 
         repo = build_repository(args.artifacts, args.out, from_args(RepositoryConfig, args))
-        print(f"wrote {repo} (models: tokenizer, encoder, heads, genrec)")
+        models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+        print(f"wrote {repo} (models: {', '.join(models)})")
         return 0
 
     b.set_defaults(handler=run)

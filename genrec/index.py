@@ -29,7 +29,7 @@ import numpy as np
 from genrec.contract import CONTRACT_VERSION
 from genrec.data.mind import NewsItem, iter_news
 from genrec.runtime import OrtEncoder, ServingAssets
-from genrec.text import item_text
+from genrec.text import item_text, sha256_file
 
 FORMAT = "genrec.index/1"
 MAX_ID_BYTES = 64
@@ -53,14 +53,6 @@ class IndexConfig:
     threads: int = dataclasses.field(default=0, metadata={"help": "ORT intra-op threads (0 = all cores)"})
     skip_bad_lines: bool = dataclasses.field(default=False, metadata={
         "help": "count and report malformed catalog lines instead of failing"})
-
-
-def _catalog_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
@@ -87,7 +79,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     art = Artifacts.load(artifacts)
     assets = ServingAssets.load(art.assets)
     encoder_sha = art.sha256(cfg.precision, "encoder")
-    fingerprint = _catalog_fingerprint(catalog)
+    fingerprint = sha256_file(catalog)
     manifest_path = out / "index.json"
     out.mkdir(parents=True, exist_ok=True)
 

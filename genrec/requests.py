@@ -34,6 +34,16 @@ class UserRequest:
     candidate_subcategory: list[str]
 
 
+def _check_counts(n_history: int, n_candidates: int, kind: str, limits: Limits) -> None:
+    if n_candidates == 0:
+        raise RequestError(f"candidate_{kind} is empty; send 1 to {limits.max_candidates} candidates")
+    if n_candidates > limits.max_candidates:
+        raise RequestError(f"candidate_{kind} has {n_candidates} items; the limit is {limits.max_candidates}")
+    if n_history > limits.max_history:
+        raise RequestError(f"history_{kind} has {n_history} items; the limit is {limits.max_history} "
+                           f"(send the most recent {limits.max_history})")
+
+
 def _decode(values: Sequence[bytes | str], name: str, *, text: bool, limits: Limits) -> list[str]:
     out = []
     for i, v in enumerate(values):
@@ -67,13 +77,7 @@ def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes
     Categories may be None (all unknown) or lists aligned with their texts. Unknown category values are
     not an error: they map to the out-of-vocabulary bucket.
     """
-    if len(candidate_text) == 0:
-        raise RequestError(f"candidate_text is empty; send 1 to {limits.max_candidates} candidates")
-    if len(candidate_text) > limits.max_candidates:
-        raise RequestError(f"candidate_text has {len(candidate_text)} items; the limit is {limits.max_candidates}")
-    if len(history_text) > limits.max_history:
-        raise RequestError(f"history_text has {len(history_text)} items; the limit is {limits.max_history} "
-                           f"(send the most recent {limits.max_history})")
+    _check_counts(len(history_text), len(candidate_text), "text", limits)
     lists = {"history_category": (history_category, history_text, "history_text"),
              "history_subcategory": (history_subcategory, history_text, "history_text"),
              "candidate_category": (candidate_category, candidate_text, "candidate_text"),
@@ -122,13 +126,7 @@ def validate_ids(history_id: Sequence[bytes | str], candidate_id: Sequence[bytes
                  limits: Limits = Limits()) -> IdRequest:
     """The id path's checks: counts as for texts, ids non-empty UTF-8 of at most MAX_ID_BYTES, and
     new_item_* lists aligned (one text, category, subcategory per new id, no id twice)."""
-    if len(candidate_id) == 0:
-        raise RequestError(f"candidate_id is empty; send 1 to {limits.max_candidates} candidates")
-    if len(candidate_id) > limits.max_candidates:
-        raise RequestError(f"candidate_id has {len(candidate_id)} items; the limit is {limits.max_candidates}")
-    if len(history_id) > limits.max_history:
-        raise RequestError(f"history_id has {len(history_id)} items; the limit is {limits.max_history} "
-                           f"(send the most recent {limits.max_history})")
+    _check_counts(len(history_id), len(candidate_id), "id", limits)
     if len(new_item_id) > len(history_id) + len(candidate_id):
         raise RequestError(f"new_item_id has {len(new_item_id)} items, more than the request's "
                            f"{len(history_id) + len(candidate_id)} history and candidate ids")

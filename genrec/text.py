@@ -34,6 +34,14 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def item_text(title: str, abstract: str = "", use_abstract: bool = False) -> str:
     """The text the item encoder sees: the title, optionally followed by the abstract."""
     title, abstract = title.strip(), abstract.strip()
