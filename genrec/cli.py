@@ -38,6 +38,44 @@ def _data(sub: argparse._SubParsersAction) -> None:
 
     s.set_defaults(handler=run)
 
+    from genrec.data.importers import ImportConfig, TableColumns
+
+    imp = dsub.add_parser("import", help="turn real interaction logs into MIND train/ and test/ folders "
+                                         "(one protocol for every dataset; see genrec/data/importers.py)")
+    isub = imp.add_subparsers(dest="import_command", required=True)
+    m = isub.add_parser("movielens", help="a MovieLens release: 100K layout (u.data, u.item, u.genre) or "
+                                          "ratings.csv + movies.csv")
+    m.add_argument("--raw", required=True, help="folder of the unpacked MovieLens release")
+    m.add_argument("--out", required=True, help="output folder: train/, test/, import_report.json")
+    m.add_argument("--summaries", help="CSV movie_title,wiki_summary; matched on the exact title, "
+                                       "written as the abstract")
+    add_dataclass_args(m, ImportConfig)
+    t = isub.add_parser("table", help="any items table + interactions table (CSV, TSV or Parquet)")
+    t.add_argument("--items", required=True, help="items file: one row per item (id, title, ...)")
+    t.add_argument("--interactions", required=True, help="interactions file: one row per user-item event")
+    t.add_argument("--out", required=True, help="output folder: train/, test/, import_report.json")
+    add_dataclass_args(t, TableColumns)
+    add_dataclass_args(t, ImportConfig)
+
+    def run_import(args: argparse.Namespace) -> int:
+        from genrec.data.importers import DataImportError, import_movielens, import_table
+
+        cfg = from_args(ImportConfig, args)
+        try:
+            if args.import_command == "movielens":
+                report = import_movielens(args.raw, args.out, cfg, summaries=args.summaries)
+            else:
+                report = import_table(args.items, args.interactions, args.out, cfg, from_args(TableColumns, args))
+        except DataImportError as err:
+            print(f"genrec: error: {err}", file=sys.stderr)
+            return 2
+        print(report.summary())
+        print(f"wrote {args.out}/train, {args.out}/test and {args.out}/import_report.json")
+        return 0
+
+    m.set_defaults(handler=run_import)
+    t.set_defaults(handler=run_import)
+
 
 @command
 def _train(sub: argparse._SubParsersAction) -> None:
