@@ -2,8 +2,8 @@
 
 Weights (LM included), model config, the LM's own config, vocabularies, the exact tokenizer.json text
 (plus its sha256 and source package), training config, metrics, a small held-out parity set of
-validation impressions (texts, categories, labels) and the training click counts for the popularity
-baseline. ``RUN_DIR/model_card.json`` repeats the metadata for humans (no weights).
+validation impressions (texts, categories, labels) and the item statistics of the whole training log
+(what evaluation feeds the model, and the simple baselines' counts). ``RUN_DIR/model_card.json`` repeats the metadata for humans (no weights).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from genrec.model import GenRec, ModelConfig
+from genrec.stats import BetaPrior, ItemStats
 from genrec.vocab import Vocab
 
-FORMAT = "genrec.checkpoint/1"
+FORMAT = "genrec.checkpoint/2"   # /2: item statistics (the heads' item features) replace click counts
 FILENAME = "checkpoint.pt"
 
 
@@ -40,7 +41,7 @@ class Checkpoint:
     train_config: dict[str, Any]
     metrics: dict[str, Any]
     parity_set: list[dict[str, Any]]             # held-out impressions: texts, categories, labels
-    popularity: dict[str, int]                   # training clicks per news id (popularity baseline)
+    item_stats: ItemStats                        # counts of the whole training log (evaluation, baselines)
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # ---- io -----------------------------------------------------------------------------------
@@ -49,7 +50,9 @@ class Checkpoint:
         run_dir.mkdir(parents=True, exist_ok=True)
         meta = self.metadata()
         payload = dict(meta, state_dict=self.state_dict, tokenizer_json=self.tokenizer_json,
-                       parity_set=self.parity_set, popularity=self.popularity)
+                       parity_set=self.parity_set,
+                       item_stats={"ids": self.item_stats.ids, "counts": torch.from_numpy(self.item_stats.counts),
+                                   "prior": dataclasses.asdict(self.item_stats.prior), "info": self.item_stats.info})
         path = run_dir / FILENAME
         tmp = path.with_suffix(".tmp")
         torch.save(payload, tmp)
@@ -94,7 +97,8 @@ class Checkpoint:
             train_config=raw["train_config"],
             metrics=raw["metrics"],
             parity_set=raw["parity_set"],
-            popularity=raw["popularity"],
+            item_stats=ItemStats(raw["item_stats"]["ids"], raw["item_stats"]["counts"].numpy(),
+                                 BetaPrior(**raw["item_stats"]["prior"]), raw["item_stats"]["info"]),
             provenance=raw.get("provenance", {}),
         )
 

@@ -26,6 +26,8 @@ class ModelConfig:
     feature_hidden: int = dataclasses.field(default=32, metadata={
         "help": "hidden size of the engineered-feature MLP in the click head"})
     dropout: float = dataclasses.field(default=0.1, metadata={"help": "dropout on item vectors during training"})
+    item_stats: bool = dataclasses.field(default=True, metadata={
+        "help": "use item statistics (exposures, clicks, history users) as features; off = content only (ablation)"})
     n_categories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
     n_subcategories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
 
@@ -58,8 +60,12 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
+    stats: str | None = dataclasses.field(default=None, metadata={
+        "help": "item statistics folder (`genrec stats build`); default: the training log's, from the checkpoint"})
     batch_size: int = dataclasses.field(default=64, metadata={"help": "impressions scored per batch"})
     max_impressions: int = dataclasses.field(default=0, metadata={"help": "evaluate only the first N (0 = all)"})
+    explain_impressions: int = dataclasses.field(default=300, metadata={
+        "help": "impressions whose explanations are checked by re-scoring (faithfulness, category match)"})
     skip_bad_lines: bool = dataclasses.field(default=False, metadata={
         "help": "count and report malformed lines instead of failing on the first"})
     threads: int = dataclasses.field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})

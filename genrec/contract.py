@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 
-CONTRACT_VERSION = "genrec.contract/1"
+CONTRACT_VERSION = "genrec.contract/2"   # /2: item statistics (heads inputs, optional ensemble inputs)
 
 # Request limits (one request = one user). Mirrored by the client with the same messages.
 MAX_HISTORY = 50            # history items per request; more is an error (send the most recent 50)
 MAX_CANDIDATES = 300        # default candidate limit (repository build --max-candidates)
 MAX_TEXT_BYTES = 4096       # UTF-8 bytes per text; tokenization keeps the first max_length tokens anyway
+
+# Raw item statistics, the last axis (S) of the *_stats tensors, in this order (see genrec.stats). The heads
+# turn them into features in-graph; all zeros = an item without statistics (it gets the training prior).
+ITEM_STATS = ("exposures", "clicks", "history_users")
+
+
+FIXED_DIMS = ("D", "K", "S")   # symbolic dims whose size is fixed per model (vector size, categories, stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +31,7 @@ class TensorSpec:
     dtype: str                       # Triton dtype name: FP32, FP16, INT64, INT32, BOOL, BYTES
     dims: tuple[int | str, ...]
     doc: str = ""
+    optional: bool = False           # Triton-side models only: a request may leave it out (see its doc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +50,7 @@ class GraphSpec:
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """torch.onnx.export ``dynamic_axes``: every symbolic dim except the fixed D and K."""
-        return {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str) and d not in ("D", "K")}
+        return {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str) and d not in FIXED_DIMS}
                 for t in (*self.inputs, *self.outputs)}
 
     def tensor(self, name: str) -> TensorSpec:
@@ -73,12 +81,15 @@ HEADS = GraphSpec(
         TensorSpec("history_subcategory", "INT64", ("H",), "subcategory ids of history items (0 = unknown)"),
         TensorSpec("candidate_category", "INT64", ("C",), "category ids of candidates (0 = unknown)"),
         TensorSpec("candidate_subcategory", "INT64", ("C",), "subcategory ids of candidates (0 = unknown)"),
+        TensorSpec("history_stats", "FP32", ("H", "S"), "item statistics of history items (ITEM_STATS; 0 = none)"),
+        TensorSpec("candidate_stats", "FP32", ("C", "S"), "item statistics of candidates (ITEM_STATS; 0 = none)"),
     ),
     outputs=(
         TensorSpec("scores", "FP32", ("C",), "click logit (primary task); rank by it"),
         TensorSpec("topic_affinity", "FP32", ("C",), "aux task: P(user's next click is in the candidate's category)"),
         TensorSpec("category_confidence", "FP32", ("C",), "aux task: P(candidate's stated category | its text)"),
-        TensorSpec("explanation", "FP32", ("C", "H"), "history item h's additive share of candidate c's match logit"),
+        TensorSpec("explanation", "FP32", ("C", "H"),
+                   "how much candidate c's score would fall without history item h (exact leave-one-out)"),
         TensorSpec("user_topics", "FP32", ("K",), "aux task: the user's topic profile over categories"),
     ),
 )
@@ -94,12 +105,25 @@ _TEXT_INPUTS = (
     TensorSpec("candidate_subcategory", "BYTES", ("C",), "subcategory per candidate ('' = unknown)"),
 )
 
+# Optional per-item statistics on the text path: raw counts in ITEM_STATS order, one row per text. Left out,
+# every item gets zeros = "no statistics" = the training prior. Validated like the texts (INVALID_ARGUMENT).
+_STATS_INPUTS = (
+    TensorSpec("history_stats", "FP32", ("H", "S"),
+               "optional: [exposures, clicks, history_users] per history item (absent = zeros = the prior)",
+               optional=True),
+    TensorSpec("candidate_stats", "FP32", ("C", "S"),
+               "optional: [exposures, clicks, history_users] per candidate (absent = zeros = the prior)",
+               optional=True),
+)
+
 TRUNCATED = TensorSpec("truncated", "BOOL", ("N",),
                        "per text (history first): true when it was cut to the model's max tokens")
 
+# The tokenizer also takes the optional statistics and emits them validated and filled (zeros when absent),
+# so the heads always get both tensors: an ensemble passes an absent optional input on as absent.
 TOKENIZER = GraphSpec(
     "tokenizer",
-    inputs=_TEXT_INPUTS,
+    inputs=(*_TEXT_INPUTS, *_STATS_INPUTS),
     outputs=(
         TensorSpec("input_ids", "INT64", ("N", "L"), "history then candidate texts, padded to the longest"),
         TensorSpec("attention_mask", "INT64", ("N", "L")),
@@ -108,14 +132,17 @@ TOKENIZER = GraphSpec(
         TensorSpec("candidate_category_id", "INT64", ("C",)),
         TensorSpec("candidate_subcategory_id", "INT64", ("C",)),
         TRUNCATED,
+        TensorSpec("history_item_stats", "FP32", ("H", "S"), "history_stats, or zeros when absent"),
+        TensorSpec("candidate_item_stats", "FP32", ("C", "S"), "candidate_stats, or zeros when absent"),
     ),
 )
 
 # The served contract of the `genrec` ensemble: what online services send and receive.
-ENSEMBLE = GraphSpec("genrec", inputs=_TEXT_INPUTS, outputs=(*HEADS.outputs, TRUNCATED))
+ENSEMBLE = GraphSpec("genrec", inputs=(*_TEXT_INPUTS, *_STATS_INPUTS), outputs=(*HEADS.outputs, TRUNCATED))
 
 # The id path (`recommend` model): known items come from the item-embedding index, only unknown items
-# are encoded. Every id not in the index must come with its text in new_item_*.
+# are encoded. Every id not in the index must come with its text in new_item_*. Item statistics come from
+# the server's stats folder (`genrec stats build`), by id; ids it does not know get zeros (the prior).
 MAX_ID_BYTES = 64
 ITEM_SOURCE = TensorSpec("item_source", "INT8", ("N",),
                          "per item (history first): 0 = index, 1 = LRU cache of new items, 2 = encoded now")

@@ -19,6 +19,79 @@ from genrec.config import EvalConfig  # noqa: F401  (re-exported)
 from genrec.data.mind import MAX_HISTORY, load_split
 from genrec.items import ImpressionArrays, ItemTable, encode_items, score_impressions
 from genrec.metrics import ranking_metrics
+from genrec.stats import CLICKS, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
+
+
+def baseline_scores(imps: ImpressionArrays, table: ItemTable, prior: BetaPrior,
+                    seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Simple baselines' scores on the very impressions the model is scored on (ties count 1/2 in AUC).
+
+    random: seeded uniform; popularity: training clicks + history users; smoothed_ctr: (clicks + alpha) /
+    (exposures + alpha + beta) with the Beta prior fitted on the training log; category_overlap: share of
+    the user's history in the candidate's category, subcategory share as the tie-breaker.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[np.ndarray]] = {"random": [], "popularity": [], "smoothed_ctr": [], "category_overlap": []}
+    for i, cands in enumerate(imps.candidates):
+        st = imps.candidate_stats[i].astype(np.float64)                           # (C, S)
+        hist = imps.history[i][imps.history[i] > 0]
+        out["random"].append(rng.random(len(cands)))
+        out["popularity"].append(st[:, CLICKS] + st[:, HISTORY_USERS])
+        out["smoothed_ctr"].append((st[:, CLICKS] + prior.alpha) / (st[:, EXPOSURES] + prior.alpha + prior.beta))
+        n = max(1, len(hist))
+        same_cat = (table.category[cands][:, None] == table.category[hist][None, :]).sum(1) / n
+        same_sub = (table.subcategory[cands][:, None] == table.subcategory[hist][None, :]).sum(1) / n
+        out["category_overlap"].append(same_cat + 1e-3 * same_sub)
+    return out
+
+
+@torch.no_grad()
+def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays,
+                        explanations: list[np.ndarray], n_impressions: int, seed: int = 0) -> dict[str, Any]:
+    """Are explanations faithful, and do they make sense? Measured by re-scoring, not by trusting them.
+
+    For every candidate of up to ``n_impressions`` impressions with >= 2 history items: remove the top-explained
+    history item and, separately, a random one, and re-score through the model.
+    faithfulness = mean score drop (top-explained) / mean drop (random): > 1 means the explanation names
+    what the model really used. category_match = share of top-explained items in the candidate's category,
+    against the same share for the random item (chance).
+    """
+    rng = np.random.default_rng(seed)
+    chosen = [i for i in range(len(imps.candidates)) if (imps.history[i] > 0).sum() >= 2][:n_impressions]
+    if not chosen:
+        return {"explanation_impressions": 0}
+    cat, sub = torch.from_numpy(table.category), torch.from_numpy(table.subcategory)
+    drops_top, drops_rand, match_top, match_rand = [], [], [], []
+    for i in chosen:
+        n_h = int((imps.history[i] > 0).sum())
+        hist = torch.from_numpy(imps.history[i][:n_h])[None]                          # (1, H)
+        cands = torch.from_numpy(imps.candidates[i])[None]                            # (1, C)
+        c = cands.shape[1]
+        top = explanations[i][:, :n_h].argmax(-1)                                     # (C,)
+        rand = rng.integers(0, n_h, size=c)                                           # (C,)
+        # one row per (candidate, removed item): B = 2C users of one candidate each
+        drop_at = np.concatenate([top, rand])
+        mask = torch.ones(2 * c, n_h, dtype=torch.bool)
+        mask[torch.arange(2 * c), torch.from_numpy(drop_at)] = False
+        hist_b, cand_b = hist.expand(2 * c, n_h), cands[0].repeat(2)[:, None]        # (2C, H), (2C, 1)
+        h_stats = torch.from_numpy(imps.history_stats[i][:n_h])[None].expand(2 * c, n_h, -1)
+        c_stats = torch.from_numpy(imps.candidate_stats[i]).repeat(2, 1)[:, None]     # (2C, 1, S)
+        args = (vectors[hist_b], None, cat[hist_b], sub[hist_b], vectors[cand_b], cat[cand_b], sub[cand_b],
+                h_stats, c_stats)
+        full = heads(*(torch.ones_like(mask) if a is None else a for a in args), explain=False)["click_logit"]
+        less = heads(*(mask if a is None else a for a in args), explain=False)["click_logit"]
+        drop = (full - less)[:, 0].numpy()                                            # (2C,)
+        drops_top.append(drop[:c]), drops_rand.append(drop[c:])
+        cand_cat = table.category[imps.candidates[i]]
+        hist_cat = table.category[imps.history[i][:n_h]]
+        match_top.append((hist_cat[top] == cand_cat) & (cand_cat > 0))
+        match_rand.append((hist_cat[rand] == cand_cat) & (cand_cat > 0))
+    top_mean, rand_mean = float(np.concatenate(drops_top).mean()), float(np.concatenate(drops_rand).mean())
+    return {"explanation_faithfulness": top_mean / rand_mean if rand_mean != 0 else None,
+            "explanation_drop_top": top_mean, "explanation_drop_random": rand_mean,
+            "explanation_category_match": float(np.concatenate(match_top).mean()),
+            "explanation_category_match_random": float(np.concatenate(match_rand).mean()),
+            "explanation_impressions": len(chosen)}
 
 
 def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: EvalConfig = EvalConfig(),
@@ -35,9 +108,11 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
     table = ItemTable.from_news(split.news, ckpt.category_vocab, ckpt.subcategory_vocab,
                                 ckpt.model_config.use_abstract)
     imps = ImpressionArrays.build(imps_raw, table, MAX_HISTORY)
+    stats = ckpt.item_stats if cfg.stats is None else ItemStats.load(cfg.stats)
+    imps.attach_stats(stats, table)
     vectors, n_trunc = encode_items(model.encoder, ckpt.tokenizer(), table.texts, progress=progress)
     out = score_impressions(model.heads, vectors, table, imps, cfg.batch_size,
-                            keys=("click_logit", "topic_logits"))
+                            keys=("click_logit", "topic_logits", "explanation"))
     scores = out["click_logit"]
     result: dict[str, Any] = ranking_metrics(zip(imps.labels, scores)).as_dict()
 
@@ -64,9 +139,13 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
         total += int((clicked > 0).sum())
     result["task_topic_hit@3"] = hits / total if total else None
 
-    # popularity baseline: training clicks per item (ties, e.g. unseen items, count 1/2 in AUC)
-    pop = [np.array([ckpt.popularity.get(table.ids[r], 0) for r in c], dtype=np.float64) for c in imps.candidates]
-    result["popularity_group_auc"] = ranking_metrics(zip(imps.labels, pop)).group_auc
+    result.update(explanation_metrics(model.heads, vectors, table, imps, out["explanation"], cfg.explain_impressions))
+
+    baselines = baseline_scores(imps, table, stats.prior)
+    result["baselines"] = {name: ranking_metrics(zip(imps.labels, s)).group_auc for name, s in baselines.items()}
+    best = max(result["baselines"], key=result["baselines"].get)
+    result["strongest_baseline"] = best
+    result["margin_over_strongest_baseline"] = result["group_auc"] - result["baselines"][best]
     result.update({"truncated_texts": n_trunc, "missing_history_ids": imps.missing_history,
                    "missing_candidate_ids": imps.missing_candidates,
                    "seconds": round(time.perf_counter() - t0, 1)})

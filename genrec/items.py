@@ -10,6 +10,7 @@ import torch
 
 from genrec.data.mind import Impression, NewsItem
 from genrec.model import ItemEncoder, RecommenderHeads
+from genrec.stats import N_STATS, ItemStats, stats_as_of
 from genrec.text import TextTokenizer, item_text
 from genrec.vocab import Vocab
 
@@ -48,6 +49,22 @@ class ImpressionArrays:
     user_ids: list[str]
     missing_history: int = 0
     missing_candidates: int = 0
+    history_stats: np.ndarray | None = None            # (I, Hmax, S) item statistics seen by each impression
+    candidate_stats: list[np.ndarray] | None = None    # I x (C_i, S)
+
+    def attach_stats_as_of(self, log: Sequence[Impression], impressions: Sequence[Impression],
+                           table: ItemTable) -> None:
+        """Training: impression i (built from ``impressions[i]``) sees the counts of the events of ``log``
+        strictly before its own time."""
+        self.history_stats, self.candidate_stats = stats_as_of(log, impressions, self.history, self.candidates,
+                                                               table.index, len(table))
+
+    def attach_stats(self, stats: ItemStats, table: ItemTable) -> None:
+        """Evaluation and serving: one fixed set of counts (e.g. the whole training log)."""
+        per_row = np.zeros((len(table), N_STATS), dtype=np.float32)
+        per_row[1:] = stats.lookup(table.ids[1:])
+        self.history_stats = per_row[self.history]
+        self.candidate_stats = [per_row[c] for c in self.candidates]
 
     @classmethod
     def build(cls, impressions: Sequence[Impression], table: ItemTable, max_history: int) -> ImpressionArrays:
@@ -136,6 +153,8 @@ def score_impressions(heads: RecommenderHeads, vectors: torch.Tensor, table: Ite
     full row for per-user outputs such as ``topic_logits``.
     """
     heads.eval()
+    if imps.history_stats is None or imps.candidate_stats is None:
+        raise ValueError("impressions have no item statistics: call attach_stats() or attach_stats_as_of() first")
     cat, sub = torch.from_numpy(table.category), torch.from_numpy(table.subcategory)
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     n = len(imps.candidates)
@@ -147,9 +166,13 @@ def score_impressions(heads: RecommenderHeads, vectors: torch.Tensor, table: Ite
         c_lists = imps.candidates[sl]
         c_max = max(len(c) for c in c_lists)
         cands = torch.zeros(len(c_lists), c_max, dtype=torch.int64)                # (B, C)
-        for j, c in enumerate(c_lists):
+        cand_stats = torch.zeros(len(c_lists), c_max, N_STATS)                     # (B, C, S)
+        for j, (c, st) in enumerate(zip(c_lists, imps.candidate_stats[sl])):
             cands[j, : len(c)] = torch.from_numpy(c)
-        res = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cands], cat[cands], sub[cands])
+            cand_stats[j, : len(c)] = torch.from_numpy(st)
+        hist_stats = torch.from_numpy(imps.history_stats[sl, :width])              # (B, H, S)
+        res = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cands], cat[cands], sub[cands],
+                    hist_stats, cand_stats)
         for k in keys:
             val = res[k].numpy()
             for j, c in enumerate(c_lists):

@@ -21,12 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig  # noqa: F401  (re-exported)
+from genrec.contract import ITEM_STATS, MAX_HISTORY
 
 MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produce inf - inf = NaN
 
-# Engineered per-candidate features, in the order of the last axis of RecommenderHeads.features().
+# Engineered per-candidate features, in the order of the last axis of RecommenderHeads.features():
+# content/user features, then item statistics (genrec.stats) and how the candidate compares with the
+# items the user clicked before.
 FEATURE_NAMES = ("max_similarity", "mean_similarity", "category_overlap", "subcategory_overlap",
-                 "log_history_length", "cold_user")
+                 "log_history_length", "cold_user",
+                 "item_log_exposures", "item_log_popularity", "item_ctr", "item_known",
+                 "popularity_vs_history", "ctr_vs_history")
+N_ITEM_FEATURES = 3   # standardized item features (log exposures, log popularity, smoothed CTR)
 
 from genrec.config import TASKS  # noqa: E402,F401
 
@@ -138,40 +144,106 @@ class RecommenderHeads(nn.Module):
         self.topic_head = nn.Linear(d, cfg.n_categories)      # aux: category of the user's next click
         nn.init.normal_(self.cat_emb.weight, std=0.02)
         nn.init.normal_(self.sub_emb.weight, std=0.02)
+        # Item-statistics transform, fitted on the training log (set_stats_transform) and saved with the
+        # weights: the Beta prior of CTR, and mean/std that standardize the item features.
+        self.register_buffer("stats_prior", torch.tensor([1.0, 1.0]))
+        self.register_buffer("stats_mean", torch.zeros(N_ITEM_FEATURES))
+        self.register_buffer("stats_std", torch.ones(N_ITEM_FEATURES))
+
+    @torch.no_grad()
+    def set_stats_transform(self, alpha: float, beta: float, sample_stats: torch.Tensor) -> None:
+        """Fit the item-feature transform: CTR prior Beta(alpha, beta), standardization over ``sample_stats``
+        (M, S) raw counts as the model will see them in training."""
+        self.stats_prior.copy_(torch.tensor([alpha, beta], dtype=self.stats_prior.dtype))
+        raw = self._raw_item_features(sample_stats.reshape(-1, len(ITEM_STATS)).float())     # (M, 3)
+        self.stats_mean.copy_(raw.mean(0))
+        self.stats_std.copy_(raw.std(0).clamp(min=1e-3))
+
+    def _raw_item_features(self, stats: torch.Tensor) -> torch.Tensor:
+        # (..., S) raw counts -> (..., 3): log1p(exposures), log1p(clicks + history users), smoothed CTR
+        exposures, clicks, history_users = stats.unbind(-1)
+        a, b = self.stats_prior[0], self.stats_prior[1]
+        ctr = (clicks + a) / (exposures + a + b)
+        return torch.stack([torch.log1p(exposures), torch.log1p(clicks + history_users), ctr], dim=-1)
+
+    def item_features(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., S) raw counts -> ((..., 3) standardized item features, (...,) 1.0 where the item has counts)."""
+        known = (stats.sum(-1) > 0).to(stats.dtype)
+        feats = (self._raw_item_features(stats) - self.stats_mean) / self.stats_std
+        if not self.cfg.item_stats:                 # ablation: the model is blind to item statistics
+            return torch.zeros_like(feats), torch.zeros_like(known)
+        return feats, known
 
     def item_repr(self, vec: torch.Tensor, cat: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
         # vec (B, N, D), cat/sub (B, N) -> (B, N, D)
         return self.item_norm(self.dropout(vec) + self.cat_emb(cat) + self.sub_emb(sub))
 
-    @staticmethod
-    def features(hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor, hist_sub: torch.Tensor,
-                 cand_vec: torch.Tensor, cand_cat: torch.Tensor, cand_sub: torch.Tensor) -> torch.Tensor:
+    def features(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
+                 hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor, cand_sub: torch.Tensor,
+                 hist_stats: torch.Tensor, cand_stats: torch.Tensor,
+                 leave_one_out: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Engineered features (B, C, len(FEATURE_NAMES)); the single implementation, exported in heads.onnx.
 
-        hist_* (B, H[, D]) with hist_mask (B, H) bool (H may be 0); cand_* (B, C[, D]).
+        hist_* (B, H[, D|S]) with hist_mask (B, H) bool (H may be 0); cand_* (B, C[, D|S]).
+        Every history feature is a function of sums over the history (and a max), so with ``leave_one_out``
+        the features each candidate would get *without* history item h come out exactly, in closed form:
+        (B, C, H, F), the second return value (None otherwise).
         """
-        valid = hist_mask.unsqueeze(1)                                            # (B, 1, H)
-        vf = valid.to(cand_vec.dtype)
-        n_hist = vf.sum(-1)                                                       # (B, 1)
-        denom = n_hist.clamp(min=1.0)
-        has_hist = (n_hist > 0).to(cand_vec.dtype)                                # (B, 1)
+        vf = hist_mask.unsqueeze(1).to(cand_vec.dtype)                            # (B, 1, H)
         sim = F.normalize(cand_vec, dim=-1) @ F.normalize(hist_vec, dim=-1).transpose(1, 2)  # (B, C, H)
-        floor = -torch.ones_like(cand_vec[..., :1])                               # (B, C, 1): keeps H = 0 defined
-        max_sim = torch.cat([sim.masked_fill(~valid, -1.0), floor], -1).amax(-1) * has_hist  # (B, C)
-        mean_sim = (sim * vf).sum(-1) / denom                                     # (B, C)
-        same_cat = (cand_cat.unsqueeze(-1) == hist_cat.unsqueeze(1)) & (cand_cat.unsqueeze(-1) > 0)  # (B, C, H)
-        same_sub = (cand_sub.unsqueeze(-1) == hist_sub.unsqueeze(1)) & (cand_sub.unsqueeze(-1) > 0)
-        cat_overlap = (same_cat.to(vf.dtype) * vf).sum(-1) / denom                # (B, C)
-        sub_overlap = (same_sub.to(vf.dtype) * vf).sum(-1) / denom                # (B, C)
-        log_len = (torch.log1p(n_hist) / math.log1p(50.0)).expand_as(max_sim)     # (B, C)
-        cold = (1.0 - has_hist).expand_as(max_sim)                                # (B, C)
-        return torch.stack([max_sim, mean_sim, cat_overlap, sub_overlap, log_len, cold], dim=-1)
+        same_cat = ((cand_cat.unsqueeze(-1) == hist_cat.unsqueeze(1)) & (cand_cat.unsqueeze(-1) > 0)).to(vf.dtype)
+        same_sub = ((cand_sub.unsqueeze(-1) == hist_sub.unsqueeze(1)) & (cand_sub.unsqueeze(-1) > 0)).to(vf.dtype)
+        cand_item, cand_known = self.item_features(cand_stats)                    # (B, C, 3), (B, C)
+        hist_item, _ = self.item_features(hist_stats)                             # (B, H, 3)
+        hist_item = hist_item * vf.transpose(1, 2)                                # (B, H, 3), 0 on padding
+
+        # per history item terms (B, C, H) and their sums over the history
+        terms = {"n": vf.expand_as(sim), "sim": sim * vf, "cat": same_cat * vf, "sub": same_sub * vf}
+        sums = {k: v.sum(-1) for k, v in terms.items()}                           # (B, C)
+        item_sum = hist_item.sum(1, keepdim=True)                                 # (B, 1, 3)
+        # max similarity (and the runner-up, for leave-one-out); two -1 floors keep H = 0 and 1 defined
+        floor = -torch.ones_like(cand_vec[..., :2])                               # (B, C, 2) (D >= 2)
+        masked = torch.cat([sim.masked_fill(vf == 0, -1.0), floor], -1)           # (B, C, H + 2)
+        top2, arg2 = torch.topk(masked, 2, dim=-1)                                # (B, C, 2)
+
+        full = self._assemble(sums["n"], top2[..., 0], sums["sim"], sums["cat"], sums["sub"], item_sum,
+                              cand_item, cand_known)                              # (B, C, F)
+        if not leave_one_out:
+            return full, None
+        h = sim.shape[-1]
+        is_top = (torch.arange(h, device=sim.device) == arg2[..., :1]).to(sim.dtype)  # (B, C, H) h is the max
+        loo_max = is_top * top2[..., 1:] + (1 - is_top) * top2[..., :1]           # (B, C, H)
+        loo = self._assemble(*(sums[k].unsqueeze(-1) - terms[k] for k in ("n",)), loo_max,
+                             *(sums[k].unsqueeze(-1) - terms[k] for k in ("sim", "cat", "sub")),
+                             item_sum.unsqueeze(2) - hist_item.unsqueeze(1),      # (B, 1, H, 3)
+                             cand_item.unsqueeze(2), cand_known.unsqueeze(-1))    # (B, C, H, F)
+        return full, loo
+
+    @staticmethod
+    def _assemble(n: torch.Tensor, max_sim: torch.Tensor, sim_sum: torch.Tensor, cat_sum: torch.Tensor,
+                  sub_sum: torch.Tensor, item_sum: torch.Tensor, cand_item: torch.Tensor,
+                  cand_known: torch.Tensor) -> torch.Tensor:
+        """History sums (shape X) -> features (X, F); item_sum/cand_item (X', 3) broadcast against X."""
+        denom = n.clamp(min=1.0)
+        has_hist = (n > 0).to(n.dtype)
+        log_len = torch.log1p(n) / math.log1p(MAX_HISTORY)
+        hist_mean = item_sum / denom.unsqueeze(-1)                                # (X, 3)
+        vs_hist = (cand_item[..., 1:] - hist_mean[..., 1:]) * has_hist.unsqueeze(-1)  # (X, 2) popularity, CTR
+        history = torch.stack([max_sim * has_hist, sim_sum / denom, cat_sum / denom, sub_sum / denom, log_len,
+                               1.0 - has_hist], dim=-1)                           # (X, 6)
+        return torch.cat([history, cand_item.expand(*history.shape[:-1], cand_item.shape[-1]),
+                          cand_known.unsqueeze(-1).expand(*history.shape[:-1], 1), vs_hist], dim=-1)
 
     def forward(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                 hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor,
-                cand_sub: torch.Tensor) -> dict[str, torch.Tensor]:
-        """hist_vec (B, H, D), hist_mask (B, H) bool, hist_cat/sub (B, H) int64,
-        cand_vec (B, C, D), cand_cat/sub (B, C) int64 -> dict of outputs (see keys below)."""
+                cand_sub: torch.Tensor, hist_stats: torch.Tensor, cand_stats: torch.Tensor,
+                explain: bool = True) -> dict[str, torch.Tensor]:
+        """hist_vec (B, H, D), hist_mask (B, H) bool, hist_cat/sub (B, H) int64, hist_stats (B, H, S),
+        cand_vec (B, C, D), cand_cat/sub (B, C) int64, cand_stats (B, C, S) -> dict of outputs (see keys below).
+
+        ``explanation`` (B, C, H): how much candidate c's click logit would fall if history item h were not
+        in the history (exact leave-one-out, not an approximation); ``explain=False`` skips it (training).
+        """
         b, _, d = cand_vec.shape
         # prepend the sentinel slot: index 0 of the history axis
         sentinel = self.sentinel.to(cand_vec.dtype).expand(b, 1, d)               # (B, 1, D)
@@ -187,22 +259,27 @@ class RecommenderHeads(nn.Module):
         contrib = pair * weights.unsqueeze(1)                                     # (B, C, 1+H)
         match = contrib.sum(-1)                                                   # (B, C) == user . cand / sqrt(D)
 
-        feats = self.features(hist_vec, hist_mask, hist_cat, hist_sub, cand_vec, cand_cat, cand_sub)  # (B, C, F)
+        feats, loo_feats = self.features(hist_vec, hist_mask, hist_cat, hist_sub, cand_vec, cand_cat, cand_sub,
+                                         hist_stats, cand_stats, leave_one_out=explain)
         click_logit = match + self.feature_mlp(feats).squeeze(-1)                 # (B, C)
+        out = {"click_logit": click_logit}                # (B, C) primary score, ranked on
+        if explain:
+            # Exact leave-one-out: the click logit each candidate would get without history item h. Attention
+            # renormalizes over the rest (w_j / (1 - w_h)), the features come from features(leave_one_out).
+            w_h = weights[:, 1:].unsqueeze(1)                                     # (B, 1, H)
+            loo_match = (match.unsqueeze(-1) - contrib[:, :, 1:]) / (1.0 - w_h)   # (B, C, H)
+            loo_logit = loo_match + self.feature_mlp(loo_feats).squeeze(-1)       # (B, C, H)
+            mask = hist_mask.unsqueeze(1).to(click_logit.dtype)
+            out["explanation"] = (click_logit.unsqueeze(-1) - loo_logit) * mask   # (B, C, H)
 
         topic_logits = self.topic_head(user)                                      # (B, K)
         topic_prob = torch.softmax(topic_logits, -1)
-        topic_affinity = torch.gather(topic_prob, 1, cand_cat)                    # (B, C)
+        out["topic_affinity"] = torch.gather(topic_prob, 1, cand_cat)             # (B, C) P(next click's cat)
         cand_cat_prob = torch.softmax(self.category_head(cand_vec), -1)           # (B, C, K)
-        category_confidence = torch.gather(cand_cat_prob, 2, cand_cat.unsqueeze(-1)).squeeze(-1)  # (B, C)
-        return {
-            "click_logit": click_logit,                 # (B, C) primary score, ranked on
-            "topic_affinity": topic_affinity,           # (B, C) P(next click's category = candidate's)
-            "category_confidence": category_confidence, # (B, C) P(candidate's stated category | its text)
-            "explanation": contrib[:, :, 1:],           # (B, C, H) history item h's share of the match logit
-            "topic_logits": topic_logits,               # (B, K) for the topic loss
-            "user": user,                               # (B, D)
-        }
+        out["category_confidence"] = torch.gather(cand_cat_prob, 2, cand_cat.unsqueeze(-1)).squeeze(-1)  # (B, C)
+        out["topic_logits"] = topic_logits                # (B, K) for the topic loss
+        out["user"] = user                                # (B, D)
+        return out
 
 
 class GenRec(nn.Module):

@@ -31,6 +31,7 @@ from genrec.data.mind import MAX_HISTORY, load_split
 from genrec.items import ImpressionArrays, ItemTable, encode_lower, score_impressions, upper_in_batches
 from genrec.metrics import ranking_metrics
 from genrec.model import GenRec, load_pretrained_lm
+from genrec.stats import N_STATS, ItemStats
 from genrec.text import LM_PACKAGE, minilm_dir
 from genrec.vocab import Vocab
 
@@ -50,17 +51,22 @@ def _set_seed(seed: int, threads: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _sample_clicks(imps: ImpressionArrays, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of training samples: (S,) impression index and (S, 1+K) item rows, clicked first."""
-    imp_idx, rows = [], []
-    for i, (cands, labels) in enumerate(zip(imps.candidates, imps.labels)):
-        pos, neg = cands[labels == 1], cands[labels == 0]
+def _sample_clicks(imps: ImpressionArrays, k: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One epoch of training samples: (T,) impression index, (T, 1+K) item rows, clicked first, and their
+    (T, 1+K, S) item statistics as that impression saw them."""
+    imp_idx, cols = [], []
+    for i, labels in enumerate(imps.labels):
+        pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
         if len(neg) == 0:
             continue
         for p in pos:
             imp_idx.append(i)
-            rows.append(np.concatenate([[p], rng.choice(neg, size=k, replace=len(neg) < k)]))
-    return np.asarray(imp_idx, dtype=np.int64), np.asarray(rows, dtype=np.int64).reshape(-1, k + 1)
+            cols.append(np.concatenate([[p], rng.choice(neg, size=k, replace=len(neg) < k)]))
+    rows = np.asarray([imps.candidates[i][c] for i, c in zip(imp_idx, cols)], dtype=np.int64).reshape(-1, k + 1)
+    stats = np.asarray([imps.candidate_stats[i][c] for i, c in zip(imp_idx, cols)],
+                       dtype=np.float32).reshape(-1, k + 1, N_STATS)
+    return np.asarray(imp_idx, dtype=np.int64), rows, stats
 
 
 def _parity_set(imps, table: ItemTable, cat_vocab: Vocab, sub_vocab: Vocab, n: int,
@@ -76,11 +82,14 @@ def _parity_set(imps, table: ItemTable, cat_vocab: Vocab, sub_vocab: Vocab, n: i
 
     out = []
     for i in chosen:
-        hist = imps.history[i][imps.history[i] > 0]
+        n_hist = int((imps.history[i] > 0).sum())
+        hist = imps.history[i][:n_hist]
         cand, lab = imps.candidates[i][:60], imps.labels[i][:60]
         if lab.min() == lab.max():
             continue
-        out.append({"history": items(hist), "candidates": items(cand), "labels": lab.astype(int).tolist()})
+        out.append({"history": {**items(hist), "stats": imps.history_stats[i][:n_hist].tolist()},
+                    "candidates": {**items(cand), "stats": imps.candidate_stats[i][:60].tolist()},
+                    "labels": lab.astype(int).tolist()})
     return out
 
 
@@ -110,6 +119,11 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     table = ItemTable.from_news(split.news, cat_vocab, sub_vocab, model_cfg.use_abstract)
     tr = ImpressionArrays.build(train_imps, table, MAX_HISTORY)
     va = ImpressionArrays.build(val_imps, table, MAX_HISTORY)
+    # Item statistics without leakage: a training impression sees only events before its own time;
+    # validation sees the counts of the training part frozen, as the test set sees the whole training log.
+    tr.attach_stats_as_of(train_imps, train_imps, table)
+    train_stats = ItemStats.from_impressions(train_imps)
+    va.attach_stats(train_stats, table)
     if tr.missing_history or tr.missing_candidates:
         log(f"warning: {tr.missing_history} history and {tr.missing_candidates} candidate ids are not in news.tsv "
             "and were dropped")
@@ -121,6 +135,8 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     tokenizer_json = (lm_dir / "tokenizer.json").read_text(encoding="utf-8")
     model = GenRec(model_cfg, lm_config)
     load_pretrained_lm(model.encoder)
+    model.heads.set_stats_transform(train_stats.prior.alpha, train_stats.prior.beta,
+                                    torch.from_numpy(np.concatenate(tr.candidate_stats)))
 
     from genrec.text import TextTokenizer
     tokenizer = TextTokenizer(tokenizer_json, max_length=model_cfg.max_length)
@@ -149,7 +165,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         model.encoder.lm.eval()   # LM dropout off: the cached lower part was computed without it
-        imp_idx, rows = _sample_clicks(tr, cfg.negatives, rng)
+        imp_idx, rows, cand_stats_rows = _sample_clicks(tr, cfg.negatives, rng)
         order = rng.permutation(len(rows))
         steps = range(0, len(order), cfg.batch_size)
         bar = steps
@@ -168,8 +184,10 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             vec = model.encoder.upper(cache[uniq].float(), None if cache_mask is None else cache_mask[uniq])  # (U, D)
             hist_vec = vec[inv[: b * h]].view(b, h, -1)                                # (B, H, D)
             cand_vec = vec[inv[b * h:]].view(b, cands.shape[1], -1)                    # (B, 1+K, D)
+            hist_stats = torch.from_numpy(tr.history_stats[imp_idx[sel], :h])             # (B, H, S)
+            cand_stats = torch.from_numpy(cand_stats_rows[sel])                         # (B, 1+K, S)
             out = model.heads(hist_vec, hist > 0, item_cat[hist], item_sub[hist], cand_vec, item_cat[cands],
-                              item_sub[cands])
+                              item_sub[cands], hist_stats, cand_stats, explain=False)
             target = torch.zeros(b, dtype=torch.long)                                  # clicked item is column 0
             task_loss = {"click": F.cross_entropy(out["click_logit"], target)}
             real = uniq > 0
@@ -211,16 +229,13 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     best = next(r for r in history if r["epoch"] == best_epoch)
     metrics = {"best_epoch": best_epoch, **{k[4:]: v for k, v in best.items() if k.startswith("val_")},
                "train_seconds": round(time.perf_counter() - t_start, 1), "truncated_texts": n_trunc}
-    popularity = Counter()
-    for cands, labels in zip(tr.candidates, tr.labels):
-        for r in cands[labels == 1]:
-            popularity[table.ids[r]] += 1
+    item_stats = ItemStats.from_impressions(impressions, info={"data": str(Path(data_dir).resolve())})
     ckpt = Checkpoint(
         model_config=model_cfg, lm_config=lm_config, state_dict=model.state_dict(),
         category_vocab=cat_vocab, subcategory_vocab=sub_vocab, tokenizer_json=tokenizer_json,
         tokenizer_source=f"{LM_PACKAGE}:model/tokenizer.json", train_config=_jsonable(dataclasses.asdict(cfg)),
         metrics=metrics, parity_set=_parity_set(va, table, cat_vocab, sub_vocab, cfg.parity_impressions, rng),
-        popularity=dict(popularity), provenance={**provenance(), "data": str(Path(data_dir).resolve()),
+        item_stats=item_stats, provenance={**provenance(), "data": str(Path(data_dir).resolve()),
                                                  "history": history},
     )
     path = ckpt.save(out_dir)

@@ -8,81 +8,132 @@ import pytest
 import torch
 
 from genrec.config import ModelConfig
+from genrec.contract import ITEM_STATS
 from genrec.model import FEATURE_NAMES, RecommenderHeads
 from genrec.vocab import Vocab
 
 D = 16
+S = len(ITEM_STATS)
 
 
 @pytest.fixture()
 def heads() -> RecommenderHeads:
     torch.manual_seed(0)
     h = RecommenderHeads(ModelConfig(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8))
+    h.set_stats_transform(0.7, 0.9, torch.rand(200, S, generator=torch.Generator().manual_seed(3)) * 20)
     return h.eval()
 
 
 def _inputs(b=2, h=4, c=3):
+    """hist_vec, hist_mask, hist_cat, hist_sub, cand_vec, cand_cat, cand_sub, hist_stats, cand_stats"""
     g = torch.Generator().manual_seed(1)
     return (torch.randn(b, h, D, generator=g), torch.ones(b, h, dtype=torch.bool),
             torch.randint(1, 5, (b, h), generator=g),
             torch.randint(1, 7, (b, h), generator=g), torch.randn(b, c, D, generator=g),
-            torch.randint(1, 5, (b, c), generator=g), torch.randint(1, 7, (b, c), generator=g))
+            torch.randint(1, 5, (b, c), generator=g), torch.randint(1, 7, (b, c), generator=g),
+            torch.randint(0, 30, (b, h, S), generator=g).float(), torch.randint(0, 30, (b, c, S), generator=g).float())
+
+
+def _no_history(x):
+    hv, hm, hc, hs, cv, cc, cs, hst, cst = x
+    return hv[:, :0], hm[:, :0], hc[:, :0], hs[:, :0], cv, cc, cs, hst[:, :0], cst
 
 
 def test_cold_user_gets_finite_scores(heads):
-    hv, hm, hc, hs, cv, cc, cs = _inputs()
-    out = heads(hv[:, :0], hm[:, :0], hc[:, :0], hs[:, :0], cv, cc, cs)      # H = 0
+    x = _inputs()
+    out = heads(*_no_history(x))                                               # H = 0
     assert out["click_logit"].shape == (2, 3) and torch.isfinite(out["click_logit"]).all()
     assert out["explanation"].shape == (2, 3, 0)
-    feats = heads.features(*(t[:, :0] for t in (hv, hm, hc, hs)), cv, cc, cs)
+    feats, _ = heads.features(*_no_history(x))
     assert torch.isfinite(feats).all()
 
 
 def test_masked_history_is_ignored(heads):
-    hv, hm, hc, hs, cv, cc, cs = _inputs()
-    base = heads(hv, hm, hc, hs, cv, cc, cs)
+    hv, hm, hc, hs, cv, cc, cs, hst, cst = _inputs()
+    base = heads(hv, hm, hc, hs, cv, cc, cs, hst, cst)
     # append 3 padded slots with random content: outputs must not move
     pad = torch.randn(2, 3, D)
     hv2 = torch.cat([hv, pad], 1)
     hm2 = torch.cat([hm, torch.zeros(2, 3, dtype=torch.bool)], 1)
     ones = torch.ones(2, 3, dtype=torch.long)
     hc2, hs2 = torch.cat([hc, ones], 1), torch.cat([hs, ones], 1)
-    out = heads(hv2, hm2, hc2, hs2, cv, cc, cs)
+    hst2 = torch.cat([hst, torch.full((2, 3, S), 99.0)], 1)
+    out = heads(hv2, hm2, hc2, hs2, cv, cc, cs, hst2, cst)
     torch.testing.assert_close(out["click_logit"], base["click_logit"])
     assert out["explanation"][..., 4:].abs().max() < 1e-6
     # a fully masked history behaves exactly like an empty one
-    cold = heads(hv[:, :0], hm[:, :0], hc[:, :0], hs[:, :0], cv, cc, cs)
-    masked = heads(hv, torch.zeros_like(hm), hc, hs, cv, cc, cs)
+    cold = heads(*_no_history((hv, hm, hc, hs, cv, cc, cs, hst, cst)))
+    masked = heads(hv, torch.zeros_like(hm), hc, hs, cv, cc, cs, hst, cst)
     torch.testing.assert_close(masked["click_logit"], cold["click_logit"])
 
 
-def test_explanation_decomposes_the_match_term(heads):
-    hv, hm, hc, hs, cv, cc, cs = _inputs()
-    out = heads(hv, hm, hc, hs, cv, cc, cs)
-    # the feature term does not depend on how history vectors are weighted, so: logit - explanation.sum
-    # is the sentinel share + feature term; check against an explicit recomputation
-    hist = torch.cat([heads.sentinel.expand(2, 1, D), heads.item_repr(hv, hc, hs)], 1)
-    w = heads.attention(hist, torch.ones(2, 5, dtype=torch.bool))
-    cand = heads.item_repr(cv, cc, cs)
-    expected = (cand @ hist[:, 1:].transpose(1, 2)) / math.sqrt(D) * w[:, None, 1:]
-    torch.testing.assert_close(out["explanation"], expected)
+def test_explanation_is_the_exact_leave_one_out_drop(heads):
+    hv, hm, hc, hs, cv, cc, cs, hst, cst = _inputs(h=5)
+    hm[1, 3:] = False                                        # second user: 3 real history items
+    out = heads(hv, hm, hc, hs, cv, cc, cs, hst, cst)
+    checked = 0
+    for b in range(2):
+        for h in range(5):
+            if not hm[b, h]:
+                continue
+            without = hm.clone()
+            without[b, h] = False                            # rescore with item h removed from the history
+            drop = out["click_logit"][b] - heads(hv, without, hc, hs, cv, cc, cs, hst, cst)["click_logit"][b]
+            torch.testing.assert_close(out["explanation"][b, :, h], drop, atol=1e-5, rtol=1e-4)
+            checked += 1
+    assert checked == 8 and out["explanation"].abs().max() > 1e-3      # not trivially zero
 
 
-def test_engineered_features_hand_example():
+def test_item_statistics_move_scores_and_unknown_items_get_the_prior(heads):
+    hv, hm, hc, hs, cv, cc, cs, hst, cst = _inputs()
+    base = heads(hv, hm, hc, hs, cv, cc, cs, hst, cst)["click_logit"]
+    more = cst.clone()
+    more[..., 1] += 25.0                                     # more clicks for the same exposures
+    assert not torch.allclose(heads(hv, hm, hc, hs, cv, cc, cs, hst, more)["click_logit"], base)
+    feats, _ = heads.features(hv, hm, hc, hs, cv, cc, cs, hst, torch.zeros_like(cst))
+    col = {n: feats[..., i] for i, n in enumerate(FEATURE_NAMES)}
+    assert (col["item_known"] == 0).all()
+    # zero counts -> CTR = prior mean, standardized with the fitted transform
+    prior_ctr = (0.7 / (0.7 + 0.9) - heads.stats_mean[2]) / heads.stats_std[2]
+    torch.testing.assert_close(col["item_ctr"], torch.full_like(col["item_ctr"], float(prior_ctr)))
+    # the ablation switch makes the model blind to statistics
+    blind = RecommenderHeads(ModelConfig(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8,
+                                         item_stats=False))
+    blind.load_state_dict(heads.state_dict())
+    blind.eval()
+    torch.testing.assert_close(blind(hv, hm, hc, hs, cv, cc, cs, hst, more)["click_logit"],
+                               blind(hv, hm, hc, hs, cv, cc, cs, hst, cst)["click_logit"])
+
+
+def test_engineered_features_hand_example(heads):
     # one user, history: two items of category 1 (sub 2), one of category 3 (sub 4); one padded slot
     hv = torch.tensor([[[1.0, 0], [1.0, 0], [0, 1.0], [5.0, 5.0]]])
     hm = torch.tensor([[True, True, True, False]])
     hc, hs = torch.tensor([[1, 1, 3, 1]]), torch.tensor([[2, 2, 4, 2]])
     cv = torch.tensor([[[1.0, 0], [0, 1.0], [-1.0, 0]]])
     cc, cs = torch.tensor([[1, 3, 0]]), torch.tensor([[2, 9, 0]])
-    f = RecommenderHeads.features(hv, hm, hc, hs, cv, cc, cs)[0]
-    col = {n: f[:, i].tolist() for i, n in enumerate(FEATURE_NAMES)}
+    hst = torch.tensor([[[10.0, 5, 0], [0, 0, 3], [0, 0, 0], [99, 99, 99]]])
+    cst = torch.tensor([[[4.0, 1, 2], [0, 0, 0], [1, 1, 0]]])
+    full, loo = heads.features(hv, hm, hc, hs, cv, cc, cs, hst, cst, leave_one_out=True)
+    col = {n: full[0, :, i].tolist() for i, n in enumerate(FEATURE_NAMES)}
     assert col["max_similarity"] == pytest.approx([1.0, 1.0, 0.0])
     assert col["mean_similarity"] == pytest.approx([2 / 3, 1 / 3, -2 / 3])
     assert col["category_overlap"] == pytest.approx([2 / 3, 1 / 3, 0.0])          # OOV never overlaps
     assert col["subcategory_overlap"] == pytest.approx([2 / 3, 0.0, 0.0])
     assert col["log_history_length"] == pytest.approx([math.log1p(3) / math.log1p(50)] * 3)
     assert col["cold_user"] == [0.0, 0.0, 0.0]
+    assert col["item_known"] == [1.0, 0.0, 1.0]
+    m, sd = heads.stats_mean.tolist(), heads.stats_std.tolist()
+    pop = [(math.log1p(c + h) - m[1]) / sd[1] for c, h in ((1, 2), (0, 0), (1, 0))]
+    assert col["item_log_popularity"] == pytest.approx(pop, rel=1e-5)
+    hist_pop = sum((math.log1p(c + h) - m[1]) / sd[1] for c, h in ((5, 0), (0, 3), (0, 0))) / 3
+    assert col["popularity_vs_history"] == pytest.approx([p - hist_pop for p in pop], rel=1e-5, abs=1e-6)
+    # leave-one-out features equal the features recomputed without that history item
+    for h in range(3):
+        keep = hm.clone()
+        keep[0, h] = False
+        ref, _ = heads.features(hv, keep, hc, hs, cv, cc, cs, hst, cst)
+        torch.testing.assert_close(loo[0, :, h], ref[0], atol=1e-6, rtol=1e-5)
 
 
 def test_vocab_oov_bucket():

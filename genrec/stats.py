@@ -1,0 +1,221 @@
+"""Item statistics from interaction logs: the item-level engineered features (popularity, click-through).
+
+Per item, three raw counts (``genrec.contract.ITEM_STATS``):
+
+* ``exposures``     -- impressions that showed the item (labelled candidates);
+* ``clicks``        -- of those, how many were clicked;
+* ``history_users`` -- distinct users with the item in their click history (clicks from before the log,
+  which tell popularity but not exposures).
+
+The heads turn the raw counts into features inside the exported graph (log counts, a smoothed CTR with a
+Beta prior fitted on the training log, an "item known" flag), so training and serving share one feature
+implementation and a stats refresh needs neither retraining nor re-encoding. An item without statistics
+(all zeros) gets the prior: CTR = alpha / (alpha + beta), popularity 0.
+
+Training never sees the future: :func:`stats_as_of` gives every impression the counts of events strictly
+before its own time. A history entry counts from the time of the first impression whose history holds
+it (it was clicked before that impression). Torch-free and numpy only: serving reads the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genrec.contract import ITEM_STATS
+from genrec.data.mind import Impression
+
+N_STATS = len(ITEM_STATS)
+EXPOSURES, CLICKS, HISTORY_USERS = range(N_STATS)
+FORMAT = "genrec.stats/1"
+
+
+class StatsError(ValueError):
+    """Statistics are malformed (negative, non-finite, wrong shape) or do not belong to this model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BetaPrior:
+    """Beta(alpha, beta) prior of item CTR, fitted by the method of moments on items with exposures."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    @property
+    def mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    @classmethod
+    def fit(cls, exposures: np.ndarray, clicks: np.ndarray, min_exposures: int = 1) -> BetaPrior:
+        seen = exposures >= min_exposures
+        if seen.sum() < 2:
+            return cls()
+        ctr = clicks[seen] / exposures[seen]
+        m, v = float(ctr.mean()), float(ctr.var())
+        if not 0.0 < m < 1.0 or v <= 0.0:
+            return cls()
+        k = m * (1.0 - m) / v - 1.0
+        if k <= 0.0:                      # over-dispersed: fall back to a weak prior around the mean
+            k = 2.0
+        return cls(alpha=m * k, beta=(1.0 - m) * k)
+
+
+@dataclasses.dataclass
+class _Events:
+    """Count increments (time, item row, (N_STATS,) values), in no particular order."""
+
+    time: np.ndarray        # (E,) int64 seconds
+    row: np.ndarray         # (E,) int64 item rows
+    value: np.ndarray       # (E, N_STATS) float64
+
+
+def _timestamp(imp: Impression) -> int:
+    return int(imp.time.timestamp()) if imp.time.tzinfo else int((imp.time - _EPOCH).total_seconds())
+
+
+_EPOCH = __import__("datetime").datetime(1970, 1, 1)
+
+
+def _events(impressions: Sequence[Impression], row_of: dict[str, int]) -> _Events:
+    times, rows, vals = [], [], []
+    first_seen: set[tuple[str, int]] = set()         # (user, row) history pairs already counted
+    for imp in sorted(impressions, key=_timestamp):
+        t = _timestamp(imp)
+        if imp.labels is not None:
+            for item, label in zip(imp.candidates, imp.labels):
+                r = row_of.get(item)
+                if r is not None:
+                    times.append(t), rows.append(r), vals.append((1.0, float(label), 0.0))
+        for item in imp.history:
+            r = row_of.get(item)
+            if r is not None and (imp.user_id, r) not in first_seen:
+                first_seen.add((imp.user_id, r))
+                times.append(t), rows.append(r), vals.append((0.0, 0.0, 1.0))
+    return _Events(np.asarray(times, dtype=np.int64), np.asarray(rows, dtype=np.int64),
+                   np.asarray(vals, dtype=np.float64).reshape(-1, N_STATS))
+
+
+@dataclasses.dataclass
+class ItemStats:
+    """Final counts per item id (what serving reads), plus the CTR prior fitted on the same log."""
+
+    ids: list[str]
+    counts: np.ndarray                    # (N, N_STATS) float32, non-negative
+    prior: BetaPrior
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.counts = np.asarray(self.counts, dtype=np.float32).reshape(-1, N_STATS)
+        if len(self.ids) != len(self.counts):
+            raise StatsError(f"{len(self.ids)} ids but {len(self.counts)} rows of counts")
+        validate_counts(self.counts, "counts")
+        self._row = {item: i for i, item in enumerate(self.ids)}
+
+    @classmethod
+    def from_impressions(cls, impressions: Sequence[Impression], info: dict[str, Any] | None = None) -> ItemStats:
+        ids = sorted({i for imp in impressions for i in (*imp.candidates, *imp.history)})
+        row_of = {item: i for i, item in enumerate(ids)}
+        ev = _events(impressions, row_of)
+        counts = np.zeros((len(ids), N_STATS), dtype=np.float64)
+        np.add.at(counts, ev.row, ev.value)
+        prior = BetaPrior.fit(counts[:, EXPOSURES], counts[:, CLICKS])
+        times = [_timestamp(imp) for imp in impressions]
+        meta = {"impressions": len(impressions), "items": len(ids),
+                "first_time": min(times) if times else None, "last_time": max(times) if times else None,
+                **(info or {})}
+        return cls(ids, counts.astype(np.float32), prior, meta)
+
+    def lookup(self, ids: Iterable[str]) -> np.ndarray:
+        """(n, N_STATS) float32 counts; unknown ids get zeros (= the prior)."""
+        ids = list(ids)
+        out = np.zeros((len(ids), N_STATS), dtype=np.float32)
+        for j, item in enumerate(ids):
+            r = self._row.get(item)
+            if r is not None:
+                out[j] = self.counts[r]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ---- files: STATS_DIR/stats.json (manifest, prior) + ids.txt + counts.f32 ----------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
+        self.counts.astype("<f4").tofile(folder / "counts.f32")
+        manifest = {"format": FORMAT, "stats": list(ITEM_STATS), "count": len(self.ids),
+                    "prior": dataclasses.asdict(self.prior), "info": self.info}
+        tmp = folder / "stats.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.replace(folder / "stats.json")          # manifest last: a reader never sees half a folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ItemStats:
+        folder = Path(folder)
+        path = folder / "stats.json"
+        if not path.is_file():
+            raise StatsError(f"no item statistics at {folder} (build them with `genrec stats build`)")
+        m = json.loads(path.read_text())
+        if m.get("format") != FORMAT or tuple(m.get("stats", ())) != ITEM_STATS:
+            raise StatsError(f"{path}: format {m.get('format')!r} / stats {m.get('stats')} are not "
+                             f"{FORMAT!r} / {list(ITEM_STATS)}")
+        ids = (folder / "ids.txt").read_text(encoding="utf-8").splitlines()
+        counts = np.fromfile(folder / "counts.f32", dtype="<f4")
+        if len(ids) != m["count"] or counts.size != m["count"] * N_STATS:
+            raise StatsError(f"{folder}: {len(ids)} ids and {counts.size} counts for {m['count']} items")
+        return cls(ids, counts.reshape(-1, N_STATS), BetaPrior(**m["prior"]), m.get("info", {}))
+
+
+def validate_counts(counts: np.ndarray, where: str) -> None:
+    """Raise StatsError unless ``counts`` is (..., N_STATS), finite and non-negative."""
+    counts = np.asarray(counts)
+    if counts.ndim < 1 or counts.shape[-1] != N_STATS:
+        raise StatsError(f"{where}: expected shape (..., {N_STATS}) for {list(ITEM_STATS)}, got {counts.shape}")
+    bad = ~np.isfinite(counts) | (counts < 0)
+    if bad.any():
+        first = tuple(int(x) for x in np.argwhere(bad)[0])
+        raise StatsError(f"{where}{list(first)} = {counts[first]!r}: item statistics must be finite and >= 0")
+
+
+def stats_as_of(log: Sequence[Impression], impressions: Sequence[Impression], history_rows: np.ndarray,
+                candidate_rows: Sequence[np.ndarray], row_of: dict[str, int],
+                n_rows: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Counts of the events of ``log`` strictly before each impression's time, for its history and candidates.
+
+    ``impressions[i]`` is scored with ``history_rows[i]`` (Hmax,) and ``candidate_rows[i]`` (C_i,) (rows of an
+    item table of ``n_rows`` items, 0 = padding).
+    Returns ((I, Hmax, N_STATS) float32, I x (C_i, N_STATS) float32).
+    """
+    ev = _events(log, row_of)
+    order = np.lexsort((ev.time, ev.row))                         # by row, then time
+    e_row, e_time, e_val = ev.row[order], ev.time[order], ev.value[order]
+    cum = np.vstack([np.zeros((1, N_STATS)), np.cumsum(e_val, axis=0)])   # (E + 1, S)
+    row_start = np.searchsorted(e_row, np.arange(n_rows + 1))     # (n_rows + 1,) first event of each row
+
+    # composite sort key (row, time): both non-negative, time relative to the earliest event
+    q_times = [_timestamp(i) for i in impressions] or [0]
+    t0 = int(min(e_time.min() if e_time.size else 0, min(q_times)))
+    span = int(max(e_time.max() if e_time.size else 0, max(q_times))) - t0 + 2
+    key = e_row * span + (e_time - t0)
+
+    def before(rows: np.ndarray, t: int) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        pos = np.searchsorted(key, rows * span + (t - t0), side="left")    # events of this row with time < t
+        out = cum[pos] - cum[row_start[rows]]
+        out[rows <= 0] = 0.0                                      # padding rows
+        return out.astype(np.float32)
+
+    hist = np.zeros((*history_rows.shape, N_STATS), dtype=np.float32)
+    cands = []
+    for i, imp in enumerate(impressions):
+        t = _timestamp(imp)
+        hist[i] = before(history_rows[i], t)
+        cands.append(before(candidate_rows[i], t))
+    return hist, cands

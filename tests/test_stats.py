@@ -1,0 +1,63 @@
+"""Item statistics: counts, the CTR prior, files, and no leakage from the future into training features."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from genrec.data.mind import Impression
+from genrec.stats import BetaPrior, ItemStats, StatsError, stats_as_of, validate_counts
+
+T0 = datetime(2020, 1, 1)
+
+
+def imp(k: int, user: str, minutes: int, history: tuple[str, ...], clicks: dict[str, int]) -> Impression:
+    return Impression(f"i{k}", user, T0 + timedelta(minutes=minutes), history, tuple(clicks), tuple(clicks.values()))
+
+
+LOG = [
+    imp(0, "u1", 0, ("a",), {"b": 1, "c": 0}),
+    imp(1, "u2", 5, ("a", "b"), {"b": 1, "c": 0, "d": 1}),
+    imp(2, "u1", 5, ("a",), {"c": 1, "d": 0}),           # same time as impression 1
+    imp(3, "u1", 9, ("a", "b"), {"b": 0, "c": 0}),
+]
+
+
+def test_final_counts_and_prior():
+    st = ItemStats.from_impressions(LOG)
+    got = dict(zip(st.ids, st.counts.tolist()))
+    # exposures, clicks, distinct users with the item in their history
+    assert got["a"] == [0, 0, 2] and got["b"] == [3, 2, 2] and got["c"] == [4, 1, 0] and got["d"] == [2, 1, 0]
+    assert st.lookup(["d", "zzz"]).tolist() == [[2, 1, 0], [0, 0, 0]]      # unknown id -> zeros (prior)
+    p = BetaPrior.fit(np.array([10, 10, 10, 10.0]), np.array([1, 2, 3, 8.0]))
+    assert 0 < p.alpha < p.beta and p.mean == pytest.approx(0.35)
+
+
+def test_as_of_counts_only_strictly_earlier_events():
+    rows = {"a": 1, "b": 2, "c": 3, "d": 4}
+    hist = np.array([[rows[h] for h in i.history] + [0] * (2 - len(i.history)) for i in LOG])
+    cands = [np.array([rows[c] for c in i.candidates]) for i in LOG]
+    h, c = stats_as_of(LOG, LOG, hist, cands, rows, 5)
+    assert c[0].sum() == 0 and h[0].sum() == 0                 # the first impression sees nothing
+    # impressions 1 and 2 (minute 5) see impression 0 only -- not each other, not themselves
+    assert c[1].tolist() == [[1, 1, 0], [1, 0, 0], [0, 0, 0]]   # b: shown and clicked once
+    assert c[2].tolist() == [[1, 0, 0], [0, 0, 0]]
+    # impression 3 (minute 9) sees 0, 1 and 2; u2's history entry of "b" counts from minute 5
+    assert c[3].tolist() == [[2, 2, 1], [3, 1, 0]]
+    assert h[3, 0].tolist() == [0, 0, 2]                        # "a": two users' histories
+
+
+def test_save_load_and_validation(tmp_path):
+    st = ItemStats.from_impressions(LOG)
+    back = ItemStats.load(st.save(tmp_path / "s"))
+    assert back.ids == st.ids and np.array_equal(back.counts, st.counts) and back.prior == st.prior
+    with pytest.raises(StatsError, match=r"candidate_stats\[1, 2\]"):
+        validate_counts(np.array([[0, 0, 0], [1, 1, float("nan")]]), "candidate_stats")
+    with pytest.raises(StatsError, match="finite and >= 0"):
+        validate_counts(np.array([[-1.0, 0, 0]]), "history_stats")
+    with pytest.raises(StatsError, match="expected shape"):
+        validate_counts(np.zeros((2, 4)), "history_stats")
+    with pytest.raises(StatsError, match="no item statistics"):
+        ItemStats.load(tmp_path / "missing")
