@@ -218,9 +218,21 @@ class ItemIndex:
         """(len(ids),) row of each id, -1 where unknown. Binary search, no per-item Python dict."""
         if not ids:
             return np.zeros(0, dtype=np.int64)
-        width = self.sorted_ids.dtype.itemsize
-        query = np.array([i if len(i) <= width else b"\xff" * (width + 1) for i in ids], dtype=f"S{width + 1}")
-        pos = np.searchsorted(self.sorted_ids, query)
-        pos = np.minimum(pos, len(self.sorted_ids) - 1)
-        found = self.sorted_ids[pos] == query
+        pos, found = sorted_lookup(self.sorted_ids, ids)
         return np.where(found, self.order[pos], -1)
+
+
+def sorted_lookup(sorted_ids: np.ndarray, ids: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Binary search of ``ids`` in ``sorted_ids`` (ascending, fixed-width S{w}): (positions, found mask).
+
+    The query array has exactly ``sorted_ids``' dtype: with a wider query numpy would convert the whole
+    sorted array on every call (O(N): ~5 ms per 150 ids at 1M items). Ids longer than the width cannot be
+    in the array; they are searched as b"" and masked out, never widened.
+    """
+    width = sorted_ids.dtype.itemsize
+    fits = np.fromiter((len(i) <= width for i in ids), dtype=bool, count=len(ids))
+    query = np.array([i if ok else b"" for i, ok in zip(ids, fits)], dtype=sorted_ids.dtype)
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
+    return pos, fits & (sorted_ids[pos] == query)
