@@ -190,6 +190,26 @@ def _index(sub: argparse._SubParsersAction) -> None:
 
 
 @command
+def _stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stats", help="item statistics (exposures, clicks, history users) for serving")
+    ssub = p.add_subparsers(dest="stats_command", required=True)
+    b = ssub.add_parser("build", help="count item statistics from MIND behaviors logs into STATS_DIR; rerun on "
+                                      "fresh logs to refresh a running server (no retraining, no re-encoding)")
+    b.add_argument("--behaviors", action="append", required=True,
+                   help="behaviors.tsv (MIND format); repeat to count several logs together")
+    b.add_argument("--out", required=True, help="STATS_DIR (rewritten in place; the manifest is written last)")
+    b.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.statstore import build_stats
+
+        build_stats(args.behaviors, args.out, skip_bad_lines=args.skip_bad_lines)
+        return 0
+
+    b.set_defaults(handler=run)
+
+
+@command
 def _serve(sub: argparse._SubParsersAction) -> None:
     from genrec.server.launcher import ServerConfig
 
@@ -210,9 +230,11 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="rank candidates for one user against a running server (gRPC)")
     p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address HOST:PORT")
     p.add_argument("--history", action="append", default=[], help="a history title (repeat, oldest first)")
-    p.add_argument("--history-file", help="history items, one per line: text[<TAB>category[<TAB>subcategory]]")
+    p.add_argument("--history-file", help="history items, one per line: "
+                                          "text[<TAB>category[<TAB>subcategory[<TAB>exposures,clicks,history_users]]]")
     p.add_argument("--candidates-file", required=True,
-                   help="candidates, one per line: text[<TAB>category[<TAB>subcategory]]")
+                   help="candidates, one per line: text[<TAB>category[<TAB>subcategory[<TAB>exposures,clicks,"
+                        "history_users]]] (items without the statistics column get zeros = the prior)")
     p.add_argument("--top-k", type=int, default=10, help="how many items to print")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
@@ -222,7 +244,8 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from genrec.client import GenrecClientError, RecommenderClient
 
-        history = [(t, "", "") for t in args.history] + (_read_items(args.history_file) if args.history_file else [])
+        history = [(t, "", "", None) for t in args.history] + (
+            _read_items(args.history_file) if args.history_file else [])
         candidates = _read_items(args.candidates_file)
         try:
             with RecommenderClient(args.url, timeout=args.timeout, ssl=args.ssl or bool(args.root_cert),
@@ -231,7 +254,9 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
                                         history_categories=[h[1] for h in history],
                                         history_subcategories=[h[2] for h in history],
                                         candidate_categories=[c[1] for c in candidates],
-                                        candidate_subcategories=[c[2] for c in candidates], top_k=args.top_k)
+                                        candidate_subcategories=[c[2] for c in candidates], top_k=args.top_k,
+                                        history_stats=_stats_column(history),
+                                        candidate_stats=_stats_column(candidates))
         except GenrecClientError as err:
             print(f"{type(err).__name__}: {err}", file=sys.stderr)
             return 1
@@ -245,14 +270,29 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _read_items(path: str) -> list[tuple[str, str, str]]:
+def _read_items(path: str) -> list[tuple[str, str, str, list[float] | None]]:
+    """(text, category, subcategory, statistics or None) per non-empty line."""
     items = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
             if line.strip():
-                parts = line.rstrip("\n").split("\t")
-                items.append(((parts + ["", "", ""])[0], (parts + ["", ""])[1], (parts + ["", "", ""])[2]))
+                parts = line.rstrip("\n").split("\t") + ["", "", "", ""]
+                stats = None
+                if parts[3].strip():
+                    try:
+                        stats = [float(x) for x in parts[3].split(",")]
+                    except ValueError:
+                        raise SystemExit(f"{path}:{lineno}: statistics must be numbers 'exposures,clicks,"
+                                         f"history_users', got {parts[3]!r}") from None
+                items.append((parts[0], parts[1], parts[2], stats))
     return items
+
+
+def _stats_column(items) -> list | None:
+    """The statistics rows to send (zeros where a line has none), or None when no line has any."""
+    if all(it[3] is None for it in items):
+        return None
+    return [it[3] if it[3] is not None else [0.0, 0.0, 0.0] for it in items]
 
 
 def print_recommendations(recs, title: str = "recommendations") -> None:

@@ -1,0 +1,204 @@
+"""Item statistics on the serving side: build a stats folder from logs, read it by id, refresh it live.
+
+``genrec stats build --behaviors behaviors.tsv --out STATS_DIR`` counts, per item, exposures, clicks and
+distinct history users (``genrec.stats.ItemStats``, the same counts training used) and writes STATS_DIR in
+the ``ItemStats.save`` layout (``stats.json`` manifest written last, ``ids.txt``, ``counts.f32``). Running
+it again on fresh logs refreshes the statistics of a served model without retraining or re-encoding:
+
+* :class:`StatsTable` is one immutable snapshot: ids sorted once into a fixed-width numpy array, so a
+  request's ids are looked up with one vectorized binary search (O(log N) per id, no Python dict: ~(id
+  width + 12) bytes per item, 1M items ~20 MB). Ids it does not know get zeros (= the model's prior).
+* :class:`LiveStats` holds the current snapshot and a background thread that checks the manifest every
+  ``refresh_ms``; a changed manifest is read into a new snapshot which then replaces the old one in a
+  single reference assignment. A request reads ``live.table`` once, so it never mixes two generations.
+  A folder caught half-written (data files newer than the manifest, or changed while being read) is not
+  loaded: the old snapshot stays until the next check.
+
+Torch-free (the ``serve`` extra has no torch): the Triton ``recommend`` model uses this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genrec.contract import ITEM_STATS
+from genrec.index import sorted_lookup
+
+N_STATS = len(ITEM_STATS)
+MANIFEST, IDS, COUNTS = "stats.json", "ids.txt", "counts.f32"
+FORMAT = "genrec.stats/1"
+
+
+class StatsLoadError(RuntimeError):
+    """The stats folder is missing, malformed, or was being rewritten while read (retry later)."""
+
+
+def _file_state(folder: Path) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for name in (MANIFEST, IDS, COUNTS):
+        st = os.stat(folder / name)
+        out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def generation(folder: str | Path) -> tuple[int, int, int] | None:
+    """What identifies one written version of the folder: the manifest's (inode, mtime, size); None if absent.
+    ``ItemStats.save`` replaces the manifest last, through a rename, so a new generation means a new inode."""
+    try:
+        st = os.stat(Path(folder) / MANIFEST)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsTable:
+    """One generation of a stats folder, ready for vectorized lookups."""
+
+    sorted_ids: np.ndarray        # (N,) S{width}, ascending
+    counts: np.ndarray            # (N, S) float32, rows aligned with sorted_ids
+    generation: tuple[int, int, int] | None
+    manifest: dict[str, Any]
+
+    @classmethod
+    def empty(cls) -> StatsTable:
+        return cls(np.zeros(0, dtype="S1"), np.zeros((0, N_STATS), np.float32), None, {})
+
+    @classmethod
+    def from_ids(cls, ids: Sequence[str], counts: np.ndarray, manifest: dict | None = None) -> StatsTable:
+        raw = [i.encode("utf-8") for i in ids]
+        arr = np.array(raw, dtype=f"S{max(1, max((len(r) for r in raw), default=1))}")
+        order = np.argsort(arr, kind="stable")
+        counts = np.asarray(counts, dtype=np.float32).reshape(len(raw), N_STATS)
+        return cls(arr[order], np.ascontiguousarray(counts[order]), None, manifest or {})
+
+    @classmethod
+    def read(cls, folder: str | Path) -> StatsTable:
+        """Read STATS_DIR consistently: refuse a folder whose data is newer than its manifest (a writer is
+        mid-way) or that changed while being read."""
+        folder = Path(folder)
+        try:
+            before = _file_state(folder)
+        except FileNotFoundError:
+            raise StatsLoadError(f"no item statistics at {folder} (build them with `genrec stats build`)") from None
+        if max(before[1][1], before[2][1]) > before[0][1]:
+            raise StatsLoadError(f"{folder} is being rewritten (data files newer than {MANIFEST})")
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+            raw_ids = (folder / IDS).read_bytes().split(b"\n")
+            counts = np.fromfile(folder / COUNTS, dtype="<f4")
+            after = _file_state(folder)
+        except (OSError, ValueError) as exc:
+            raise StatsLoadError(f"{folder}: {exc}") from None
+        if after != before:
+            raise StatsLoadError(f"{folder} changed while being read")
+        if manifest.get("format") != FORMAT or tuple(manifest.get("stats", ())) != ITEM_STATS:
+            raise StatsLoadError(f"{folder / MANIFEST}: format {manifest.get('format')!r} / stats "
+                                 f"{manifest.get('stats')} are not {FORMAT!r} / {list(ITEM_STATS)}")
+        if raw_ids and raw_ids[-1] == b"":
+            raw_ids.pop()
+        n = int(manifest["count"])
+        if len(raw_ids) != n or counts.size != n * N_STATS:
+            raise StatsLoadError(f"{folder}: {len(raw_ids)} ids and {counts.size} counts for {n} items")
+        counts = counts.reshape(n, N_STATS).astype(np.float32)
+        if not (np.isfinite(counts).all() and (counts >= 0).all()):
+            raise StatsLoadError(f"{folder}: counts must be finite and >= 0")
+        ids = np.array(raw_ids, dtype=f"S{max(1, max((len(r) for r in raw_ids), default=1))}")
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], np.ascontiguousarray(counts[order]), generation_of(before), manifest)
+
+    def __len__(self) -> int:
+        return len(self.sorted_ids)
+
+    def lookup(self, ids: Sequence[bytes | str]) -> np.ndarray:
+        """(len(ids), S) float32 raw counts; ids without statistics get zeros (the model's prior)."""
+        raw = [i if isinstance(i, bytes) else i.encode("utf-8") for i in ids]
+        out = np.zeros((len(raw), N_STATS), dtype=np.float32)
+        if raw and len(self.sorted_ids):
+            pos, found = sorted_lookup(self.sorted_ids, raw)
+            out[found] = self.counts[pos[found]]
+        return out
+
+
+def generation_of(state: tuple[tuple[int, int, int], ...]) -> tuple[int, int, int]:
+    return state[0]
+
+
+class LiveStats:
+    """The current :class:`StatsTable` of a folder, swapped atomically when the folder is rewritten.
+
+    ``refresh_ms`` > 0 starts a daemon thread checking the manifest that often; 0 = only :meth:`check`.
+    """
+
+    def __init__(self, folder: str | Path, refresh_ms: int = 1000, *,
+                 log: Callable[[str], None] | None = None):
+        self.folder = Path(folder)
+        self.refresh_ms = refresh_ms
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.table = StatsTable.read(self.folder)          # the first read must succeed
+        self.loads, self._last_error = 1, ""
+        self._stop = threading.Event()
+        self._thread = None
+        if refresh_ms > 0:
+            self._thread = threading.Thread(target=self._run, name="genrec-stats-refresh", daemon=True)
+            self._thread.start()
+
+    def check(self) -> bool:
+        """Load a new generation if the folder has one; True when the table was replaced."""
+        gen = generation(self.folder)
+        if gen is None or gen == self.table.generation:
+            return False
+        try:
+            table = StatsTable.read(self.folder)
+        except StatsLoadError as exc:
+            if str(exc) != self._last_error:
+                self._last_error = str(exc)
+                self.log(f"item statistics not refreshed (keeping {len(self.table)} items): {exc}")
+            return False
+        self.table = table                                 # one reference assignment: atomic for readers
+        self.loads += 1
+        self._last_error = ""
+        self.log(f"item statistics refreshed from {self.folder}: {len(table)} items")
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_ms / 1000.0):
+            try:
+                self.check()
+            except Exception as exc:  # noqa: BLE001 - the poller must outlive any bad folder state
+                self.log(f"item statistics refresh failed: {exc!r}")
+
+    def lookup(self, ids: Sequence[bytes | str]) -> np.ndarray:
+        return self.table.lookup(ids)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def build_stats(behaviors: Iterable[str | Path], out: str | Path, *, skip_bad_lines: bool = False,
+                log: Callable[[str], None] = print) -> Path:
+    """Count item statistics over MIND behaviors files and (re)write STATS_DIR (manifest last)."""
+    from genrec.data.mind import iter_behaviors
+    from genrec.stats import ItemStats
+
+    paths = [Path(b) for b in behaviors]
+    if not paths:
+        raise ValueError("give at least one behaviors.tsv")
+    impressions = [imp for p in paths for imp in iter_behaviors(p, skip_bad_lines=skip_bad_lines)]
+    stats = ItemStats.from_impressions(impressions, info={"behaviors": [str(p.resolve()) for p in paths]})
+    folder = stats.save(out)
+    totals = stats.counts.sum(0) if len(stats) else np.zeros(N_STATS)
+    log(f"wrote {folder}: {len(stats)} items from {len(impressions)} impressions ("
+        + ", ".join(f"{k} {int(v)}" for k, v in zip(ITEM_STATS, totals)) + ")")
+    return folder
