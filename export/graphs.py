@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genrec.contract import ITEM_STATS
 from genrec.model import ItemEncoder, RecommenderHeads
 
 
@@ -20,7 +21,8 @@ class EncoderGraph(nn.Module):
 
 
 class HeadsGraph(nn.Module):
-    """One user: item_vectors (H + C, D) with history rows first, category ids -> per-task outputs.
+    """One user: item_vectors (H + C, D) with history rows first, category ids, item statistics (H, S) and
+    (C, S) raw counts (all zeros = no statistics = the training prior) -> per-task outputs.
 
     H comes from ``history_category``'s length, so H = 0 (a cold user) needs no special input.
     """
@@ -30,13 +32,15 @@ class HeadsGraph(nn.Module):
         self.heads = heads
 
     def forward(self, item_vectors: torch.Tensor, history_category: torch.Tensor, history_subcategory: torch.Tensor,
-                candidate_category: torch.Tensor, candidate_subcategory: torch.Tensor):
+                candidate_category: torch.Tensor, candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
+                candidate_stats: torch.Tensor):
         h = history_category.shape[0]
         hist = item_vectors[:h].unsqueeze(0)                                    # (1, H, D)
         cand = item_vectors[h:].unsqueeze(0)                                    # (1, C, D)
         mask = torch.ones_like(history_category, dtype=torch.bool).unsqueeze(0)  # (1, H) no padding
         out = self.heads(hist, mask, history_category.unsqueeze(0), history_subcategory.unsqueeze(0),
-                         cand, candidate_category.unsqueeze(0), candidate_subcategory.unsqueeze(0))
+                         cand, candidate_category.unsqueeze(0), candidate_subcategory.unsqueeze(0),
+                         history_stats.unsqueeze(0), candidate_stats.unsqueeze(0))
         return (out["click_logit"][0],                                          # (C,)
                 out["topic_affinity"][0],                                       # (C,)
                 out["category_confidence"][0],                                  # (C,)
@@ -44,12 +48,29 @@ class HeadsGraph(nn.Module):
                 torch.softmax(out["topic_logits"][0], dim=-1))                  # (K,)
 
 
-def example_inputs(dim: int, n_hist: int = 3, n_cand: int = 2, seq: int = 8):
-    """Tracing inputs; every dynamic dim gets a distinct size so no two axes are confused."""
+def _distinct(avoid: set[int], count: int) -> list[int]:
+    out: list[int] = []
+    n = 2
+    while len(out) < count:
+        if n not in avoid:
+            out.append(n)
+            avoid.add(n)
+        n += 1
+    return out
+
+
+def example_inputs(dim: int, n_categories: int = 0, n_subcategories: int = 0):
+    """Tracing inputs; every dynamic dim (N = H + C, L, H, C) gets a size distinct from each other and from
+    the fixed dims (D, K, S), so no two axes can be confused. Statistics are non-zero counts."""
+    avoid = {0, 1, dim, n_categories, n_subcategories, len(ITEM_STATS)}
+    n_hist, n_cand, seq = _distinct(avoid, 3)
+    while n_hist + n_cand in avoid:
+        n_cand = _distinct(avoid, 1)[0]
     g = torch.Generator().manual_seed(0)
     enc = (torch.randint(1000, 2000, (n_hist + n_cand, seq), generator=g),
            torch.ones(n_hist + n_cand, seq, dtype=torch.int64))
+    stats = lambda n: torch.randint(0, 50, (n, len(ITEM_STATS)), generator=g).float()    # noqa: E731
     heads = (torch.randn(n_hist + n_cand, dim, generator=g), torch.ones(n_hist, dtype=torch.int64),
              torch.ones(n_hist, dtype=torch.int64), torch.ones(n_cand, dtype=torch.int64),
-             torch.ones(n_cand, dtype=torch.int64))
+             torch.ones(n_cand, dtype=torch.int64), stats(n_hist), stats(n_cand))
     return enc, heads

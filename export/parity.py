@@ -1,6 +1,8 @@
 """The parity gate: an exported precision must reproduce the PyTorch model, or the export fails.
 
-Checks, on the checkpoint's held-out parity set (validation impressions with texts and labels):
+Checks, on the checkpoint's held-out parity set (validation impressions with texts, labels and the item
+statistics they were scored with; a few rows per impression get all-zero statistics, i.e. unknown items
+that fall back to the prior, so both branches of the in-graph statistics transform are compared):
   encoder_cosine_min / encoder_cosine_mean -- cosine of ONNX vs PyTorch item vectors
   heads_max_abs_diff   -- max |ONNX - PyTorch| over every heads output, on identical inputs
   auc_drop             -- group-AUC(PyTorch) - group-AUC(ONNX end to end): the ranking quality the
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from genrec.metrics import kendall_tau, ranking_metrics
+from genrec.requests import N_STATS
 from genrec.runtime import OrtEncoder, OrtHeads
 from genrec.text import TextTokenizer
 from genrec.vocab import Vocab
@@ -111,11 +114,12 @@ def prepare(model, parity_set: list[dict[str, Any]], tokenizer: TextTokenizer, c
         return np.array([index[t] for t in items], dtype=np.int64)
 
     imps = []
-    for imp in parity_set:
+    for i, imp in enumerate(parity_set):
         h, c = imp["history"], imp["candidates"]
         imps.append({"hist": rows(h["text"]), "cand": rows(c["text"]),
                      "hc": cat_vocab.lookup(h["category"]), "hs": sub_vocab.lookup(h["subcategory"]),
                      "cc": cat_vocab.lookup(c["category"]), "cs": sub_vocab.lookup(c["subcategory"]),
+                     "hst": parity_stats(h, i), "cst": parity_stats(c, i + 1),
                      "labels": np.asarray(imp["labels"])})
 
     def torch_encode(ids, mask):
@@ -134,11 +138,21 @@ def prepare(model, parity_set: list[dict[str, Any]], tokenizer: TextTokenizer, c
 
 
 _HEADS_OUT = ("scores", "topic_affinity", "category_confidence", "explanation", "user_topics")
+UNKNOWN_EVERY = 5      # every 5th item row of the parity set (staggered per impression) replays as "no statistics"
+
+
+def parity_stats(items: dict[str, Any], offset: int) -> np.ndarray:
+    """(n, S) float32 statistics of a parity-set item list (zeros where it has none), with every
+    UNKNOWN_EVERY-th row set to zeros: unknown items, which the heads give the prior."""
+    n = len(items["text"])
+    stats = np.asarray(items.get("stats") or np.zeros((n, N_STATS)), dtype=np.float32).reshape(n, N_STATS).copy()
+    stats[(np.arange(n) + offset) % UNKNOWN_EVERY == 0] = 0.0
+    return stats
 
 
 def _heads_feeds(vectors: np.ndarray, imp: dict[str, Any]) -> tuple[np.ndarray, ...]:
     items = np.concatenate([vectors[imp["hist"]], vectors[imp["cand"]]]).astype(np.float32)   # (H + C, D)
-    return items, imp["hc"], imp["hs"], imp["cc"], imp["cs"]
+    return items, imp["hc"], imp["hs"], imp["cc"], imp["cs"], imp["hst"], imp["cst"]
 
 
 def measure(inputs: ParityInputs, encoder_path, heads_path, tokenizer: TextTokenizer,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from genrec.checkpoint import Checkpoint
-from genrec.contract import CONTRACT_VERSION, ENCODER, HEADS
+from genrec.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS
 from genrec.export.convert import INT8_RECIPES, to_fp16, to_int8, to_onnx
 from genrec.export.graphs import EncoderGraph, HeadsGraph, example_inputs
 from genrec.export.parity import (
@@ -126,8 +126,9 @@ def _latency(enc_path: Path, heads_path: Path, texts: list[str], tokenizer, dim:
         tok = tokenizer([texts[i % len(texts)] for i in range(batch)])
         out[f"encoder_batch{batch}_ms"] = p50(lambda tok=tok: enc(tok.input_ids, tok.attention_mask), runs)
     rng = np.random.default_rng(0)
+    stats = lambda n: rng.integers(0, 1000, (n, len(ITEM_STATS))).astype(np.float32)    # noqa: E731
     feeds = (rng.standard_normal((150, dim)).astype(np.float32), np.ones(50, np.int64), np.ones(50, np.int64),
-             np.ones(100, np.int64), np.ones(100, np.int64))
+             np.ones(100, np.int64), np.ones(100, np.int64), stats(50), stats(100))
     out["heads_h50_c100_ms"] = p50(lambda: heads(*feeds), 30)
     out["encoder_text_tokens_mean"] = float(tokenizer(texts[:64]).attention_mask.sum(1).mean())
     return out
@@ -165,7 +166,8 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
     failure: ParityError | None = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        enc_ex, heads_ex = example_inputs(ckpt.model_config.dim)
+        enc_ex, heads_ex = example_inputs(ckpt.model_config.dim, ckpt.model_config.n_categories,
+                                          ckpt.model_config.n_subcategories)
         fp32_enc = to_onnx(EncoderGraph(model.encoder), enc_ex, ENCODER, tmp / "encoder.onnx", cfg.opset)
         fp32_heads = to_onnx(HeadsGraph(model.heads), heads_ex, HEADS, tmp / "heads.onnx", cfg.opset)
         for prec in cfg.precision:

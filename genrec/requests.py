@@ -1,16 +1,21 @@
 """Request validation shared by the server (Triton tokenizer model) and the client (its local checks).
 
 One user per request: history texts (0..max_history) and candidate texts (1..max_candidates), each
-with a category and a subcategory (empty string = unknown). The server and the client raise the
-same messages because both call this module. Torch-free and numpy-free.
+with a category and a subcategory (empty string = unknown), and optionally the item statistics of each
+(``history_stats`` / ``candidate_stats``: one row of ``ITEM_STATS`` raw counts per item; absent = zeros =
+no statistics, the model's prior). The server and the client raise the same messages because both call
+this module. Torch-free; numpy only for the statistics.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
-from genrec.contract import MAX_CANDIDATES, MAX_HISTORY, MAX_ID_BYTES, MAX_TEXT_BYTES
+from genrec.contract import ITEM_STATS, MAX_CANDIDATES, MAX_HISTORY, MAX_ID_BYTES, MAX_TEXT_BYTES
+
+N_STATS = len(ITEM_STATS)
 
 
 class RequestError(ValueError):
@@ -32,6 +37,8 @@ class UserRequest:
     candidate_text: list[str]
     candidate_category: list[str]
     candidate_subcategory: list[str]
+    history_stats: Any = None            # (H, S) float32 numpy array, or None (not sent: zeros = the prior)
+    candidate_stats: Any = None          # (C, S) float32 numpy array, or None
 
 
 def _check_counts(n_history: int, n_candidates: int, kind: str, limits: Limits) -> None:
@@ -71,11 +78,12 @@ def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes
              history_subcategory: Sequence[bytes | str] | None = None,
              candidate_category: Sequence[bytes | str] | None = None,
              candidate_subcategory: Sequence[bytes | str] | None = None,
-             limits: Limits = Limits()) -> UserRequest:
+             limits: Limits = Limits(), history_stats: Any = None, candidate_stats: Any = None) -> UserRequest:
     """Check counts, lengths, encodings and list alignment; return decoded strings.
 
     Categories may be None (all unknown) or lists aligned with their texts. Unknown category values are
-    not an error: they map to the out-of-vocabulary bucket.
+    not an error: they map to the out-of-vocabulary bucket. Statistics may be None (not sent) or one row
+    of ``ITEM_STATS`` per text (see :func:`validate_stats`).
     """
     _check_counts(len(history_text), len(candidate_text), "text", limits)
     lists = {"history_category": (history_category, history_text, "history_text"),
@@ -94,7 +102,38 @@ def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes
     return UserRequest(_decode(history_text, "history_text", text=True, limits=limits),
                        decoded["history_category"], decoded["history_subcategory"],
                        _decode(candidate_text, "candidate_text", text=True, limits=limits),
-                       decoded["candidate_category"], decoded["candidate_subcategory"])
+                       decoded["candidate_category"], decoded["candidate_subcategory"],
+                       validate_stats(history_stats, "history_stats", len(history_text), "history_text"),
+                       validate_stats(candidate_stats, "candidate_stats", len(candidate_text), "candidate_text"))
+
+
+def validate_stats(values: Any, name: str, n_items: int, items_name: str):
+    """None, or a (n_items, S) float32 array of finite, non-negative raw counts (``ITEM_STATS`` order).
+
+    Raises RequestError naming the tensor and the first offending index (row, and the statistic by name).
+    """
+    if values is None:
+        return None
+    import numpy as np
+
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be rows of {N_STATS} numbers {list(ITEM_STATS)}, one per item") from None
+    if arr.size == 0 and n_items == 0:
+        return np.zeros((0, N_STATS), dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != N_STATS:
+        raise RequestError(f"{name} must have shape [{items_name} count, {N_STATS}] (one row of {list(ITEM_STATS)} "
+                           f"per item), got {list(arr.shape)}")
+    if arr.shape[0] != n_items:
+        raise RequestError(f"{name} has {arr.shape[0]} rows but {items_name} has {n_items}; send one row per item "
+                           "(zeros = no statistics)")
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        row, col = (int(x) for x in np.argwhere(bad)[0])
+        raise RequestError(f"{name}[{row}] {ITEM_STATS[col]} is {float(arr[row, col])!r}; item statistics must be "
+                           "finite and >= 0")
+    return np.ascontiguousarray(arr)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.contract import ENCODER, HEADS
+from genrec.contract import ENCODER, HEADS, ITEM_STATS
 from genrec.text import TextTokenizer
 from genrec.vocab import Vocab
 
@@ -72,15 +72,29 @@ class OrtEncoder:
         return out
 
 
+def stats_or_zeros(stats, n: int) -> np.ndarray:
+    """(n, S) float32 raw item statistics; None = no statistics for any item = zeros (the heads' prior)."""
+    if stats is None:
+        return np.zeros((n, len(ITEM_STATS)), dtype=np.float32)
+    return np.ascontiguousarray(stats, dtype=np.float32).reshape(n, len(ITEM_STATS))
+
+
 class OrtHeads:
+    """heads.onnx. ``history_stats`` (H, S) / ``candidate_stats`` (C, S) are raw counts in ``ITEM_STATS``
+    order; None (or an all-zero row) means "no statistics": the item gets the training prior."""
+
     def __init__(self, path: str | Path, threads: int = 0, device: str = "cpu"):
         self.sess = session(path, threads, device)
 
     def __call__(self, item_vectors: np.ndarray, history_category: np.ndarray, history_subcategory: np.ndarray,
-                 candidate_category: np.ndarray, candidate_subcategory: np.ndarray) -> dict[str, np.ndarray]:
+                 candidate_category: np.ndarray, candidate_subcategory: np.ndarray,
+                 history_stats: np.ndarray | None = None,
+                 candidate_stats: np.ndarray | None = None) -> dict[str, np.ndarray]:
         feeds = {"item_vectors": item_vectors, "history_category": history_category,
                  "history_subcategory": history_subcategory, "candidate_category": candidate_category,
-                 "candidate_subcategory": candidate_subcategory}
+                 "candidate_subcategory": candidate_subcategory,
+                 "history_stats": stats_or_zeros(history_stats, len(history_category)),
+                 "candidate_stats": stats_or_zeros(candidate_stats, len(candidate_category))}
         outs = self.sess.run(HEADS.output_names, feeds)
         return dict(zip(HEADS.output_names, outs))
 
@@ -103,10 +117,14 @@ class Pipeline:
     def recommend(self, history: Sequence[str], candidates: Sequence[str],
                   history_categories: Sequence[str] | None = None, history_subcategories: Sequence[str] | None = None,
                   candidate_categories: Sequence[str] | None = None,
-                  candidate_subcategories: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                  candidate_subcategories: Sequence[str] | None = None, history_stats=None,
+                  candidate_stats=None) -> dict[str, np.ndarray]:
+        """``history_stats`` / ``candidate_stats``: optional (H, S) / (C, S) raw counts per item
+        ([exposures, clicks, history_users]); None = zeros = no statistics, i.e. the training prior."""
         cv, sv = self.assets.category_vocab, self.assets.subcategory_vocab
         vectors = self.encode([*history, *candidates])                          # (H + C, D)
         return self.heads(vectors, cv.lookup(history_categories or [""] * len(history)),
                           sv.lookup(history_subcategories or [""] * len(history)),
                           cv.lookup(candidate_categories or [""] * len(candidates)),
-                          sv.lookup(candidate_subcategories or [""] * len(candidates)))
+                          sv.lookup(candidate_subcategories or [""] * len(candidates)),
+                          history_stats, candidate_stats)

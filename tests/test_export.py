@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from genrec.checkpoint import Checkpoint
-from genrec.contract import ENCODER, HEADS
+from genrec.contract import ENCODER, HEADS, ITEM_STATS
 from genrec.export import ExportConfig, ParityError, export
-from genrec.export.graphs import HeadsGraph
-from genrec.export.parity import gate, measure, prepare, resolve_tolerances
+from genrec.export.graphs import HeadsGraph, example_inputs
+from genrec.export.parity import UNKNOWN_EVERY, gate, measure, prepare, resolve_tolerances
 from genrec.runtime import OrtHeads, Pipeline
 
 
@@ -61,16 +61,46 @@ def test_heads_cold_user_and_single_candidate(artifacts, trained_run, n_hist, n_
     ckpt = Checkpoint.load(trained_run)
     heads = HeadsGraph(ckpt.build_model().heads).eval()
     rng = np.random.default_rng(0)
+    def stats(n: int) -> np.ndarray:               # raw counts, some rows unknown (zeros), the first one known
+        out = (rng.integers(1, 200, (n, len(ITEM_STATS))) * (rng.random((n, 1)) > 0.3)).astype(np.float32)
+        out[:1] = [150.0, 40.0, 20.0]
+        return out
+
     feeds = (rng.standard_normal((n_hist + n_cand, ckpt.model_config.dim)).astype(np.float32),
              rng.integers(0, 5, n_hist), rng.integers(0, 5, n_hist), rng.integers(0, 5, n_cand),
-             rng.integers(0, 5, n_cand))
+             rng.integers(0, 5, n_cand), stats(n_hist), stats(n_cand))
     with torch.no_grad():
         ref = [t.numpy() for t in heads(*(torch.from_numpy(f) for f in feeds))]
     out = OrtHeads(artifacts.graph("fp32", "heads"))(*feeds)
     assert out["scores"].shape == (n_cand,) and out["explanation"].shape == (n_cand, n_hist)
     assert out["user_topics"].shape == (ckpt.model_config.n_categories,)
-    for name, r in zip(HEADS.output_names, ref):
-        np.testing.assert_allclose(out[name], r, atol=1e-5, rtol=1e-5)
+    for name, r in zip(HEADS.output_names, ref):                # the FP32 gate's heads bound (log-count features)
+        np.testing.assert_allclose(out[name], r, atol=1e-4, rtol=1e-5)
+    # statistics reach the scores: with none (None = zeros = the prior) the candidates score differently
+    prior = OrtHeads(artifacts.graph("fp32", "heads"))(*feeds[:5])
+    assert np.abs(prior["scores"] - out["scores"]).max() > 1e-3
+
+
+def test_parity_set_replays_statistics_and_unknown_items(artifacts, trained_run):
+    ckpt = Checkpoint.load(trained_run)
+    inputs = prepare(ckpt.build_model(), ckpt.parity_set[:10], ckpt.tokenizer(), ckpt.category_vocab,
+                     ckpt.subcategory_vocab)
+    cst = np.concatenate([imp["cst"] for imp in inputs.impressions])
+    assert cst.shape[1] == len(ITEM_STATS) and (cst.sum(1) > 0).any()          # real statistics replayed
+    assert (cst.sum(1) == 0).sum() >= len(cst) // UNKNOWN_EVERY                  # and unknown items (the prior)
+    kept = slice(0, UNKNOWN_EVERY - 1)            # impression 0's candidate rows before the first zeroed one
+    np.testing.assert_array_equal(inputs.impressions[0]["cst"][kept],
+                                  np.asarray(ckpt.parity_set[0]["candidates"]["stats"], np.float32)[kept])
+
+
+def test_example_inputs_give_every_axis_a_distinct_size(trained_run):
+    cfg = Checkpoint.load(trained_run).model_config
+    enc, heads = example_inputs(cfg.dim, cfg.n_categories, cfg.n_subcategories)
+    n, seq = enc[0].shape
+    h, c = heads[1].shape[0], heads[3].shape[0]
+    sizes = [n, seq, h, c]
+    assert len(set(sizes)) == 4 and not set(sizes) & {cfg.dim, cfg.n_categories, len(ITEM_STATS)}
+    assert heads[5].shape == (h, len(ITEM_STATS)) and heads[6].shape == (c, len(ITEM_STATS))
 
 
 def test_pipeline_cold_user_end_to_end(artifacts):
