@@ -54,13 +54,27 @@ def fp32_index(artifacts, tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def fp32_repository(artifacts, fp32_index, tmp_path_factory):
-    """Text ensemble + the id path over the FP32 index (one recommend instance: deterministic LRU hits)."""
+def item_stats_dir(tiny_data, tmp_path_factory):
+    """`genrec stats build` over the tiny training log: the statistics the id path serves."""
+    from genrec.statstore import build_stats
+
+    return build_stats([tiny_data / "train" / "behaviors.tsv"], tmp_path_factory.mktemp("stats") / "train",
+                       log=lambda _m: None)
+
+
+STATS_REFRESH_MS = 200       # the fixture server checks its stats folder this often (a refresh test rewrites it)
+
+
+@pytest.fixture(scope="session")
+def fp32_repository(artifacts, fp32_index, item_stats_dir, tmp_path_factory):
+    """Text ensemble + the id path over the FP32 index and the item statistics (one recommend instance:
+    deterministic LRU hits)."""
     from genrec.model_repository.builder import RepositoryConfig, build_repository
 
     return build_repository(artifacts.root, tmp_path_factory.mktemp("repo") / "fp32",
                             RepositoryConfig(precision="fp32", max_queue_delay_us=2000, index=str(fp32_index),
-                                             recommend_instances=1))
+                                             recommend_instances=1, stats=str(item_stats_dir),
+                                             stats_refresh_ms=STATS_REFRESH_MS))
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +93,18 @@ def pipeline(artifacts):
     return Pipeline(artifacts.root, "fp32", threads=1)
 
 
+def fake_stats(n: int, seed: int):
+    """(n, S) plausible raw counts (exposures >= clicks), some rows all zero (= unknown items)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    exposures = rng.integers(0, 400, n)
+    clicks = (exposures * rng.uniform(0, 0.4, n)).astype(int)
+    out = np.stack([exposures, clicks, rng.integers(0, 60, n)], axis=1).astype(np.float32)
+    out[rng.random(n) < 0.2] = 0.0
+    return out
+
+
 @pytest.fixture(scope="session")
 def requests_corpus(tiny_data):
     """Real user requests from the tiny dev split: (history, candidates) with categories."""
@@ -90,5 +116,8 @@ def requests_corpus(tiny_data):
         def items(ids):
             return ([split.news[i].title for i in ids], [split.news[i].category for i in ids],
                     [split.news[i].subcategory for i in ids])
-        out.append({"history": items(imp.history), "candidates": items(imp.candidates)})
+        out.append({"history": items(imp.history), "candidates": items(imp.candidates),
+                    "history_ids": list(imp.history), "candidate_ids": list(imp.candidates),
+                    "history_stats": fake_stats(len(imp.history), len(out)),
+                    "candidate_stats": fake_stats(len(imp.candidates), 1000 + len(out))})
     return out

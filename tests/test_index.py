@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from genrec.data.mind import load_split
 from genrec.index import IndexConfig, IndexMismatch, ItemIndex, build_index
 from genrec.model_repository.builder import RepositoryConfig, build_repository
 from genrec.server.launcher import ServerError, running_server
+from genrec.statstore import LiveStats, StatsLoadError, StatsTable, build_stats
 
 
 class Interrupt(Exception):
@@ -70,10 +72,13 @@ def _news(tiny_data):
     return load_split(tiny_data / "train").news
 
 
-def test_id_path_scores_equal_the_text_path(server, tiny_data, requests_corpus):
+def test_id_path_scores_equal_the_text_path(server, tiny_data, item_stats_dir):
+    """The id path reads vectors from the index and statistics from the stats folder; the text path gets
+    the same statistics from the client: the scores agree."""
     news = _news(tiny_data)
     split = load_split(tiny_data / "dev")
     client = RecommenderClient(server.grpc_url)
+    table = StatsTable.read(item_stats_dir)
     checked = 0
     for imp in split.impressions[:8]:
         hist = [h for h in imp.history if h in news]
@@ -83,7 +88,8 @@ def test_id_path_scores_equal_the_text_path(server, tiny_data, requests_corpus):
                                    history_categories=[news[h].category for h in hist],
                                    history_subcategories=[news[h].subcategory for h in hist],
                                    candidate_categories=[news[c].category for c in cands],
-                                   candidate_subcategories=[news[c].subcategory for c in cands])
+                                   candidate_subcategories=[news[c].subcategory for c in cands],
+                                   history_stats=table.lookup(hist), candidate_stats=table.lookup(cands))
         assert [it.index for it in by_id] == [it.index for it in by_text]
         np.testing.assert_allclose([it.score for it in by_id], [it.score for it in by_text], atol=1e-5)
         for a, b in zip(by_id.items[:3], by_text.items[:3]):
@@ -93,8 +99,9 @@ def test_id_path_scores_equal_the_text_path(server, tiny_data, requests_corpus):
     assert checked == 8
 
 
-def test_new_items_are_encoded_then_cached_with_the_same_scores(server, tiny_data):
+def test_new_items_are_encoded_then_cached_with_the_same_scores(server, tiny_data, item_stats_dir):
     news = _news(tiny_data)
+    table = StatsTable.read(item_stats_dir)
     ids = list(news)[:12]
     client = RecommenderClient(server.grpc_url)
     fresh = {"brand-new-1": ("Coach praises linebacker after playoff victory", "sports", "football_nfl"),
@@ -111,7 +118,8 @@ def test_new_items_are_encoded_then_cached_with_the_same_scores(server, tiny_dat
                                history_subcategories=[news[h].subcategory for h in ids[:6]],
                                candidate_categories=[*(news[c].category for c in ids[6:]), "sports", "finance"],
                                candidate_subcategories=[*(news[c].subcategory for c in ids[6:]), "football_nfl",
-                                                        "markets"])
+                                                        "markets"],
+                               history_stats=table.lookup(ids[:6]), candidate_stats=table.lookup([*ids[6:], *fresh]))
     want = {it.index: it.score for it in by_text}
     for recs in (first, second):
         for it in recs:
@@ -135,3 +143,128 @@ def test_unknown_id_without_text_is_invalid(server, tiny_data):
     with pytest.raises(InvalidRequest, match="new_item_id\\[0\\] is 65 bytes"):
         client.recommend(candidate_ids=["N1"], new_items={"x" * 65: "some text"})
     assert raw.is_server_ready()
+
+
+# ---- item statistics on the id path ---------------------------------------------------------------
+def _pipeline_scores(pipeline, news, hist, cands, table, new_items=None):
+    """In-process reference: the same texts/categories, statistics looked up in ``table`` by id."""
+    new_items = new_items or {}
+
+    def field(i, k):
+        return new_items[i][k] if i in new_items else (news[i].title, news[i].category, news[i].subcategory)[k]
+
+    return pipeline.recommend([field(h, 0) for h in hist], [field(c, 0) for c in cands],
+                              [field(h, 1) for h in hist], [field(h, 2) for h in hist],
+                              [field(c, 1) for c in cands], [field(c, 2) for c in cands],
+                              history_stats=table.lookup(hist), candidate_stats=table.lookup(cands))["scores"]
+
+
+def _served_scores(client, hist, cands, new_items=None) -> np.ndarray:
+    recs = client.recommend(history_ids=hist, candidate_ids=cands, new_items=new_items)
+    out = np.zeros(len(cands), np.float32)
+    for it in recs:
+        out[it.index] = it.score
+    return out
+
+
+def _impression(tiny_data, news, table, min_known: int = 3):
+    """A dev impression whose items are indexed, with statistics for several of its candidates."""
+    for imp in load_split(tiny_data / "dev").impressions:
+        hist = [h for h in imp.history if h in news][:10]
+        cands = [c for c in imp.candidates if c in news]
+        if len(hist) >= 2 and len(cands) >= 4 and (table.lookup(cands).sum(1) > 0).sum() >= min_known:
+            return hist, cands
+    raise AssertionError("no suitable impression in the tiny dev split")
+
+
+def test_id_path_serves_item_statistics_and_the_prior_for_unknown_ids(server, pipeline, tiny_data, item_stats_dir):
+    news = _news(tiny_data)
+    table = StatsTable.read(item_stats_dir)
+    hist, cands = _impression(tiny_data, news, table)
+    client = RecommenderClient(server.grpc_url)
+    got = _served_scores(client, hist, cands)
+    np.testing.assert_allclose(got, _pipeline_scores(pipeline, news, hist, cands, table), atol=1e-4)
+    # and the statistics matter: the same request scored without any (all zeros: the prior) differs
+    assert np.abs(got - _pipeline_scores(pipeline, news, hist, cands, StatsTable.empty())).max() > 1e-3
+    # a new item (sent with its text) whose id the statistics do not know gets zeros, i.e. the prior
+    fresh = {"brand-new-stats": ("Coach praises linebacker after playoff victory", "sports", "football_nfl")}
+    assert table.lookup(list(fresh)).sum() == 0
+    got = _served_scores(client, hist, [*cands, *fresh], fresh)
+    np.testing.assert_allclose(got, _pipeline_scores(pipeline, news, hist, [*cands, *fresh], table, fresh), atol=1e-4)
+
+
+def _wait_for(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true after {timeout_s}s"
+        time.sleep(0.1)
+
+
+def test_stats_build_refreshes_a_running_server_without_restart(server, pipeline, tiny_data, item_stats_dir):
+    """`genrec stats build` on other logs rewrites the served folder: the running recommend model picks the new
+    counts up (same stubs, no restart) and scores follow them; rebuilding from the training log restores them."""
+    news = _news(tiny_data)
+    old = StatsTable.read(item_stats_dir)
+    hist, cands = _impression(tiny_data, news, old)
+    client = RecommenderClient(server.grpc_url)
+    stubs = server.stub_processes()
+    before = _served_scores(client, hist, cands)
+    try:
+        build_stats([tiny_data / "dev" / "behaviors.tsv"], item_stats_dir, log=lambda _m: None)
+        new = StatsTable.read(item_stats_dir)
+        want = _pipeline_scores(pipeline, news, hist, cands, new)
+        assert np.abs(new.lookup(cands) - old.lookup(cands)).max() > 0 and np.abs(want - before).max() > 1e-3
+        _wait_for(lambda: np.allclose(_served_scores(client, hist, cands), want, atol=1e-4))
+    finally:
+        build_stats([tiny_data / "train" / "behaviors.tsv"], item_stats_dir, log=lambda _m: None)
+    _wait_for(lambda: np.allclose(_served_scores(client, hist, cands), before, atol=1e-5))
+    assert server.stub_processes() == stubs and server.failure() is None
+
+
+def test_live_stats_swaps_whole_snapshots_and_skips_a_half_written_folder(tiny_data, tmp_path):
+    folder = build_stats([tiny_data / "train" / "behaviors.tsv"], tmp_path / "s", log=lambda _m: None)
+    messages: list[str] = []
+    live = LiveStats(folder, refresh_ms=0, log=messages.append)
+    first = live.table
+    ids = [i.decode() for i in first.sorted_ids[:50]]
+    seen_by_a_reader = first.lookup(ids)
+    assert not live.check()                                  # nothing new
+    build_stats([tiny_data / "dev" / "behaviors.tsv"], folder, log=lambda _m: None)
+    assert live.check() and live.table is not first and live.loads == 2
+    np.testing.assert_array_equal(first.lookup(ids), seen_by_a_reader)   # a snapshot never changes under a reader
+    np.testing.assert_array_equal(live.table.lookup(ids), StatsTable.read(folder).lookup(ids))
+    # a writer caught mid-way: data newer than the manifest -> not loaded, the current snapshot stays
+    current = live.table
+    manifest = (folder / "stats.json").read_text()
+    (folder / "stats.json").write_text(manifest.replace('"count"', '"count" '))   # new generation ...
+    time.sleep(0.05)
+    (folder / "ids.txt").write_text((folder / "ids.txt").read_text())                # ... data rewritten after
+    assert not live.check() and live.table is current and "being rewritten" in messages[-1]
+    with pytest.raises(StatsLoadError, match="being rewritten"):
+        StatsTable.read(folder)
+    assert current.lookup(["no-such-id"]).tolist() == [[0.0, 0.0, 0.0]]           # unknown id: the prior
+
+
+def test_rows_query_has_the_sorted_dtype_and_long_ids_do_not_match(fp32_index, monkeypatch):
+    """Issue 12: a query wider than the sorted ids made numpy convert the whole sorted array per call (O(N))."""
+    index = ItemIndex(fp32_index)
+    width = index.sorted_ids.dtype.itemsize
+    seen: list[tuple[np.dtype, np.dtype]] = []
+    real = np.searchsorted
+
+    def spy(a, v, *args, **kwargs):
+        seen.append((np.asarray(a).dtype, np.asarray(v).dtype))
+        return real(a, v, *args, **kwargs)
+
+    monkeypatch.setattr(np, "searchsorted", spy)
+    first = bytes(index.sorted_ids[0])
+    rows = index.rows([first, b"x" * (width + 1), first + b"\xff" * 3, b"N1"])
+    assert seen and all(a == v for a, v in seen), seen
+    assert rows[0] >= 0 and rows[1] == -1 and rows[2] == -1
+    table = StatsTable.from_ids(["a", "bb"], np.ones((2, 3)))
+    assert table.lookup(["bb", "bbb", "a" * 100]).sum(1).tolist() == [3.0, 0.0, 0.0]
+
+
+def test_stats_need_an_index(artifacts, item_stats_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs --index"):
+        build_repository(artifacts.root, tmp_path / "r", RepositoryConfig(precision="fp32", stats=str(item_stats_dir)))

@@ -54,8 +54,17 @@ def texts(history: list, candidates: list, **override: list) -> dict[str, list]:
     return values | override
 
 
-def ensemble(history: list, candidates: list, *, drop: str = "", **override: list) -> Case:
-    return "genrec", [bytes_input(k, v) for k, v in texts(history, candidates, **override).items() if k != drop]
+def ensemble(history: list, candidates: list, *, drop: str = "", stats: dict | None = None, **override: list) -> Case:
+    """``stats``: optional FP32 inputs by name (history_stats / candidate_stats), sent as given."""
+    inputs = [bytes_input(k, v) for k, v in texts(history, candidates, **override).items() if k != drop]
+    for name, value in (stats or {}).items():
+        arr = np.asarray(value, np.float32 if name.endswith("_stats") else np.float64)
+        inputs.append(tensor_input(name, arr, "FP32" if arr.dtype == np.float32 else "FP64"))
+    return "genrec", inputs
+
+
+def row(exposures: float = 10, clicks: float = 2, history_users: float = 3) -> list[float]:
+    return [exposures, clicks, history_users]
 
 
 def ensemble_with(inp: grpcclient.InferInput) -> Case:
@@ -65,8 +74,9 @@ def ensemble_with(inp: grpcclient.InferInput) -> Case:
 
 
 def heads(served: dict[str, int], *, n_hist: int = 1, n_cand: int = 2, dtype: str = "FP32", dim: int = 0,
-          poke: float | None = None, drop: str = "", **ids: list[int]) -> Case:
-    """A direct ``heads`` request: zero vectors (H + C, D) with ``poke`` written into one element."""
+          poke: float | None = None, drop: str = "", stats: dict | None = None, **ids: list[int]) -> Case:
+    """A direct ``heads`` request: zero vectors (H + C, D) with ``poke`` written into one element, and the
+    optional statistics inputs ``stats`` (name -> rows) when given."""
     vectors = np.zeros((n_hist + n_cand, dim or served["dim"]), np.float32 if dtype == "FP32" else np.float64)
     if poke is not None:
         vectors[-1, 3] = poke
@@ -74,6 +84,7 @@ def heads(served: dict[str, int], *, n_hist: int = 1, n_cand: int = 2, dtype: st
               "candidate_category": [1] * n_cand, "candidate_subcategory": [1] * n_cand} | ids
     inputs = [tensor_input("item_vectors", vectors, dtype)]
     inputs += [tensor_input(k, np.array(v, np.int64), "INT64") for k, v in values.items() if k != drop]
+    inputs += [tensor_input(k, np.array(v, np.float32).reshape(-1, 3), "FP32") for k, v in (stats or {}).items()]
     return "heads", inputs
 
 
@@ -122,6 +133,23 @@ def bad_inputs(served: dict[str, int]) -> dict[str, Case]:
         "text_of_rank_2": ensemble_with(bytes_input_2d("candidate_text", [["Stocks", "Team"]])),
         "missing_input": ensemble([TITLE], ["Stocks rally"], drop="candidate_subcategory"),
         "unknown_input": ensemble_with(bytes_input("user_id", ["u1"])),
+        # item statistics (optional FP32 (H, 3) / (C, 3) inputs): served when valid, else named with the index
+        "statistics_are_served": ensemble([TITLE], ["Stocks rally", "Team wins"],
+                                          stats={"history_stats": [row()], "candidate_stats": [row(), row(0, 0, 0)]}),
+        "only_candidate_statistics_are_served": ensemble([], ["Stocks rally"], stats={"candidate_stats": [row()]}),
+        "nan_candidate_stats": ensemble([TITLE], ["Stocks rally", "Team wins"],
+                                        stats={"candidate_stats": [row(), row(clicks=float("nan"))]}),
+        "inf_history_stats": ensemble([TITLE], ["Stocks rally"], stats={"history_stats": [row(float("inf"))]}),
+        "negative_candidate_stats": ensemble([TITLE], ["Stocks rally"],
+                                             stats={"candidate_stats": [row(history_users=-1)]}),
+        "candidate_stats_fewer_rows_than_texts": ensemble([TITLE], ["Stocks rally", "Team wins"],
+                                                          stats={"candidate_stats": [row()]}),
+        "history_stats_more_rows_than_texts": ensemble([TITLE], ["Stocks rally"],
+                                                       stats={"history_stats": [row(), row()]}),
+        "history_stats_for_a_cold_user": ensemble([], ["Stocks rally"], stats={"history_stats": [row()]}),
+        "stats_of_wrong_width": ensemble([TITLE], ["Stocks rally"], stats={"candidate_stats": [[1.0, 2.0]]}),
+        "stats_as_fp64": ensemble_with(tensor_input("candidate_stats", np.ones((2, 3)), "FP64")),
+        "stats_of_rank_1": ensemble_with(tensor_input("candidate_stats", np.ones(6, np.float32), "FP32")),
         # heads: the float input (NaN/Inf) and the ids
         "heads_nan_item_vectors": heads(served, poke=float("nan")),
         "heads_inf_item_vectors": heads(served, poke=float("inf")),
@@ -134,6 +162,11 @@ def bad_inputs(served: dict[str, int]) -> dict[str, Case]:
         "heads_negative_subcategory_id": heads(served, candidate_subcategory=[1, -1]),
         "heads_no_candidates": heads(served, n_cand=0),
         "heads_missing_input": heads(served, drop="history_subcategory"),
+        "heads_with_statistics_is_served": heads(served, stats={"history_stats": [row()],
+                                                                "candidate_stats": [row(), row()]}),
+        "heads_nan_history_stats": heads(served, stats={"history_stats": [row(exposures=float("nan"))]}),
+        "heads_negative_candidate_stats": heads(served, stats={"candidate_stats": [row(), row(clicks=-3)]}),
+        "heads_candidate_stats_of_wrong_length": heads(served, stats={"candidate_stats": [row()]}),
         # encoder: token ids
         "encoder_token_id_out_of_vocabulary": encoder(np.array([[101, vocab, 102]])),
         "encoder_negative_token_id": encoder(np.array([[101, -5, 102]])),

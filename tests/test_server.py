@@ -61,24 +61,46 @@ def test_every_shipped_config_parses(fp32_repository):
         text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
-def _infer(client, req):
-    return client.infer("genrec", text_inputs(req["history"], req["candidates"]))
+def _infer(client, req, with_stats: bool = False):
+    inputs = text_inputs(req["history"], req["candidates"])
+    if with_stats:
+        for name in ("history_stats", "candidate_stats"):
+            inputs.append(grpcclient.InferInput(name, list(req[name].shape), "FP32"))
+            inputs[-1].set_data_from_numpy(req[name])
+    return client.infer("genrec", inputs)
 
 
-def test_ensemble_equals_in_process_pipeline(server, pipeline, requests_corpus):
+@pytest.mark.parametrize("with_stats", [False, True], ids=["no-stats", "stats"])
+def test_ensemble_equals_in_process_pipeline(server, pipeline, requests_corpus, with_stats):
+    """Served = in-process, without item statistics (optional inputs left out: zeros, the prior) and with them;
+    and the statistics really reach the scores."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    cold = {"history": ([], [], []), "candidates": requests_corpus[0]["candidates"]}
-    single = {"history": requests_corpus[1]["history"],
-              "candidates": tuple(x[:1] for x in requests_corpus[1]["candidates"])}
+    cold = {**requests_corpus[0], "history": ([], [], []), "history_stats": np.zeros((0, 3), np.float32)}
+    r1 = requests_corpus[1]
+    single = {**r1, "candidates": tuple(x[:1] for x in r1["candidates"]), "candidate_stats": r1["candidate_stats"][:1]}
     for req in [*requests_corpus[:10], cold, single]:
-        res = _infer(client, req)
+        res = _infer(client, req, with_stats)
         (ht, hc, hs), (ct, cc, cs) = req["history"], req["candidates"]
-        ref = pipeline.recommend(ht, ct, hc, hs, cc, cs)
+        hst, cst = (req["history_stats"], req["candidate_stats"]) if with_stats else (None, None)
+        ref = pipeline.recommend(ht, ct, hc, hs, cc, cs, history_stats=hst, candidate_stats=cst)
         for name, value in ref.items():
             got = res.as_numpy(name)
             assert got.shape == value.shape, name
             np.testing.assert_allclose(got, value, atol=1e-5, rtol=0, err_msg=name)
         assert res.as_numpy("truncated").shape == (len(ht) + len(ct),)
+        if with_stats and (req["candidate_stats"].sum(1) > 0).any():
+            prior = pipeline.recommend(ht, ct, hc, hs, cc, cs)["scores"]
+            assert np.abs(res.as_numpy("scores") - prior).max() > 1e-3, "item statistics were ignored"
+
+
+def test_optional_statistics_inputs_in_the_configs(fp32_repository):
+    configs = load_configs(fp32_repository)
+    for model in ("genrec", "tokenizer", "heads"):
+        optional = {i.name: i.optional for i in configs[model].input if i.name.endswith("_stats")}
+        assert optional == {"history_stats": True, "candidate_stats": True}, model
+        assert all(list(i.dims) == [-1, 3] for i in configs[model].input if i.name.endswith("_stats"))
+    params = configs["recommend"].parameters
+    assert params["stats_dir"].string_value and int(params["stats_refresh_ms"].string_value) > 0
 
 
 def test_dynamic_batching_merges_concurrent_requests(server, requests_corpus):

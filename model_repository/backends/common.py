@@ -58,5 +58,12 @@ def get_input(request, name: str, *, dtype=None, ndim: int | None = None) -> np.
     return arr
 
 
+def get_optional(request, name: str, *, dtype=None, ndim: int | None = None) -> np.ndarray | None:
+    """An optional input (``optional: true`` in the config): None when the request left it out."""
+    if pb_utils.get_input_tensor_by_name(request, name) is None:
+        return None
+    return get_input(request, name, dtype=dtype, ndim=ndim)
+
+
 def response(outputs: dict[str, np.ndarray]) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])

@@ -1,11 +1,20 @@
-"""Triton model ``heads`` (python-ort backend): one user per request -> scores, tasks, explanation."""
+"""Triton model ``heads`` (python-ort backend): one user per request -> scores, tasks, explanation.
+
+``history_stats`` / ``candidate_stats`` are optional here: absent = zeros = no statistics (the prior)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
-from genrec.requests import RequestError
+from genrec.model_repository.backends.common import (
+    get_input,
+    get_optional,
+    model_params,
+    per_request,
+    response,
+    version_dir,
+)
+from genrec.requests import RequestError, validate_stats
 from genrec.runtime import OrtHeads
 
 
@@ -42,4 +51,8 @@ class HeadsModel:
                                f"got {list(vec.shape)}")
         if not np.isfinite(vec).all():
             raise RequestError("item_vectors contains NaN or Inf")
-        return response(self.heads(vec, hc, hs, cc, cs))
+        hst = validate_stats(get_optional(request, "history_stats", dtype=np.float32, ndim=2), "history_stats",
+                             len(hc), "history_category")
+        cst = validate_stats(get_optional(request, "candidate_stats", dtype=np.float32, ndim=2), "candidate_stats",
+                             len(cc), "candidate_category")
+        return response(self.heads(vec, hc, hs, cc, cs, hst, cst))

@@ -5,6 +5,12 @@ must come with their text in ``new_item_*``: those are looked up in a bounded LR
 new items, and only true misses are tokenized here and sent to the ``encoder`` model through BLS, so
 they are still dynamically batched with every other request's texts. The heads run in process (a
 0.2 ms ONNX graph is cheaper than another BLS hop; see model_repository/README.md).
+
+Item statistics (built with ``--stats STATS_DIR``) are looked up by id in a :class:`genrec.statstore.LiveStats`
+snapshot, read once per request (never half-old/half-new); a background thread swaps in a new snapshot
+when ``genrec stats build`` rewrites STATS_DIR. Ids without statistics (and every id when no STATS_DIR is
+configured) get zeros: the model's prior. New items sent with text get statistics only if STATS_DIR knows
+their id.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from collections import OrderedDict
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from genrec.contract import HEADS
+from genrec.contract import HEADS, ITEM_STATS
 from genrec.index import IndexMismatch, ItemIndex
 from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
 from genrec.requests import Limits, RequestError, validate_ids
 from genrec.runtime import OrtHeads, ServingAssets
 
 INDEX, CACHE, ENCODED = 0, 1, 2      # item_source values
+N_STATS = len(ITEM_STATS)
 
 
 class LRU:
@@ -70,6 +77,19 @@ class RecommendModel:
         self.encoder_model = p.get("encoder_model", "encoder")
         self.limits = Limits(max_history=int(p["max_history"]), max_candidates=int(p["max_candidates"]),
                              max_text_bytes=int(p["max_text_bytes"]))
+        self.stats = None
+        if p.get("stats_dir"):
+            from genrec.statstore import LiveStats, StatsLoadError
+
+            try:
+                self.stats = LiveStats(p["stats_dir"], int(p.get("stats_refresh_ms", "1000")),
+                                       log=lambda m: print(f"recommend: {m}", flush=True))
+            except StatsLoadError as exc:
+                raise pb_utils.TritonModelException(f"recommend: {exc}") from None
+
+    def finalize(self):
+        if self.stats is not None:
+            self.stats.close()
 
     def execute(self, requests):
         return per_request("recommend", requests, self._one)
@@ -84,8 +104,8 @@ class RecommendModel:
             raise RuntimeError(f"encoder: {res.error().message()}")
         return pb_utils.get_output_tensor_by_name(res, "item_vectors").as_numpy()     # (M, D)
 
-    def _heads_bls(self, vectors, hc, hs, cc, cs) -> dict[str, np.ndarray]:
-        feeds = zip(HEADS.input_names, (vectors, hc, hs, cc, cs))
+    def _heads_bls(self, vectors, hc, hs, cc, cs, hst, cst) -> dict[str, np.ndarray]:
+        feeds = zip(HEADS.input_names, (vectors, hc, hs, cc, cs, hst, cst))
         req = pb_utils.InferenceRequest(model_name="heads", requested_output_names=HEADS.output_names,
                                         inputs=[pb_utils.Tensor(n, v) for n, v in feeds])
         res = req.exec()
@@ -100,7 +120,10 @@ class RecommendModel:
                            raw["new_item_category"], raw["new_item_subcategory"], self.limits)
         ids = [*req.history_id, *req.candidate_id]
         n_hist = len(req.history_id)
-        rows = self.index.rows([i.encode("utf-8") for i in ids])                  # (N,) -1 = not indexed
+        raw_ids = [i.encode("utf-8") for i in ids]
+        rows = self.index.rows(raw_ids)                                          # (N,) -1 = not indexed
+        stats = (self.stats.table.lookup(raw_ids) if self.stats is not None   # one snapshot per request
+                 else np.zeros((len(ids), N_STATS), dtype=np.float32))          # (N, S), zeros = the prior
         known = rows >= 0
         vectors = np.empty((len(ids), self.index.dim), dtype=np.float32)         # (N, D)
         cats = np.zeros(len(ids), dtype=np.int64)
@@ -136,9 +159,7 @@ class RecommendModel:
                 for pos in misses[key]:
                     vectors[pos], cats[pos], subs[pos] = value
                     source[pos] = ENCODED
-        if self.heads_mode == "bls":
-            out = self._heads_bls(vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:])
-        else:
-            out = self.heads(vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:])
+        feeds = (vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:], stats[:n_hist], stats[n_hist:])
+        out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
         out["item_source"] = source
         return response(out)

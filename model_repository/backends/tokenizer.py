@@ -1,13 +1,23 @@
-"""Triton model ``tokenizer``: request texts/categories -> token ids, category ids, truncation flags."""
+"""Triton model ``tokenizer``: request texts/categories -> token ids, category ids, truncation flags, and the
+optional item statistics validated and filled (absent = zeros = no statistics: the heads' prior)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from genrec.contract import TOKENIZER
-from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
+from genrec.model_repository.backends.common import (
+    get_input,
+    get_optional,
+    model_params,
+    per_request,
+    response,
+    version_dir,
+)
 from genrec.requests import Limits, validate
-from genrec.runtime import ServingAssets
+from genrec.runtime import ServingAssets, stats_or_zeros
+
+STATS_INPUTS = tuple(t.name for t in TOKENIZER.inputs if t.optional)
 
 
 class TokenizerModel:
@@ -25,10 +35,12 @@ class TokenizerModel:
         return per_request("tokenizer", requests, self._one)
 
     def _one(self, request):
-        raw = {t.name: get_input(request, t.name, ndim=1) for t in TOKENIZER.inputs}
+        raw = {t.name: get_input(request, t.name, ndim=1) for t in TOKENIZER.inputs if not t.optional}
+        stats = {name: get_optional(request, name, dtype=np.float32, ndim=2) for name in STATS_INPUTS}
         req = validate(raw["history_text"].tolist(), raw["candidate_text"].tolist(),
                        raw["history_category"].tolist(), raw["history_subcategory"].tolist(),
-                       raw["candidate_category"].tolist(), raw["candidate_subcategory"].tolist(), self.limits)
+                       raw["candidate_category"].tolist(), raw["candidate_subcategory"].tolist(), self.limits,
+                       history_stats=stats["history_stats"], candidate_stats=stats["candidate_stats"])
         tok = self.tokenizer([*req.history_text, *req.candidate_text], pad_to=self.pad_to)
         cv, sv = self.assets.category_vocab, self.assets.subcategory_vocab
         return response({
@@ -39,4 +51,6 @@ class TokenizerModel:
             "candidate_category_id": cv.lookup(req.candidate_category),           # (C,)
             "candidate_subcategory_id": sv.lookup(req.candidate_subcategory),     # (C,)
             "truncated": tok.truncated.astype(np.bool_),                          # (H + C,)
+            "history_item_stats": stats_or_zeros(req.history_stats, len(req.history_text)),       # (H, S)
+            "candidate_item_stats": stats_or_zeros(req.candidate_stats, len(req.candidate_text)),  # (C, S)
         })
