@@ -66,10 +66,13 @@ class AsyncRecommenderClient:
                         history_subcategories: Sequence[str] | None = None,
                         candidate_subcategories: Sequence[str] | None = None, top_k: int | None = None,
                         history_ids: Sequence[str] | None = None, candidate_ids: Sequence[str] | None = None,
-                        new_items: dict[str, NewItem] | None = None) -> Recommendations:
+                        new_items: dict[str, NewItem] | None = None,
+                        history_stats: Sequence[Sequence[float]] | None = None,
+                        candidate_stats: Sequence[Sequence[float]] | None = None) -> Recommendations:
         return await self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
-            candidate_subcategories, top_k, history_ids, candidate_ids, new_items))
+            candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
+            candidate_stats))
 
     async def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model

@@ -129,19 +129,23 @@ def prepare(req: RecommendRequest, limits: Limits) -> UserRequest | IdRequest:
             if req.history or req.candidates:
                 raise RequestError("send either texts (history/candidates) or ids (history_ids/candidate_ids), "
                                    "not both")
+            if req.history_stats is not None or req.candidate_stats is not None:
+                raise RequestError("history_stats/candidate_stats go with texts; on the id path the server reads "
+                                   "item statistics from its stats folder")
             new = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in (req.new_items or {}).items()}
             return validate_ids(list(req.history_ids or ()), list(req.candidate_ids or ()), list(new),
                                 [v[0] for v in new.values()], [v[1] if len(v) > 1 else "" for v in new.values()],
                                 [v[2] if len(v) > 2 else "" for v in new.values()], limits)
         return validate(list(req.history), list(req.candidates), req.history_categories, req.history_subcategories,
-                        req.candidate_categories, req.candidate_subcategories, limits)
+                        req.candidate_categories, req.candidate_subcategories, limits,
+                        history_stats=req.history_stats, candidate_stats=req.candidate_stats)
     except RequestError as exc:
         raise InvalidRequest(str(exc), "INVALID_ARGUMENT") from None
 
 
 def _fields(user: UserRequest | IdRequest) -> dict[str, list[str]]:
     if isinstance(user, UserRequest):
-        return {t.name: getattr(user, t.name) for t in ENSEMBLE.inputs}
+        return {t.name: getattr(user, t.name) for t in ENSEMBLE.inputs if t.dtype == "BYTES"}
     new = user.new_items
     return {"history_id": user.history_id, "candidate_id": user.candidate_id, "new_item_id": list(new),
             "new_item_text": [v[0] for v in new.values()], "new_item_category": [v[1] for v in new.values()],
@@ -155,6 +159,13 @@ def encode_inputs(user: UserRequest | IdRequest, infer_input_cls) -> list:
         inp = infer_input_cls(name, [len(values)], "BYTES")
         inp.set_data_from_numpy(arr)
         inputs.append(inp)
+    if isinstance(user, UserRequest):          # optional: sent only when given (absent = zeros = the prior)
+        for name in ("history_stats", "candidate_stats"):
+            value = getattr(user, name)
+            if value is not None:
+                inp = infer_input_cls(name, list(value.shape), "FP32")
+                inp.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+                inputs.append(inp)
     return inputs
 
 

@@ -74,12 +74,20 @@ class RecommenderClient:
                   history_subcategories: Sequence[str] | None = None,
                   candidate_subcategories: Sequence[str] | None = None, top_k: int | None = None,
                   history_ids: Sequence[str] | None = None, candidate_ids: Sequence[str] | None = None,
-                  new_items: dict[str, NewItem] | None = None) -> Recommendations:
+                  new_items: dict[str, NewItem] | None = None,
+                  history_stats: Sequence[Sequence[float]] | None = None,
+                  candidate_stats: Sequence[Sequence[float]] | None = None) -> Recommendations:
         """Texts (+ categories) go to the ``genrec`` ensemble; ids go to the ``recommend`` model, which reads
-        indexed items' vectors and encodes only ``new_items`` (id -> text or (text, category[, subcategory]))."""
+        indexed items' vectors and encodes only ``new_items`` (id -> text or (text, category[, subcategory])).
+
+        Text path only: ``history_stats`` / ``candidate_stats`` give per item [exposures, clicks, history_users]
+        raw counts (one row per text; checked here with the server's messages). Left out, or an all-zero row,
+        means "no statistics": the model uses its training prior. The id path reads statistics by id from the
+        server's stats folder."""
         return self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
-            candidate_subcategories, top_k, history_ids, candidate_ids, new_items))
+            candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
+            candidate_stats))
 
     def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model

@@ -62,6 +62,11 @@ class RecommendRequest:
     history_ids: Sequence[str] | None = None        # id path: items of the item-embedding index...
     candidate_ids: Sequence[str] | None = None
     new_items: dict[str, NewItem] | None = None     # ...and the texts of ids the index may not know
+    # text path only, optional: per item [exposures, clicks, history_users] raw counts (genrec.contract.ITEM_STATS),
+    # one row per history text / candidate text; None = no statistics = the model's prior. (The id path
+    # reads statistics from the server's stats folder.)
+    history_stats: Sequence[Sequence[float]] | None = None
+    candidate_stats: Sequence[Sequence[float]] | None = None
 
     @property
     def by_id(self) -> bool:

@@ -84,6 +84,53 @@ def test_invalid_request_same_message_locally_and_from_server(server, requests_c
     assert local.value.message in remote.value.message()
 
 
+def _stats_input(name: str, value) -> grpcclient.InferInput:
+    arr = np.asarray(value, np.float32)
+    inp = grpcclient.InferInput(name, list(arr.shape), "FP32")
+    inp.set_data_from_numpy(arr)
+    return inp
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("candidate_stats", [[1, float("nan"), 0], [0, 0, 0]], "candidate_stats[0] clicks is nan"),
+    ("candidate_stats", [[1, 0, 0], [0, 0, -2]], "candidate_stats[1] history_users is -2.0"),
+    ("history_stats", [[float("inf"), 0, 0]], "history_stats[0] exposures is inf"),
+    ("candidate_stats", [[1, 0, 0]], "candidate_stats has 1 rows but candidate_text has 2"),
+])
+def test_bad_statistics_same_message_locally_and_from_server(server, field, value, expected):
+    client = RecommenderClient(server.grpc_url)
+    req = RecommendRequest(["Coach praises linebacker"], ["Stocks rally", "Team wins"], **{field: value})
+    with pytest.raises(InvalidRequest) as local:
+        client.recommend_request(req)
+    assert expected in local.value.message
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as remote:
+        raw.infer("genrec", [*text_inputs((req.history, [""], [""]), (req.candidates, ["", ""], ["", ""])),
+                             _stats_input(field, value)])
+    assert remote.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert local.value.message in remote.value.message()
+    assert raw.is_server_ready()
+
+
+def test_statistics_round_trip_sync_and_async(server, pipeline, requests_corpus):
+    r = requests_corpus[4]
+    req = dataclasses.replace(_req(r), history_stats=r["history_stats"].tolist(),
+                              candidate_stats=r["candidate_stats"].tolist())
+    (ht, hc, hs), (ct, cc, cs) = r["history"], r["candidates"]
+    ref = pipeline.recommend(ht, ct, hc, hs, cc, cs, history_stats=r["history_stats"],
+                             candidate_stats=r["candidate_stats"])["scores"]
+    recs = RecommenderClient(server.grpc_url).recommend_request(req)
+
+    async def main():
+        async with AsyncRecommenderClient(server.grpc_url, timeout=30) as client:
+            return await client.recommend_request(req)
+
+    for res in (recs, asyncio.run(main())):
+        assert [it.score for it in res] == pytest.approx(sorted(ref, reverse=True), abs=1e-4)
+    with pytest.raises(InvalidRequest, match="stats folder"):
+        RecommenderClient(server.grpc_url).recommend(candidate_ids=["N1"], candidate_stats=[[1, 1, 1]])
+
+
 def test_server_invalid_argument_becomes_invalid_request(server):
     """A client whose cached limits are looser than the server's (e.g. the server was reconfigured)."""
     client = RecommenderClient(server.grpc_url)
