@@ -27,7 +27,8 @@ def onnx_in_process(artifacts: Path, precision: str, threads: int, device: str =
 
     def run(r: RecommendRequest):
         return pipe.recommend(r.history, r.candidates, r.history_categories, r.history_subcategories,
-                              r.candidate_categories, r.candidate_subcategories)
+                              r.candidate_categories, r.candidate_subcategories, history_stats=r.history_stats,
+                              candidate_stats=r.candidate_stats)
     return run
 
 
@@ -51,6 +52,11 @@ def torch_eager(checkpoint: Path, threads: int, device: str = "cpu"):
     def ids(values, vocab, n):
         return torch.from_numpy(vocab.lookup(values or [""] * n)).to(device)
 
+    def stats(values, n):
+        from genrec.runtime import stats_or_zeros
+
+        return torch.from_numpy(stats_or_zeros(values, n)).to(device)
+
     @torch.inference_mode()
     def run(r: RecommendRequest):
         t = tok([*r.history, *r.candidates])
@@ -58,7 +64,8 @@ def torch_eager(checkpoint: Path, threads: int, device: str = "cpu"):
         n_h = len(r.history)
         return heads(vec, ids(r.history_categories, cv, n_h), ids(r.history_subcategories, sv, n_h),
                      ids(r.candidate_categories, cv, len(r.candidates)),
-                     ids(r.candidate_subcategories, sv, len(r.candidates)))
+                     ids(r.candidate_subcategories, sv, len(r.candidates)), stats(r.history_stats, n_h),
+                     stats(r.candidate_stats, len(r.candidates)))
     run.device = run_device
     return run
 

@@ -31,6 +31,8 @@ from tritonclient.utils import InferenceServerException
 from genrec.contract import ENSEMBLE
 from genrec.server.launcher import STUB_BINARY, running_server
 
+TEXT_INPUTS = tuple(t for t in ENSEMBLE.inputs if not t.optional)     # the optional item statistics are added apart
+
 WORDS = ("market team storm election coach vaccine stocks league senator recipe earnings playoff weather "
          "court museum startup rally quarterback injury festival climate budget airline science travel "
          "police concert school housing energy crypto transfer coastal record drought tariff summit").split()
@@ -105,7 +107,7 @@ def invalid_requests(rng: np.random.Generator, served: Served) -> dict[str, tupl
     """Invalid requests, one per kind: kind -> (model, inputs). Each must be rejected with INVALID_ARGUMENT."""
     def ensemble(history: list[Any], candidates: list[Any], **override: list[Any]) -> tuple[str, list]:
         texts = _texts(history, candidates, rng, served.categories) | override
-        return "genrec", [_bytes_input(t.name, texts[t.name]) for t in ENSEMBLE.inputs]
+        return "genrec", [_bytes_input(t.name, texts[t.name]) for t in TEXT_INPUTS]
 
     title = _title(rng)
     vectors = np.zeros((2, served.dim), np.float32)                                  # (H + C, D) = (1 + 1, D)
@@ -125,7 +127,25 @@ def invalid_requests(rng: np.random.Generator, served: Served) -> dict[str, tupl
         "oversized_text": ensemble([], ["x" * (served.max_text_bytes + 1)]),
         "misaligned_categories": ensemble([], [title, title], candidate_category=["sports"]),
         "nan_item_vectors": ("heads", heads),
+        "negative_item_stats": ("genrec", [*ensemble([title], [title])[1], _fp32_input("candidate_stats",
+                                                                                     np.full((1, 3), -1.0))]),
     }
+
+
+def _fp32_input(name: str, value: np.ndarray) -> grpcclient.InferInput:
+    arr = np.ascontiguousarray(value, dtype=np.float32)
+    inp = grpcclient.InferInput(name, list(arr.shape), "FP32")
+    inp.set_data_from_numpy(arr)
+    return inp
+
+
+def _stats_inputs(texts: Texts, i: int) -> list[grpcclient.InferInput]:
+    """Every other valid request carries item statistics (the optional inputs); the rest get the prior."""
+    if i % 2:
+        return []
+    rng = np.random.default_rng(i)
+    return [_fp32_input(f"{side}_stats", rng.integers(0, 300, (len(texts[f"{side}_text"]), 3)))
+            for side in ("history", "candidate")]
 
 
 async def read_served(client: aioclient.InferenceServerClient) -> Served:
@@ -186,8 +206,9 @@ async def _traffic(url: str, cfg: SoakConfig, on_phase: Callable[[str], None]) -
     client = aioclient.InferenceServerClient(url)
     try:
         served = await read_served(client)
-        pool = [([_bytes_input(t.name, r[t.name]) for t in ENSEMBLE.inputs], len(r["candidate_text"]))
-                for r in (valid_request(rng, cfg, served) for _ in range(256))]
+        pool = [([*(_bytes_input(t.name, r[t.name]) for t in TEXT_INPUTS), *_stats_inputs(r, i)],
+                 len(r["candidate_text"]))
+                for i, r in enumerate(valid_request(rng, cfg, served) for _ in range(256))]
         invalid = list(invalid_requests(rng, served).items())
         outcomes: list[Outcome] = []
         duration = cfg.minutes * 60

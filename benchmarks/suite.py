@@ -92,11 +92,12 @@ def _catalog(cfg: BenchConfig) -> Path:
     return news
 
 
-def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path, index: Path | None) -> Path:
+def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path, index: Path | None,
+                stats: Path | None = None) -> Path:
     from genrec.model_repository.builder import RepositoryConfig, build_repository
 
     rc = RepositoryConfig(precision=sc.precision, device=cfg.device, encoder_threads=cfg.threads,
-                          index=str(index) if index else "")
+                          index=str(index) if index else "", stats=str(stats) if index and stats else "")
     if sc.target == "naive":
         rc = dataclasses.replace(rc, fixed_padding=True, dynamic_batching=False)
     return build_repository(art, work / "repos" / f"{sc.target}-{sc.precision}", rc)
@@ -122,8 +123,16 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     timing = Timing(cfg.warmup_s, cfg.duration_s, cfg.min_requests)
     news_tsv = _catalog(cfg)
     catalog = load_catalog(news_tsv)
+    # item statistics: counted from the catalog's behaviors log when there is one (the id path serves them
+    # by id; text requests carry the same counts); else every request carries seeded plausible counts
+    stats_dir, stats_table = None, None
+    if (news_tsv.parent / "behaviors.tsv").is_file():
+        from genrec.statstore import StatsTable, build_stats
+
+        stats_dir = build_stats([news_tsv.parent / "behaviors.tsv"], work / "stats", log=log)
+        stats_table = StatsTable.read(stats_dir)
     shapes = sorted({(s.history, s.candidates) for s in scenarios if s.mode == "text"})
-    reqs = {shape: make_requests(catalog, *shape) for shape in shapes}
+    reqs = {shape: make_requests(catalog, *shape, stats=stats_table) for shape in shapes}
     indexes = {}
     for p in sorted({s.precision for s in scenarios if s.mode == "ids"}):
         from genrec.index import IndexConfig, build_index
@@ -161,7 +170,8 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     for s in scenarios:
         groups.setdefault((s.target, s.precision), []).append(s)
     for (target, precision), members in groups.items():
-        repo = _repository(art, members[0], cfg, work, indexes.get(precision) if target == "ours" else None)
+        repo = _repository(art, members[0], cfg, work, indexes.get(precision) if target == "ours" else None,
+                           stats_dir)
         with running_server(repo) as server:
             import tritonclient.grpc as grpcclient
 

@@ -18,7 +18,9 @@ def load_catalog(news_tsv: str | Path) -> list[tuple[str, str, str, str]]:
 
 
 def make_requests(catalog: list[tuple[str, str, str, str]], history: int, candidates: int, n: int = 64,
-                  seed: int = 0) -> list[RecommendRequest]:
+                  seed: int = 0, stats=None) -> list[RecommendRequest]:
+    """Text-path requests carrying every item's statistics: looked up by id in ``stats`` (a
+    ``genrec.statstore.StatsTable``, the counts the id path serves), else seeded plausible counts."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -26,8 +28,17 @@ def make_requests(catalog: list[tuple[str, str, str, str]], history: int, candid
         h = [catalog[i] for i in rows[:history]]
         c = [catalog[i] for i in rows[history:]]
         out.append(RecommendRequest([x[0] for x in h], [x[0] for x in c], [x[1] for x in h], [x[1] for x in c],
-                                    [x[2] for x in h], [x[2] for x in c]))
+                                    [x[2] for x in h], [x[2] for x in c], history_stats=_stats(h, stats, rng),
+                                    candidate_stats=_stats(c, stats, rng)))
     return out
+
+
+def _stats(items: list[tuple[str, str, str, str]], table, rng: np.random.Generator) -> np.ndarray:
+    if table is not None:
+        return table.lookup([x[3] for x in items])                      # (n, S)
+    exposures = rng.integers(0, 500, len(items))
+    return np.stack([exposures, (exposures * rng.uniform(0, 0.3, len(items))).astype(int),
+                     rng.integers(0, 80, len(items))], axis=1).astype(np.float32)
 
 
 class IdWorkload:
@@ -62,6 +73,11 @@ def perf_analyzer_json(requests: list[RecommendRequest], path: Path) -> Path:
         fields = {"history_text": r.history, "history_category": r.history_categories,
                   "history_subcategory": r.history_subcategories, "candidate_text": r.candidates,
                   "candidate_category": r.candidate_categories, "candidate_subcategory": r.candidate_subcategories}
-        data.append({k: {"content": list(v), "shape": [len(v)]} for k, v in fields.items()})
+        entry = {k: {"content": list(v), "shape": [len(v)]} for k, v in fields.items()}
+        for k, v in (("history_stats", r.history_stats), ("candidate_stats", r.candidate_stats)):
+            if v is not None:
+                arr = np.asarray(v, dtype=np.float32)
+                entry[k] = {"content": arr.ravel().tolist(), "shape": list(arr.shape)}
+        data.append(entry)
     path.write_text(json.dumps({"data": data}))
     return path

@@ -1,7 +1,8 @@
 """``genrec demo``: the main job end to end on embedded defaults (what ``make demo`` runs).
 
 synth data -> train -> evaluate (held-out dev day) -> export INT8 behind the parity gate -> index the
-catalog -> build the Triton repository -> start tritonserver -> real recommendation requests over gRPC
+catalog -> count item statistics (`genrec stats build`) -> build the Triton repository -> start tritonserver
+-> real recommendation requests over gRPC
 (ranked items with explanations; latency of the cold text path and of the warm id path) -> stop.
 """
 
@@ -50,32 +51,39 @@ def run_demo(cfg: DemoConfig = DemoConfig(), synth: SynthConfig = SynthConfig())
 
     index = build_index(work / "data" / "dev" / "news.tsv", work / "artifacts", work / "index",
                         IndexConfig(precision="int8", threads=cfg.threads))
+    step("counting item statistics from the logs (exposures, clicks, history users; refreshable while serving)")
+    from genrec.statstore import build_stats
+
+    stats = build_stats([work / "data" / "train" / "behaviors.tsv"], work / "stats")
     step("building the Triton model repository (tokenizer -> encoder -> heads ensemble, recommend id path)")
     from genrec.model_repository.builder import RepositoryConfig, build_repository
 
     repo = build_repository(work / "artifacts", work / "repository",
-                            RepositoryConfig(precision="int8", index=str(index)))
+                            RepositoryConfig(precision="int8", index=str(index), stats=str(stats)))
     step("starting tritonserver and sending recommendation requests over gRPC")
-    _serve_and_query(repo, work / "data" / "dev", step)
+    _serve_and_query(repo, work / "data" / "dev", step, stats)
     step(f"done: {work}")
     return metrics
 
 
-def _serve_and_query(repo: Path, dev_dir: Path, step, n_latency: int = 100) -> None:
+def _serve_and_query(repo: Path, dev_dir: Path, step, stats_dir: Path, n_latency: int = 100) -> None:
     import numpy as np
 
     from genrec.cli import print_recommendations
     from genrec.client import RecommenderClient, RecommendRequest
     from genrec.data.mind import load_split
     from genrec.server.launcher import running_server
+    from genrec.statstore import StatsTable
 
     dev = load_split(dev_dir)
+    stats = StatsTable.read(stats_dir)      # the text path sends the counts the id path reads server-side
 
     def request(imp) -> RecommendRequest:
         h = [dev.news[i] for i in imp.history]
         c = [dev.news[i] for i in imp.candidates]
         return RecommendRequest([n.title for n in h], [n.title for n in c], [n.category for n in h],
-                                [n.category for n in c], [n.subcategory for n in h], [n.subcategory for n in c])
+                                [n.category for n in c], [n.subcategory for n in h], [n.subcategory for n in c],
+                                history_stats=stats.lookup(imp.history), candidate_stats=stats.lookup(imp.candidates))
 
     warm = [imp for imp in dev.impressions if len(imp.history) >= 5 and len(imp.candidates) >= 8]
     cold = [imp for imp in dev.impressions if not imp.history]
