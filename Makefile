@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PA_VENV  := .venv-perf-analyzer
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: setup demo test bench bench-gpu lint clean
+.PHONY: setup demo test bench quality bench-gpu lint clean
 
 setup: $(STAMP) $(PA_STAMP)
 
@@ -34,6 +34,11 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/genrec bench --out build/bench
+
+# Model quality: the ablation table of the README (ml-100k from ../shared when present + synthetic data,
+# 3 seeds each, baselines on the same impressions); ~40 min on 2 cores.
+quality: setup
+	$(VENV)/bin/genrec bench quality --out benchmarks/results/quality
 
 # On a machine with an NVIDIA GPU: ONNX Runtime with the CUDA EP replaces the CPU build in .venv, then
 # the suite runs FP16 (and FP32) on the GPU. The PyTorch anchor stays on CPU (torch is pinned to the CPU

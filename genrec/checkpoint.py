@@ -3,7 +3,8 @@
 Weights (LM included), model config, the LM's own config, vocabularies, the exact tokenizer.json text
 (plus its sha256 and source package), training config, metrics, a small held-out parity set of
 validation impressions (texts, categories, labels) and the item statistics of the whole training log
-(what evaluation feeds the model, and the simple baselines' counts). ``RUN_DIR/model_card.json`` repeats the metadata for humans (no weights).
+(what evaluation feeds the model, and the simple baselines' counts).
+``RUN_DIR/model_card.json`` repeats the metadata for humans (no weights).
 """
 
 from __future__ import annotations

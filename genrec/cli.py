@@ -337,6 +337,23 @@ def _soak(bsub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=run)
 
 
+@bench_command
+def _quality(bsub: argparse._SubParsersAction) -> None:
+    from genrec.benchmarks.quality import QualityConfig
+
+    q = bsub.add_parser("quality", help="model-quality ablation on ml-100k and synthetic data, 3 seeds, "
+                                        "baselines alongside (make quality)")
+    add_dataclass_args(q, QualityConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.benchmarks.quality import run_quality
+
+        run_quality(from_args(QualityConfig, args))
+        return 0
+
+    q.set_defaults(handler=run)
+
+
 @command
 def _bench(sub: argparse._SubParsersAction) -> None:
     from genrec.benchmarks.suite import BenchConfig

@@ -43,6 +43,12 @@ class TrainConfig:
         "help": "non-clicked candidates sampled per click (MIND convention K=4)"})
     val_fraction: float = dataclasses.field(default=0.1, metadata={
         "help": "latest fraction of impressions held out for validation/early stopping"})
+    ema: float = dataclasses.field(default=0.0, metadata={
+        "help": "decay of an exponential moving average of the weights that is validated and saved (0 = off); "
+                "steadier than the raw weights on small datasets"})
+    stats_warmup: float = dataclasses.field(default=0.0, metadata={
+        "help": "earliest fraction of training impressions that only feeds item statistics (not trained on): "
+                "their as-of counts are too young to resemble the mature counts seen when serving"})
     patience: int = dataclasses.field(default=2, metadata={
         "help": "epochs without a validation group-AUC gain before stopping"})
     alpha: dict[str, float] = dataclasses.field(

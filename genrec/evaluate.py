@@ -52,12 +52,14 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
 
     For every candidate of up to ``n_impressions`` impressions with >= 2 history items: remove the top-explained
     history item and, separately, a random one, and re-score through the model.
-    faithfulness = mean score drop (top-explained) / mean drop (random): > 1 means the explanation names
-    what the model really used. category_match = share of top-explained items in the candidate's category,
+    faithfulness = mean score drop (top-explained) / mean |drop| (random): > 1 means the explanation names
+    what the model really used. (|drop| for the random item: its signed mean is often ~0 or negative, since
+    removing an average item moves a score either way, and a ratio over ~0 says nothing.) category_match = share of top-explained items in the candidate's category,
     against the same share for the random item (chance).
     """
     rng = np.random.default_rng(seed)
-    chosen = [i for i in range(len(imps.candidates)) if (imps.history[i] > 0).sum() >= 2][:n_impressions]
+    chosen = [i for i in range(len(imps.candidates))
+              if (imps.history[i] > 0).sum() >= 2 and len(imps.candidates[i])][:n_impressions]
     if not chosen:
         return {"explanation_impressions": 0}
     cat, sub = torch.from_numpy(table.category), torch.from_numpy(table.subcategory)
@@ -87,7 +89,8 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
         match_top.append((hist_cat[top] == cand_cat) & (cand_cat > 0))
         match_rand.append((hist_cat[rand] == cand_cat) & (cand_cat > 0))
     top_mean, rand_mean = float(np.concatenate(drops_top).mean()), float(np.concatenate(drops_rand).mean())
-    return {"explanation_faithfulness": top_mean / rand_mean if rand_mean != 0 else None,
+    rand_abs = float(np.abs(np.concatenate(drops_rand)).mean())
+    return {"explanation_faithfulness": top_mean / rand_abs if rand_abs > 0 else None,
             "explanation_drop_top": top_mean, "explanation_drop_random": rand_mean,
             "explanation_category_match": float(np.concatenate(match_top).mean()),
             "explanation_category_match_random": float(np.concatenate(match_rand).mean()),

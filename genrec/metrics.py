@@ -3,8 +3,8 @@
 * AUC: probability a clicked candidate outscores a non-clicked one (ties count 1/2).
 * MRR: mean over clicked items of 1/rank among all candidates (MIND's ``mrr_score``).
 * nDCG@k: MIND's ``ndcg_score`` with gains 2^rel - 1 and log2(rank + 1) discounts.
-Impressions whose candidates are all clicked or all unclicked have no AUC and are skipped for every
-metric (MIND dev has none); ``RankingMetrics.skipped`` counts them.
+Impressions whose candidates are all clicked or all unclicked (or that have no known candidate left) have no
+AUC and are skipped for every metric (MIND dev has none); ``RankingMetrics.skipped`` counts them.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def ranking_metrics(groups: Iterable[tuple[np.ndarray, np.ndarray]]) -> RankingM
     skipped = 0
     for labels, scores in groups:
         labels = np.asarray(labels)
-        if labels.min() == labels.max():
+        if labels.size == 0 or labels.min() == labels.max():   # e.g. every candidate id was unknown
             skipped += 1
             continue
         aucs.append(auc(labels, scores))

@@ -51,12 +51,14 @@ def _set_seed(seed: int, threads: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _sample_clicks(imps: ImpressionArrays, k: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sample_clicks(imps: ImpressionArrays, k: int, rng: np.random.Generator,
+                   first: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One epoch of training samples: (T,) impression index, (T, 1+K) item rows, clicked first, and their
     (T, 1+K, S) item statistics as that impression saw them."""
     imp_idx, cols = [], []
     for i, labels in enumerate(imps.labels):
+        if i < first:
+            continue
         pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
         if len(neg) == 0:
             continue
@@ -155,17 +157,36 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     optim = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     alpha = {t: float(cfg.alpha.get(t, 0.0)) for t in TASKS}
 
+    # Exponential moving average of the trainable weights: validated and saved instead of the raw weights,
+    # so one noisy step on a small dataset does not decide the model.
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    ema = {n: p.detach().clone() for n, p in trainable.items()} if cfg.ema > 0 else None
+
     def validate() -> dict[str, Any]:
         model.eval()
+        raw = None
+        if ema is not None:
+            raw = {n: p.detach().clone() for n, p in trainable.items()}
+            with torch.no_grad():
+                for n, p in trainable.items():
+                    p.copy_(ema[n])
         vecs = upper_in_batches(model.encoder, cache, cache_mask)
         scores = score_impressions(model.heads, vecs, table, va)["click_logit"]
-        return ranking_metrics(zip(va.labels, scores)).as_dict()
+        result = ranking_metrics(zip(va.labels, scores)).as_dict()
+        return result, raw
+
+    def restore(raw) -> None:
+        if raw is not None:
+            with torch.no_grad():
+                for n, p in trainable.items():
+                    p.copy_(raw[n])
 
     best_auc, best_epoch, best_state, history, bad_epochs = -1.0, 0, None, [], 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         model.encoder.lm.eval()   # LM dropout off: the cached lower part was computed without it
-        imp_idx, rows, cand_stats_rows = _sample_clicks(tr, cfg.negatives, rng)
+        imp_idx, rows, cand_stats_rows = _sample_clicks(tr, cfg.negatives, rng,
+                                                        first=int(len(train_imps) * cfg.stats_warmup))
         order = rng.permutation(len(rows))
         steps = range(0, len(order), cfg.batch_size)
         bar = steps
@@ -202,13 +223,17 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optim.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for n, p in trainable.items():
+                        ema[n].lerp_(p.detach(), 1.0 - cfg.ema)
             n_steps += 1
             losses["loss"] += float(loss.detach())
             for t, v in task_loss.items():
                 losses[t] += float(v.detach())
             if progress:
                 bar.set_postfix(loss=f"{losses['loss'] / n_steps:.4f}")
-        val = validate()
+        val, raw_weights = validate()
         record = {"epoch": epoch, "seconds": round(time.perf_counter() - t_epoch, 1),
                   **{f"train_{k}": round(v / max(1, n_steps), 4) for k, v in losses.items()},
                   **{f"val_{k}": v for k, v in val.items()}}
@@ -216,9 +241,10 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
         improved = val["group_auc"] > best_auc + 1e-4
         if improved:
             best_auc, best_epoch, bad_epochs = val["group_auc"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}   # EMA weights if on
         else:
             bad_epochs += 1
+        restore(raw_weights)                          # training continues from the raw weights
         log(f"epoch {epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}  val group-AUC {val['group_auc']:.4f}  "
             f"MRR {val['mrr']:.4f}  ({record['seconds']}s){'  *best' if improved else ''}")
         if bad_epochs >= cfg.patience:

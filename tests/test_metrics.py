@@ -48,3 +48,12 @@ def test_kendall_tau():
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+
+
+def test_impression_without_known_candidates_is_skipped_and_counted():
+    import numpy as np
+
+    from genrec.metrics import ranking_metrics
+
+    m = ranking_metrics([(np.array([1, 0]), np.array([0.9, 0.1])), (np.array([], dtype=np.int8), np.array([]))])
+    assert m.group_auc == 1.0 and m.impressions == 1 and m.skipped == 1
