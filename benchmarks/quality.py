@@ -95,8 +95,8 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
             for seed in cfg.seeds:
                 run_dir = Path(cfg.workdir) / "runs" / f"{dataset}-{variant.strip('+ ').replace(' ', '-')}-s{seed}"
                 t0 = time.perf_counter()
-                res = train(data / "train", run_dir, ModelConfig(**overrides), TrainConfig(seed=seed, threads=cfg.threads),
-                            progress=False, log=lambda _m: None)
+                res = train(data / "train", run_dir, ModelConfig(**overrides),
+                            TrainConfig(seed=seed, threads=cfg.threads), progress=False, log=lambda _m: None)
                 ev = evaluate(res.checkpoint_path, _test_split(data), EvalConfig(threads=cfg.threads))
                 runs.append({"seed": seed, "best_epoch": res.best_epoch, "val_group_auc": res.metrics["group_auc"],
                              "seconds": round(time.perf_counter() - t0, 1), **{m: ev[m] for m in METRICS},

@@ -54,8 +54,9 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
     history item and, separately, a random one, and re-score through the model.
     faithfulness = mean score drop (top-explained) / mean |drop| (random): > 1 means the explanation names
     what the model really used. (|drop| for the random item: its signed mean is often ~0 or negative, since
-    removing an average item moves a score either way, and a ratio over ~0 says nothing.) category_match = share of top-explained items in the candidate's category,
-    against the same share for the random item (chance).
+    removing an average item moves a score either way, and a ratio over ~0 says nothing.)
+    category_match = share of top-explained items in the candidate's category, against the same share for the
+    random item (chance).
     """
     rng = np.random.default_rng(seed)
     chosen = [i for i in range(len(imps.candidates))
