@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genrec.errors import UserError
 from genrec.metrics import kendall_tau, ranking_metrics
 from genrec.requests import N_STATS
 from genrec.runtime import OrtEncoder, OrtHeads
@@ -36,7 +37,7 @@ CHECK_KIND = {"encoder_cosine_min": "min", "encoder_cosine_mean": "min", "heads_
               "auc_drop": "max", "kendall_tau_mean": "min"}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export could not produce a valid artifact."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from genrec.errors import UserError
 from genrec.model import GenRec, ModelConfig
 from genrec.stats import BetaPrior, ItemStats
 from genrec.vocab import Vocab
@@ -26,7 +27,7 @@ FORMAT = "genrec.checkpoint/2"   # /2: item statistics (the heads' item features
 FILENAME = "checkpoint.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

@@ -413,6 +413,8 @@ def print_metrics(result: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrec", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of user errors too (missing files, bad data, wrong artifacts)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         try:
@@ -431,12 +433,19 @@ def _missing(name: str, exc: ImportError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from genrec.errors import EXIT_USER_ERROR, UserError
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        if args.debug:
+            raise
+        print(f"genrec: error: {err}", file=sys.stderr)       # the user's to fix: one line, no traceback
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 
 from genrec.contract import CONTRACT_VERSION
 from genrec.data.mind import NewsItem, iter_news
+from genrec.errors import UserError
 from genrec.runtime import OrtEncoder, ServingAssets
 from genrec.text import item_text, sha256_file
 
@@ -38,7 +39,7 @@ MAX_ID_BYTES = 64
 FILES = ("index.json", "ids.bin", "order.i64", "category.i64", "subcategory.i64", "vectors.f32", "progress.json")
 
 
-class IndexMismatch(RuntimeError):
+class IndexMismatch(UserError, RuntimeError):
     """The index is missing, incomplete, or was built by another encoder."""
 
 

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from genrec.contract import ITEM_STATS, MAX_CANDIDATES, MAX_HISTORY, MAX_ID_BYTES, MAX_TEXT_BYTES
+from genrec.errors import UserError
 
 N_STATS = len(ITEM_STATS)
 
 
-class RequestError(ValueError):
+class RequestError(UserError, ValueError):
     """The request is malformed; the message says what is wrong (sent as INVALID_ARGUMENT)."""
 
 

@@ -29,13 +29,14 @@ import numpy as np
 
 from genrec.contract import ITEM_STATS
 from genrec.data.mind import Impression
+from genrec.errors import UserError
 
 N_STATS = len(ITEM_STATS)
 EXPOSURES, CLICKS, HISTORY_USERS = range(N_STATS)
 FORMAT = "genrec.stats/1"
 
 
-class StatsError(ValueError):
+class StatsError(UserError, ValueError):
     """Statistics are malformed (negative, non-finite, wrong shape) or do not belong to this model."""
 
 

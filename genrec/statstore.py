@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from genrec.contract import ITEM_STATS
+from genrec.errors import UserError
 from genrec.index import sorted_lookup
 
 N_STATS = len(ITEM_STATS)
@@ -38,7 +39,7 @@ MANIFEST, IDS, COUNTS = "stats.json", "ids.txt", "counts.f32"
 FORMAT = "genrec.stats/1"
 
 
-class StatsLoadError(RuntimeError):
+class StatsLoadError(UserError, RuntimeError):
     """The stats folder is missing, malformed, or was being rewritten while read (retry later)."""
 
 

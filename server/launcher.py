@@ -40,11 +40,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from genrec.errors import UserError
+
 SHM_DIR = Path("/dev/shm")
 STUB_BINARY = "triton_python_backend_stub"
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, RuntimeError):
     """tritonserver failed to start, become ready, or stop; the message carries its log tail."""
 
 

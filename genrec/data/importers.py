@@ -86,6 +86,8 @@ from typing import Any
 
 import numpy as np
 
+from genrec.errors import UserError
+
 try:
     from genrec.contract import MAX_HISTORY
 except ImportError:  # pragma: no cover - older trees keep it in the MIND reader only
@@ -93,7 +95,7 @@ except ImportError:  # pragma: no cover - older trees keep it in the MIND reader
 from genrec.data.mind import TIME_FORMAT
 
 
-class DataImportError(ValueError):
+class DataImportError(UserError, ValueError):
     """An input file cannot be imported; the message names file, line and column where it can."""
 
 

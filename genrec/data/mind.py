@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from genrec.errors import UserError
+
 MAX_HISTORY = 50  # most recent history items kept per impression (MIND convention)
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 
 
-class MindFormatError(ValueError):
+class MindFormatError(UserError, ValueError):
     """A line of a MIND file could not be parsed; the message names file and line number."""
 
 
