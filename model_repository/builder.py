@@ -79,8 +79,9 @@ class RepositoryConfig:
         "help": "dynamic batching on the encoder (off only to measure the naive pattern)"})
     index: str = dataclasses.field(default="", metadata={
         "help": "INDEX_DIR from `genrec index build`: adds the `recommend` model (id path, BLS for new items)"})
-    lru_items: int = dataclasses.field(default=100_000, metadata={
-        "help": "new (unindexed) item vectors kept per recommend instance (LRU; ~0.5 KB each at D=128)"})
+    lru_mb: float = dataclasses.field(default=64.0, metadata={
+        "help": "MiB of new (unindexed) item vectors kept per recommend instance (LRU bounded in bytes; "
+                "~0.7 KB per item at D=128: 64 MiB ~ 95k items)"})
     recommend_instances: int = dataclasses.field(default=2, metadata={
         "help": "recommend model instances (requests are independent: one per core)"})
     stats: str = dataclasses.field(default="", metadata={
@@ -196,7 +197,7 @@ def recommend_config(cfg: RepositoryConfig, assets: ServingAssets, encoder_sha25
     _instances(m, cfg.recommend_instances, "cpu")
     if cfg.stats:
         _params(m, stats_dir=Path(cfg.stats).resolve(), stats_refresh_ms=cfg.stats_refresh_ms)
-    _params(m, index_dir=Path(cfg.index).resolve(), encoder_sha256=encoder_sha256, lru_items=cfg.lru_items,
+    _params(m, index_dir=Path(cfg.index).resolve(), encoder_sha256=encoder_sha256, lru_bytes=int(cfg.lru_mb * 2**20),
             max_history=cfg.max_history, max_candidates=cfg.max_candidates, max_text_bytes=cfg.max_text_bytes,
             device=cfg.device, encoder_model="encoder", contract_version=CONTRACT_VERSION, heads_mode=cfg.heads_mode,
             categories=json.dumps(["", *assets.category_vocab.to_list()]))

@@ -1,7 +1,7 @@
 """Triton model ``recommend`` (python backend, BLS): the real-time id path.
 
 Per request: ids -> rows of the memory-mapped item index (binary search); ids the index does not know
-must come with their text in ``new_item_*``: those are looked up in a bounded LRU of recently encoded
+must come with their text in ``new_item_*``: those are looked up in a byte-bounded LRU of recently encoded
 new items, and only true misses are tokenized here and sent to the ``encoder`` model through BLS, so
 they are still dynamically batched with every other request's texts. The heads run in process (a
 0.2 ms ONNX graph is cheaper than another BLS hop; see model_repository/README.md).
@@ -15,9 +15,6 @@ their id.
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -26,35 +23,10 @@ from genrec.index import IndexMismatch, ItemIndex
 from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
 from genrec.requests import Limits, RequestError, validate_ids
 from genrec.runtime import OrtHeads, ServingAssets
+from genrec.vcache import VectorLRU
 
 INDEX, CACHE, ENCODED = 0, 1, 2      # item_source values
 N_STATS = len(ITEM_STATS)
-
-
-class LRU:
-    """Bounded map (id, text, category, subcategory) -> (vector, category id, subcategory id)."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._data: OrderedDict[bytes, tuple[np.ndarray, int, int]] = OrderedDict()
-
-    @staticmethod
-    def key(item_id: str, text: str, category: str, subcategory: str) -> bytes:
-        return hashlib.blake2b("\x1f".join((item_id, text, category, subcategory)).encode(), digest_size=16).digest()
-
-    def get(self, key: bytes):
-        hit = self._data.get(key)
-        if hit is not None:
-            self._data.move_to_end(key)
-        return hit
-
-    def put(self, key: bytes, value) -> None:
-        if self.capacity <= 0:
-            return
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
 
 
 class RecommendModel:
@@ -73,7 +45,7 @@ class RecommendModel:
         # "in-process" runs heads.onnx here; "bls" calls the `heads` model (kept to measure the choice)
         self.heads_mode = p.get("heads_mode", "in-process")
         self.heads = OrtHeads(vdir / "heads.onnx", threads=1, device=p.get("device", "cpu"))
-        self.cache = LRU(int(p["lru_items"]))
+        self.cache = VectorLRU(int(p["lru_bytes"]))
         self.encoder_model = p.get("encoder_model", "encoder")
         self.limits = Limits(max_history=int(p["max_history"]), max_candidates=int(p["max_candidates"]),
                              max_text_bytes=int(p["max_text_bytes"]))
@@ -141,7 +113,7 @@ class RecommendModel:
                 kind, k = ("history_id", pos) if pos < n_hist else ("candidate_id", pos - n_hist)
                 raise RequestError(f"{kind}[{k}] {item_id!r} is not in the index; send its text in new_item_*")
             text, cat, sub = req.new_items[item_id]
-            key = LRU.key(item_id, text, cat, sub)
+            key = VectorLRU.key(item_id, text, cat, sub)
             hit = self.cache.get(key)
             if hit is not None:
                 vectors[pos], cats[pos], subs[pos] = hit
@@ -154,8 +126,8 @@ class RecommendModel:
             encoded = self._encode([miss_items[k][0] for k in keys])
             for key, vec in zip(keys, encoded):
                 _, cat, sub = miss_items[key]
-                value = (vec, self.assets.category_vocab.id(cat), self.assets.subcategory_vocab.id(sub))
-                self.cache.put(key, value)
+                value = self.cache.put(key, vec, self.assets.category_vocab.id(cat),
+                                       self.assets.subcategory_vocab.id(sub))   # a copy: no view of the batch
                 for pos in misses[key]:
                     vectors[pos], cats[pos], subs[pos] = value
                     source[pos] = ENCODED

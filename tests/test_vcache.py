@@ -1,0 +1,41 @@
+"""The new-item vector cache: bounded in bytes, stores copies, and an id with new text is a new entry."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genrec.vcache import ENTRY_OVERHEAD, VectorLRU
+
+D = 128
+COST = D * 4 + ENTRY_OVERHEAD
+
+
+def test_bounded_in_bytes_and_evicts_least_recently_used():
+    cache = VectorLRU(capacity_bytes=3 * COST)
+    keys = [VectorLRU.key(f"n{i}", f"text {i}", "news", "") for i in range(4)]
+    for i, k in enumerate(keys[:3]):
+        cache.put(k, np.full(D, i, np.float32), 1, 2)
+    assert cache.get(keys[0]) is not None                  # n0 is now the most recently used
+    cache.put(keys[3], np.full(D, 3, np.float32), 1, 2)     # over the bound: n1 (least recent) goes
+    assert cache.nbytes == 3 * COST <= cache.capacity_bytes and len(cache) == 3
+    assert cache.get(keys[1]) is None and cache.get(keys[0])[0][0] == 0.0 and cache.get(keys[3])[0][0] == 3.0
+    assert cache.counters.evictions == 1 and cache.counters.misses == 1
+    assert VectorLRU(capacity_bytes=0).put(keys[0], np.zeros(D, np.float32), 0, 0) is not None   # off: not kept
+
+
+def test_stores_copies_not_views_of_the_encoder_batch():
+    batch = np.random.default_rng(0).random((64, D), dtype=np.float32)     # one encoder output, (M, D)
+    cache = VectorLRU(capacity_bytes=10 * COST)
+    key = VectorLRU.key("n1", "t", "", "")
+    stored = cache.put(key, batch[5], 0, 0)
+    assert stored[0].base is None and not np.shares_memory(stored[0], batch)   # the batch can be freed
+    batch[5] = -1.0
+    assert cache.get(key)[0][0] != -1.0
+
+
+def test_an_id_that_arrives_with_new_text_is_a_new_entry():
+    old, new = VectorLRU.key("n1", "Old headline", "news", ""), VectorLRU.key("n1", "New headline", "news", "")
+    assert old != new
+    cache = VectorLRU(capacity_bytes=10 * COST)
+    cache.put(old, np.ones(D, np.float32), 0, 0)
+    assert cache.get(new) is None                            # re-encoded, never the stale vector
