@@ -94,6 +94,11 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
             runs = []
             for seed in cfg.seeds:
                 run_dir = Path(cfg.workdir) / "runs" / f"{dataset}-{variant.strip('+ ').replace(' ', '-')}-s{seed}"
+                done = run_dir / "quality_run.json"          # resumable: a finished run is not redone
+                if done.is_file():
+                    runs.append(json.loads(done.read_text()))
+                    print(f"quality: {dataset} | {variant} | seed {seed}: done before ({done})")
+                    continue
                 t0 = time.perf_counter()
                 res = train(data / "train", run_dir, ModelConfig(**overrides),
                             TrainConfig(seed=seed, threads=cfg.threads), progress=False, log=lambda _m: None)
@@ -104,6 +109,7 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
                              "explanation_faithfulness": ev.get("explanation_faithfulness"),
                              "explanation_category_match": ev.get("explanation_category_match"),
                              "explanation_category_match_random": ev.get("explanation_category_match_random")})
+                done.write_text(json.dumps(runs[-1]) + "\n")
                 print(f"quality: {dataset} | {variant} | seed {seed}: test group-AUC {ev['group_auc']:.4f} "
                       f"(val {res.metrics['group_auc']:.4f}, epoch {res.best_epoch}, {runs[-1]['seconds']} s)",
                       flush=True)

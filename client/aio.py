@@ -43,12 +43,13 @@ class AsyncRecommenderClient:
             except InferenceServerException as exc:
                 await asyncio.sleep(self._retry.delay_after(exc, attempt, deadline))
 
-    async def served(self, model: str | None = None) -> core.Served:
+    async def served(self, model: str | None = None, deadline: float | None = None) -> core.Served:
+        """As the sync client's: fetched once; ``deadline`` is the calling request's."""
         model = model or self.model
         async with self._served_lock:
             if model not in self._served:
                 spec = core.RECOMMEND if model == self.index_model else core.ENSEMBLE
-                deadline = time.monotonic() + self.timeout
+                deadline = time.monotonic() + self.timeout if deadline is None else deadline
                 metadata = await self._call(
                     lambda t: self._grpc.get_model_metadata(model, client_timeout=t), deadline)
                 core.check_metadata(metadata, model, spec)
@@ -76,11 +77,11 @@ class AsyncRecommenderClient:
 
     async def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model
-        served = await self.served(model)
+        start = time.perf_counter()
+        deadline = time.monotonic() + self.timeout               # one deadline for the whole call
+        served = await self.served(model, deadline)
         user = core.prepare(req, served.limits)
         inputs = core.encode_inputs(user, grpcclient.InferInput)
-        start = time.perf_counter()
-        deadline = time.monotonic() + self.timeout
         result = await self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
                                                              compression_algorithm=self.compression), deadline)
         return core.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)

@@ -50,14 +50,15 @@ class RecommenderClient:
             except InferenceServerException as exc:
                 time.sleep(self._retry.delay_after(exc, attempt, deadline))
 
-    def served(self, model: str | None = None) -> core.Served:
-        """Contract check + limits of ``model`` (default: the text ensemble), fetched once (thread-safe)."""
+    def served(self, model: str | None = None, deadline: float | None = None) -> core.Served:
+        """Contract check + limits of ``model`` (default: the text ensemble), fetched once (thread-safe).
+        ``deadline`` (time.monotonic() based): the calling request's, so its first call has one deadline."""
         model = model or self.model
         with self._lock:
             if model in self._served:
                 return self._served[model]
         spec = core.RECOMMEND if model == self.index_model else core.ENSEMBLE
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout if deadline is None else deadline
         metadata = self._call(lambda t: self._grpc.get_model_metadata(model, client_timeout=t), deadline)
         core.check_metadata(metadata, model, spec)
         config = self._call(lambda t: self._grpc.get_model_config(model, client_timeout=t), deadline).config
@@ -91,11 +92,11 @@ class RecommenderClient:
 
     def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model
-        served = self.served(model)
+        start = time.perf_counter()
+        deadline = time.monotonic() + self.timeout               # one deadline for the whole call
+        served = self.served(model, deadline)
         user = core.prepare(req, served.limits)                  # same checks and messages as the server
         inputs = core.encode_inputs(user, grpcclient.InferInput)
-        start = time.perf_counter()
-        deadline = time.monotonic() + self.timeout
         result = self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
                                                        compression_algorithm=self.compression), deadline)
         return core.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)

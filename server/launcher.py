@@ -21,6 +21,7 @@ same ports when either dies.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import importlib.util
@@ -83,6 +84,31 @@ def _package_dir(name: str) -> Path:
 
 def triton_home() -> Path:
     return _package_dir("pytriton") / "tritonserver"
+
+
+_SPAWNER = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-tritonserver-spawner")
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """preexec_fn for tritonserver: SIGTERM it when the launcher dies, however it dies (SIGKILL, OOM kill).
+
+    It runs in a new session (so a terminal's Ctrl-C reaches only the launcher, which stops it gracefully),
+    and Linux's parent-death signal ends it, and with it its stubs, when the launcher is gone. The signal
+    follows the *thread* that forked, so every server is spawned from :data:`_SPAWNER`'s one thread, which
+    lives as long as the process (a server started from a short-lived thread would die with that thread).
+    Without it a killed launcher left an orphan serving on the ports. None where prctl does not exist.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)                 # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent_pid:                # the launcher died before prctl took effect
+            os._exit(1)
+    return preexec
 
 
 def _free_port(host: str) -> int:
@@ -157,8 +183,12 @@ class TritonServer:
         self.stubs: dict[int, str] = {}               # stubs seen at readiness: pid -> model instance name
         self.restarts: list[tuple[float, str]] = []   # (time.monotonic(), why) of each supervised restart
         self._own_log = not cfg.log_file
-        self.log_path = Path(cfg.log_file) if cfg.log_file else Path(tempfile.mkstemp(prefix="tritonserver-",
-                                                                                       suffix=".log")[1])
+        if cfg.log_file:
+            self.log_path = Path(cfg.log_file)
+        else:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)                              # only the name is needed; start() opens it for the child
+            self.log_path = Path(name)
 
     # ---- addresses ------------------------------------------------------------------------------
     @property
@@ -204,8 +234,10 @@ class TritonServer:
         binary, backends, env = prepare_environment()
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.command(binary, backends), stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
+            # spawned from one long-lived thread: the parent-death signal follows the thread that forked
+            self.proc = _SPAWNER.submit(subprocess.Popen, self.command(binary, backends), stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                        preexec_fn=_die_with_parent(os.getpid())).result()
         finally:
             log.close()
         return self

@@ -261,3 +261,31 @@ def test_readme_client_example_runs_as_written(server):
     proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("<-") == 2
+
+
+def test_first_call_has_one_deadline_sync_and_async(server, requests_corpus):
+    """Metadata, config and inference of a fresh client's first call share the call's one deadline (issue 12.5):
+    with one deadline each, the first call could take twice ``timeout``."""
+    req = _req(requests_corpus[0])
+
+    def spy(client):
+        seen, real = [], client._call
+
+        def call(fn, deadline):
+            seen.append(deadline)
+            return real(fn, deadline)
+        client._call = call
+        return seen
+
+    with RecommenderClient(server.grpc_url, timeout=30) as client:          # nothing fetched yet
+        seen = spy(client)
+        client.recommend_request(req)
+    assert len(seen) == 3 and len(set(seen)) == 1, seen
+
+    async def main():
+        async with AsyncRecommenderClient(server.grpc_url, timeout=30) as client:
+            seen = spy(client)
+            await client.recommend_request(req)
+            return seen
+    seen = asyncio.run(main())
+    assert len(seen) == 3 and len(set(seen)) == 1, seen

@@ -10,6 +10,7 @@ it from what the server answers (review the diff), otherwise any difference fail
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import ipaddress
 import json
 import os
@@ -384,6 +385,31 @@ def test_genrec_serve_restarts_a_dead_stub_and_stops_cleanly(fp32_repository):
             proc.kill()
             proc.wait()
 
+
+
+def test_server_dies_with_a_killed_launcher(fp32_repository):
+    """SIGKILL (or the OOM killer) on `genrec serve` must not leave tritonserver and its stubs serving."""
+    proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "serve", "--repository", str(fp32_repository),
+                             "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    children: list[psutil.Process] = []
+    try:
+        for line in proc.stdout:
+            if "tritonserver ready:" in line:
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any(p.name() == "tritonserver" for p in children), [p.name() for p in children]
+        proc.kill()                                   # no chance to clean up
+        proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=45)
+        assert not alive, f"orphans still running after the launcher was killed: {[p.name() for p in alive]}"
+    finally:
+        for p in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        if proc.poll() is None:
+            proc.kill()
 
 # ---- safe defaults ---------------------------------------------------------------------------------
 def test_every_listening_socket_is_loopback_by_default(server):
