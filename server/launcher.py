@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +50,23 @@ STUB_BINARY = "triton_python_backend_stub"
 
 class ServerError(UserError, RuntimeError):
     """tritonserver failed to start, become ready, or stop; the message carries its log tail."""
+
+
+class PortInUse(ServerError):
+    """A port tritonserver was told to bind is taken (e.g. by another process between probe and bind)."""
+
+    def __init__(self, service: str, address: str, log_tail: str):
+        self.service, self.address = service, address
+        flag = {"GRPC": "--grpc-port", "HTTP": "--http-port", "Metrics": "--metrics-port"}.get(service, "the port")
+        super().__init__(f"tritonserver could not bind its {service} port: {address} is already in use by another "
+                         f"process; free it or choose another with {flag} (0 = any free port)\n{log_tail}")
+
+
+# tritonserver's own words when a bind fails, e.g.
+# "failed to start GRPC service: Unavailable - Socket '127.0.0.1:8001' already in use"
+_BIND_FAILED = re.compile(r"failed to start (\w+) service: .*?Socket '([^']+)' already in use")
+# ports probed free can be taken before tritonserver binds them; automatic ports are re-drawn this often
+PORT_ATTEMPTS = 3
 
 
 @dataclasses.dataclass
@@ -172,12 +190,8 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
-        self.cfg = dataclasses.replace(
-            cfg,
-            grpc_port=cfg.grpc_port or _free_port(cfg.host),
-            http_port=cfg.http_port or _free_port(cfg.host),
-            metrics_port=cfg.metrics_port or _free_port(cfg.host),
-        )
+        self._asked = cfg                             # 0 ports in here are drawn again if taken at bind time
+        self.cfg = self._draw_ports(cfg)
         self.shm_prefix = f"genrec-{uuid.uuid4().hex[:12]}-"
         self.proc: subprocess.Popen | None = None
         self.stubs: dict[int, str] = {}               # stubs seen at readiness: pid -> model instance name
@@ -189,6 +203,15 @@ class TritonServer:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)                              # only the name is needed; start() opens it for the child
             self.log_path = Path(name)
+
+    @staticmethod
+    def _draw_ports(cfg: ServerConfig) -> ServerConfig:
+        return dataclasses.replace(
+            cfg,
+            grpc_port=cfg.grpc_port or _free_port(cfg.host),
+            http_port=cfg.http_port or _free_port(cfg.host),
+            metrics_port=cfg.metrics_port or _free_port(cfg.host),
+        )
 
     # ---- addresses ------------------------------------------------------------------------------
     @property
@@ -254,6 +277,10 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
+                self.stop(timeout_s=0)                   # its stubs may still be loading
+                bind = _BIND_FAILED.search(self.log_tail(400))
+                if bind:
+                    raise PortInUse(bind.group(1), bind.group(2), self.log_tail())
                 raise ServerError(f"tritonserver exited with code {code} before it was ready\n{self.log_tail()}")
             if self.is_ready():
                 self.stubs = self.stub_processes()
@@ -262,6 +289,20 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver was not ready after {timeout_s or self.cfg.ready_timeout_s:.0f}s\n"
                           f"{self.log_tail()}")
+
+    def launch(self) -> TritonServer:
+        """Start and wait until ready. A port taken between probe and bind is drawn again when it was
+        automatic (port 0), up to ``PORT_ATTEMPTS`` times; a taken explicit port is ``PortInUse`` at once."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self.start().wait_ready()
+            except PortInUse as err:
+                automatic = {"GRPC": self._asked.grpc_port, "HTTP": self._asked.http_port,
+                             "Metrics": self._asked.metrics_port}.get(err.service) == 0
+                if not automatic or attempt == PORT_ATTEMPTS:
+                    raise
+                self.cfg = self._draw_ports(self._asked)
+        raise AssertionError("unreachable")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout_s``; remove owned shm."""
@@ -331,7 +372,7 @@ class TritonServer:
                 self.log_path.unlink()
 
     def __enter__(self) -> TritonServer:
-        return self.start().wait_ready()
+        return self.launch()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -371,9 +412,8 @@ def running_server(repository: str | Path, cfg: ServerConfig | None = None, *, s
     server = TritonServer(repository, dataclasses.replace(base, **overrides))
     stop = threading.Event()
     watcher: threading.Thread | None = None
-    server.start()
     try:
-        server.wait_ready()
+        server.launch()
         if supervised:
             watcher = threading.Thread(target=supervise, args=(server, stop.is_set), daemon=True,
                                        kwargs={"out": lambda m: print(f"[supervisor] {m}", file=sys.stderr)})
@@ -398,7 +438,7 @@ def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> in
     old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     server = TritonServer(repository, cfg)
     try:
-        server.start().wait_ready()
+        server.launch()
         out(f"tritonserver ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}\n"
             f"log: {server.log_path}  (Ctrl-C to stop)")
         if not supervise(server, lambda: stop["signal"] is not None, out=out):

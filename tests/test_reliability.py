@@ -17,6 +17,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +33,7 @@ from triton_helpers import bytes_input, text_inputs
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import GenrecClientError, RecommenderClient
-from genrec.server.launcher import ServerConfig, TritonServer, running_server, supervise
+from genrec.server.launcher import PortInUse, ServerConfig, TritonServer, running_server, supervise
 
 GOLDEN = Path(__file__).parent / "golden" / "bad_inputs.json"
 DEADLINE_S = 10.0                         # per-request deadline of the raw calls made during faults
@@ -437,3 +438,39 @@ def test_30_second_soak(fp32_repository, tmp_path):
     assert set(report["rss"]) == {"tritonserver", "encoder_0_0", "tokenizer_0_0", "heads_0_0", "recommend_0_0"}
     assert report["passed"], report["reasons"]            # RSS over 30 s is noisy: the bound here is 50 %
     assert json.loads((tmp_path / "soak.json").read_text())["requests"] == report["requests"]
+
+
+# ---- ports taken between probe and bind (issue 12 item 4) ---------------------------------------------------
+def _listening() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def test_an_explicit_port_in_use_is_a_clear_error_naming_it(tmp_path):
+    """The empty repository starts in ~1.5 s; what matters is the bind failure and its message."""
+    with _listening() as taken:
+        port = taken.getsockname()[1]
+        server = TritonServer(tmp_path, ServerConfig(grpc_port=port, http_port=0, metrics_port=0))
+        with pytest.raises(PortInUse, match=rf"GRPC port: 127\.0\.0\.1:{port} is already in use.*--grpc-port"):
+            server.launch()
+        assert server.proc.poll() is not None          # nothing left running
+
+
+def test_an_automatic_port_taken_before_bind_is_drawn_again(tmp_path, monkeypatch):
+    """The first port drawn for HTTP is taken by someone else before tritonserver binds it: the launcher
+    draws new ports and the server comes up on them."""
+    from genrec.server import launcher
+
+    taken = _listening()
+    draws = iter([taken.getsockname()[1]])
+    real = launcher._free_port
+    monkeypatch.setattr(launcher, "_free_port", lambda host: next(draws, None) or real(host))
+    try:
+        server = TritonServer(tmp_path, ServerConfig(grpc_port=0, http_port=0, metrics_port=0))
+        assert taken.getsockname()[1] == server.cfg.grpc_port
+        with server:
+            assert server.is_ready() and server.cfg.grpc_port != taken.getsockname()[1]
+    finally:
+        taken.close()
