@@ -158,8 +158,10 @@ def _heads_feeds(vectors: np.ndarray, imp: dict[str, Any]) -> tuple[np.ndarray, 
 
 def measure(inputs: ParityInputs, encoder_path, heads_path, tokenizer: TextTokenizer,
             threads: int = 0) -> dict[str, float]:
-    """Every parity statistic for one exported precision (no bounds applied here)."""
-    enc, heads = OrtEncoder(encoder_path, threads), OrtHeads(heads_path, threads)
+    """Every parity statistic for one exported precision (no bounds applied here). ``encoder_path`` may also
+    be an encoder callable ((N, L) int64 x2 -> (N, D) float32), e.g. the TorchScript encoder."""
+    enc = encoder_path if callable(encoder_path) else OrtEncoder(encoder_path, threads)
+    heads = OrtHeads(heads_path, threads)
     vectors = _encode_batches(enc, tokenizer, inputs.texts)
     ref = inputs.ref_vectors
     cos = (vectors * ref).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)

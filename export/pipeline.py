@@ -22,6 +22,7 @@ import torch
 
 from genrec.checkpoint import Checkpoint
 from genrec.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS
+from genrec.export import torchscript
 from genrec.export.convert import INT8_RECIPES, to_fp16, to_int8, to_onnx
 from genrec.export.graphs import EncoderGraph, HeadsGraph, example_inputs
 from genrec.export.parity import (
@@ -56,6 +57,9 @@ class ExportConfig:
     latency: bool = dataclasses.field(default=True, metadata={
         "help": "measure in-process CPU latency at batch 1 and 64 for the report"})
     threads: int = dataclasses.field(default=2, metadata={"help": "ORT intra-op threads for parity and latency"})
+    torchscript: bool = dataclasses.field(default=False, metadata={
+        "help": "also write <precision>/encoder.pt (TorchScript, fp32 and fp16) for the torch / pytorch backends, "
+                "gated like the ONNX encoder (on CUDA when present, else an FP32 trace on CPU: see the report)"})
 
 
 @dataclasses.dataclass
@@ -203,6 +207,12 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                 entry["passed"] = False
                 entry["error"] = str(err)
                 failure = failure or err
+            if cfg.torchscript and entry["passed"] and prec in torchscript.PRECISIONS:
+                ts = torchscript.export_and_gate(model.encoder, pdir, prec, inputs, pdir / "heads.onnx", tokenizer,
+                                                 tolerances[prec], threads=cfg.threads, log=log)
+                entry["torchscript"], entry["files"][torchscript.GRAPH] = ts.report, ts.file_entry(prec)
+                if not ts.passed:
+                    entry["passed"], entry["error"], failure = False, str(ts.error), failure or ts.error
             if cfg.latency:
                 entry["latency"] = _latency(pdir / "encoder.onnx", pdir / "heads.onnx", inputs.texts, tokenizer,
                                             ckpt.model_config.dim, cfg.threads)
