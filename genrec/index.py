@@ -52,6 +52,11 @@ class IndexConfig:
         "help": "items encoded and flushed per chunk (the resume granularity)"})
     batch_size: int = dataclasses.field(default=128, metadata={"help": "texts per ONNX Runtime call"})
     threads: int = dataclasses.field(default=0, metadata={"help": "ORT intra-op threads (0 = all cores)"})
+    encoder: str = dataclasses.field(default="onnx", metadata={
+        "help": "which export encodes: onnx, or torchscript (<precision>/encoder.pt: what a `--backend torch` "
+                "repository serves, so new items encoded there match the index)", "choices": ("onnx", "torchscript")})
+    device: str = dataclasses.field(default="cpu", metadata={
+        "help": "torchscript only: cpu or cuda", "choices": ("cpu", "cuda")})
     skip_bad_lines: bool = dataclasses.field(default=False, metadata={
         "help": "count and report malformed catalog lines instead of failing"})
 
@@ -79,7 +84,12 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     catalog, out = Path(catalog), Path(out)
     art = Artifacts.load(artifacts)
     assets = ServingAssets.load(art.assets)
-    encoder_sha = art.sha256(cfg.precision, "encoder")
+    graph = "encoder"
+    if cfg.encoder == "torchscript":
+        from genrec.export.torchscript import GRAPH as graph
+    if graph not in art.manifest["precisions"].get(cfg.precision, {}):
+        raise ValueError(f"{art.root} has no {cfg.precision} {graph}")
+    encoder_sha = art.sha256(cfg.precision, graph)
     fingerprint = sha256_file(catalog)
     manifest_path = out / "index.json"
     out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +147,12 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     if done:
         log(f"{out}: resuming at row {done} of {n}")
 
-    encoder = OrtEncoder(art.graph(cfg.precision, "encoder"), threads=cfg.threads)
+    if cfg.encoder == "torchscript":
+        from genrec.export.torchscript import TorchScriptEncoder
+
+        encoder = TorchScriptEncoder(art.graph(cfg.precision, graph), device=cfg.device, threads=cfg.threads)
+    else:
+        encoder = OrtEncoder(art.graph(cfg.precision, graph), threads=cfg.threads)
     tokenizer = assets.tokenizer()
     vectors = np.memmap(out / "vectors.f32", dtype=np.float32, mode="r+", shape=(n, manifest["dim"]))
     bar = None

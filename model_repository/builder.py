@@ -2,7 +2,8 @@
 
 REPO/
   tokenizer/  python backend: texts/categories -> token ids + category ids (+ truncation flags)
-  encoder/    ONNX encoder, dynamic batching with ragged inputs (python-ort) or the onnxruntime backend
+  encoder/    ONNX encoder, dynamic batching with ragged inputs (python-ort) or the onnxruntime backend;
+              or the TorchScript encoder run by torch in the python backend (torch: CUDA on GPU machines)
   heads/      ONNX fusion heads, one user per request
   genrec/     the ensemble: tokenizer -> encoder -> heads, the contract online services call
   repository.json
@@ -36,7 +37,8 @@ from genrec.contract import (
 from genrec.contract import MAX_HISTORY as CONTRACT_MAX_HISTORY
 from genrec.runtime import ServingAssets
 
-BACKENDS = ("python-ort", "onnxruntime")
+BACKENDS = ("python-ort", "onnxruntime", "torch")
+PYTHON_BACKENDS = ("python-ort", "torch")            # backends whose models are genrec's python-backend code
 DTYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "INT64": mc.TYPE_INT64, "INT32": mc.TYPE_INT32,
           "INT8": mc.TYPE_INT8, "BOOL": mc.TYPE_BOOL, "BYTES": mc.TYPE_STRING}
 N_STATS = len(ITEM_STATS)
@@ -52,7 +54,9 @@ class RepositoryConfig:
         "help": "which exported precision to serve: int8 (CPU), fp32, fp16 (GPU)", "choices": ("fp32", "fp16", "int8")})
     backend: str = dataclasses.field(default="python-ort", metadata={
         "help": "python-ort: ONNX Runtime inside a python model (the pip-embedded server has no onnxruntime "
-                "backend); onnxruntime: Triton's native backend (NGC container)", "choices": BACKENDS})
+                "backend); onnxruntime: Triton's native backend (NGC container); torch: the TorchScript encoder "
+                "(`genrec export --torchscript`) run by torch in a python model, e.g. FP16 on CUDA where ONNX "
+                "Runtime has no CUDA (heads and tokenizer stay python-ort on CPU)", "choices": BACKENDS})
     device: str = dataclasses.field(default="cpu", metadata={
         "help": "cpu, or cuda (GPU instances; CUDA EP for python-ort)", "choices": ("cpu", "cuda")})
     encoder_instances: int = dataclasses.field(default=1, metadata={
@@ -138,12 +142,14 @@ def encoder_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConf
                          f"({cfg.max_history} + {cfg.max_candidates} texts)")
     m = mc.ModelConfig(name="encoder", max_batch_size=max_batch)
     _io(m, ENCODER, batched=True, fixed={"D": assets.dim})
-    if cfg.backend == "python-ort":
+    if cfg.backend in PYTHON_BACKENDS:
         m.backend = "python"
         for inp in m.input:
             inp.allow_ragged_batch = True          # requests of different token lengths merge; model.py pads
         _params(m, threads=cfg.encoder_threads, device=cfg.device, vocab_size=_vocab_size(assets),
                 max_length=assets.max_length)
+        if cfg.backend == "torch":                 # batch sizes run once at load (CUDA context, kernel choice)
+            _params(m, warmup_batches="1,64,512" if cfg.device == "cuda" else "1")
     else:
         m.backend = "onnxruntime"
         m.platform = "onnxruntime_onnx"
@@ -157,17 +163,17 @@ def encoder_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConf
 def heads_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConfig:
     m = mc.ModelConfig(name="heads", max_batch_size=0)
     _io(m, HEADS, batched=False, fixed={"D": assets.dim, "K": len(assets.category_vocab), "S": N_STATS})
-    if cfg.backend == "python-ort":
+    if cfg.backend in PYTHON_BACKENDS:
         m.backend = "python"
         for inp in m.input:               # model.py fills absent statistics with zeros (native ORT cannot)
             if inp.name in ("history_stats", "candidate_stats"):
                 inp.optional = True
-        _params(m, threads=1, device=cfg.device, dim=assets.dim, n_categories=len(assets.category_vocab),
+        _params(m, threads=1, device=heads_device(cfg), dim=assets.dim, n_categories=len(assets.category_vocab),
                 n_subcategories=len(assets.subcategory_vocab))
     else:
         m.backend = "onnxruntime"
         m.platform = "onnxruntime_onnx"
-    _instances(m, cfg.heads_instances, cfg.device)
+    _instances(m, cfg.heads_instances, heads_device(cfg))
     return m
 
 
@@ -199,7 +205,8 @@ def recommend_config(cfg: RepositoryConfig, assets: ServingAssets, encoder_sha25
         _params(m, stats_dir=Path(cfg.stats).resolve(), stats_refresh_ms=cfg.stats_refresh_ms)
     _params(m, index_dir=Path(cfg.index).resolve(), encoder_sha256=encoder_sha256, lru_bytes=int(cfg.lru_mb * 2**20),
             max_history=cfg.max_history, max_candidates=cfg.max_candidates, max_text_bytes=cfg.max_text_bytes,
-            device=cfg.device, encoder_model="encoder", contract_version=CONTRACT_VERSION, heads_mode=cfg.heads_mode,
+            device=heads_device(cfg), encoder_model="encoder", contract_version=CONTRACT_VERSION,
+            heads_mode=cfg.heads_mode,
             categories=json.dumps(["", *assets.category_vocab.to_list()]))
     return m
 
@@ -218,6 +225,21 @@ def ensemble_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelCon
         for k, v in _WIRING[model]["out"].items():
             step.output_map[k] = v
     return m
+
+
+def heads_device(cfg: RepositoryConfig) -> str:
+    """Where the heads run: with the torch backend on CPU (ONNX Runtime, a 0.2 ms graph), since the machines
+    that need that backend have no CUDA build of ONNX Runtime; otherwise with the encoder."""
+    return "cpu" if cfg.backend == "torch" else cfg.device
+
+
+def encoder_graph(cfg: RepositoryConfig) -> str:
+    """The artifacts.json graph the encoder model serves (the id path's index must be built by the same one)."""
+    if cfg.backend == "torch":
+        from genrec.export.torchscript import GRAPH
+
+        return GRAPH
+    return "encoder"
 
 
 def _vocab_size(assets: ServingAssets) -> int:
@@ -241,6 +263,8 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
 
     if cfg.backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+    if cfg.backend == "torch" and cfg.precision not in ("fp32", "fp16"):
+        raise ValueError(f"the torch backend serves the fp32 or fp16 TorchScript encoder, not {cfg.precision}")
     if not 1 <= cfg.max_candidates:
         raise ValueError("max_candidates must be >= 1")
     if cfg.stats and not cfg.index:
@@ -251,7 +275,10 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
 
         StatsTable.read(cfg.stats)                      # fail at build time, not at load
     art = Artifacts.load(artifacts_dir)
-    enc_src, heads_src = art.graph(cfg.precision, "encoder"), art.graph(cfg.precision, "heads")
+    graph = encoder_graph(cfg)
+    if graph not in art.manifest["precisions"].get(cfg.precision, {}):
+        raise ValueError(f"{art.root} has no {cfg.precision} {graph}: export with `genrec export --torchscript`")
+    enc_src, heads_src = art.graph(cfg.precision, graph), art.graph(cfg.precision, "heads")
     assets = ServingAssets.load(art.assets)
     out = Path(out)
     if out.exists():
@@ -262,18 +289,21 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
     shutil.copytree(art.assets, tok_dir / "1" / "assets")
     _thin_model_py(tok_dir / "1" / "model.py", "genrec.model_repository.backends.tokenizer", "TokenizerModel")
 
-    for name, src, config, cls in (("encoder", enc_src, encoder_config(cfg, assets), "EncoderModel"),
-                                   ("heads", heads_src, heads_config(cfg, assets), "HeadsModel")):
+    torch_enc = cfg.backend == "torch"
+    for name, src, config, module, cls in (
+            ("encoder", enc_src, encoder_config(cfg, assets), "encoder_torch" if torch_enc else "encoder",
+             "TorchEncoderModel" if torch_enc else "EncoderModel"),
+            ("heads", heads_src, heads_config(cfg, assets), "heads", "HeadsModel")):
         write_config(out / name, config)
         (out / name / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, out / name / "1" / "model.onnx")
-        if cfg.backend == "python-ort":
-            _thin_model_py(out / name / "1" / "model.py", f"genrec.model_repository.backends.{name}", cls)
+        shutil.copy(src, out / name / "1" / ("model.pt" if torch_enc and name == "encoder" else "model.onnx"))
+        if cfg.backend in PYTHON_BACKENDS:
+            _thin_model_py(out / name / "1" / "model.py", f"genrec.model_repository.backends.{module}", cls)
 
     if cfg.index:
         from genrec.index import ItemIndex
 
-        encoder_sha = art.sha256(cfg.precision, "encoder")
+        encoder_sha = art.sha256(cfg.precision, graph)
         ItemIndex(cfg.index, expect_encoder_sha256=encoder_sha)         # fail at build time, not at load
         rec = out / RECOMMEND.name
         write_config(rec, recommend_config(cfg, assets, encoder_sha))
@@ -284,7 +314,7 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
     write_config(out / ENSEMBLE.name, ensemble_config(cfg, assets))
     (out / ENSEMBLE.name / "1").mkdir(parents=True, exist_ok=True)     # Triton requires a version folder
     manifest = {"contract_version": CONTRACT_VERSION, "config": dataclasses.asdict(cfg),
-                "artifacts": str(art.root.resolve()), "encoder_sha256": art.sha256(cfg.precision, "encoder"),
+                "artifacts": str(art.root.resolve()), "encoder_sha256": art.sha256(cfg.precision, graph),
                 "heads_sha256": art.sha256(cfg.precision, "heads"), "dim": assets.dim,
                 "categories": len(assets.category_vocab),
                 "index": str(Path(cfg.index).resolve()) if cfg.index else None,
