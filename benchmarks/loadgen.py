@@ -75,7 +75,8 @@ def _source(requests: Requests) -> tuple[Callable[[int], RecommendRequest], floa
     return (lambda i: requests[i % len(requests)]), items
 
 
-async def _closed_loop(url: str, requests: Requests, concurrency: int, timing: Timing) -> dict[str, Any]:
+async def _closed_loop(url: str, requests: Requests, concurrency: int, timing: Timing,
+                       keep_latencies: bool = False) -> dict[str, Any]:
     get, items = _source(requests)
     async with AsyncRecommenderClient(url, timeout=300.0, retries=0) as client:
         await client.served(client.index_model if get(0).by_id else client.model)
@@ -116,12 +117,15 @@ async def _closed_loop(url: str, requests: Requests, concurrency: int, timing: T
     errors = sum(1 for _, e, good in done if not good and e <= t_end)
     result = summarize(latencies, t_end - t0, errors, items, concurrency, completed=len(window))
     result["server"] = stats_delta(before, after)
+    if keep_latencies:                  # to merge points measured by several client processes
+        result["latencies_s"] = latencies
     return result
 
 
-def served_point(url: str, requests: Requests, concurrency: int, timing: Timing) -> dict[str, Any]:
+def served_point(url: str, requests: Requests, concurrency: int, timing: Timing,
+                 keep_latencies: bool = False) -> dict[str, Any]:
     """``concurrency`` closed-loop clients over one channel; warm-up excluded."""
-    return asyncio.run(_closed_loop(url, requests, concurrency, timing))
+    return asyncio.run(_closed_loop(url, requests, concurrency, timing, keep_latencies))
 
 
 def timed_loop(fn: Callable[[RecommendRequest], Any], requests: Sequence[RecommendRequest],
