@@ -9,6 +9,9 @@ that fall back to the prior, so both branches of the in-graph statistics transfo
                           conversion loses (negative when ONNX happens to rank better; random reorderings
                           in either direction are caught by kendall_tau_mean)
   kendall_tau_mean     -- mean over impressions of Kendall tau between ONNX and PyTorch scores
+  batch_invariance_max_abs_diff -- max |vector of a text encoded alone - the same text's vector inside a
+                          batch padded to the longest with long texts|: serving merges users' texts into
+                          one batch (Triton's dynamic batcher), so a text's vector must not depend on them
 Unlike optimum (which only warns), a check outside its bound raises :class:`ParityError`.
 """
 
@@ -29,12 +32,15 @@ from genrec.vocab import Vocab
 
 # check -> ("min" | "max", bound per precision). "min": value must be >= bound; "max": <= bound.
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {"encoder_cosine_min": 0.99999, "heads_max_abs_diff": 1e-4, "auc_drop": 1e-4, "kendall_tau_mean": 0.999},
-    "fp16": {"encoder_cosine_min": 0.999, "heads_max_abs_diff": 5e-2, "auc_drop": 5e-4, "kendall_tau_mean": 0.98},
-    "int8": {"encoder_cosine_mean": 0.98, "heads_max_abs_diff": 1e-4, "auc_drop": 2e-3, "kendall_tau_mean": 0.9},
+    "fp32": {"encoder_cosine_min": 0.99999, "heads_max_abs_diff": 1e-4, "auc_drop": 1e-4, "kendall_tau_mean": 0.999,
+             "batch_invariance_max_abs_diff": 1e-6},
+    "fp16": {"encoder_cosine_min": 0.999, "heads_max_abs_diff": 5e-2, "auc_drop": 5e-4, "kendall_tau_mean": 0.98,
+             "batch_invariance_max_abs_diff": 1e-6},
+    "int8": {"encoder_cosine_mean": 0.98, "heads_max_abs_diff": 1e-4, "auc_drop": 2e-3, "kendall_tau_mean": 0.9,
+             "batch_invariance_max_abs_diff": 1e-6},
 }
 CHECK_KIND = {"encoder_cosine_min": "min", "encoder_cosine_mean": "min", "heads_max_abs_diff": "max",
-              "auc_drop": "max", "kendall_tau_mean": "min"}
+              "auc_drop": "max", "kendall_tau_mean": "min", "batch_invariance_max_abs_diff": "max"}
 
 
 class ExportError(UserError, RuntimeError):
@@ -156,6 +162,26 @@ def _heads_feeds(vectors: np.ndarray, imp: dict[str, Any]) -> tuple[np.ndarray, 
     return items, imp["hc"], imp["hs"], imp["cc"], imp["cs"], imp["hst"], imp["cst"]
 
 
+def batch_invariance(encode, tokenizer: TextTokenizer, texts: list[str], probes: int = 8,
+                     mates: int = 24) -> float:
+    """Max |encode(text alone) - encode(text inside a batch)| over ``probes`` of the shorter ``texts``, each
+    batch padded to the longest, its mates being long texts (joined ``texts`` cut at max_length tokens):
+    what Triton's dynamic batcher does to a user's texts when it merges them with other users'."""
+    lengths = tokenizer(texts).attention_mask.sum(1)
+    order = np.argsort(lengths, kind="stable")
+    probe = [texts[i] for i in order[: max(1, len(order) // 2)][:: max(1, len(order) // 2 // probes)][:probes]]
+    longest = [texts[i] for i in order[::-1][:mates]]
+    long_mates = [" ".join([t, *longest]) for t in longest]                       # >= max_length tokens each
+    alone = []
+    for text in probe:
+        tok = tokenizer([text])
+        alone.append(encode(tok.input_ids, tok.attention_mask)[0])
+    half = len(long_mates) // 2
+    tok = tokenizer([*long_mates[:half], *probe, *long_mates[half:]])
+    inside = encode(tok.input_ids, tok.attention_mask)[half: half + len(probe)]
+    return float(np.abs(np.stack(alone).astype(np.float64) - inside).max())
+
+
 def measure(inputs: ParityInputs, encoder_path, heads_path, tokenizer: TextTokenizer,
             threads: int = 0) -> dict[str, float]:
     """Every parity statistic for one exported precision (no bounds applied here). ``encoder_path`` may also
@@ -182,7 +208,8 @@ def measure(inputs: ParityInputs, encoder_path, heads_path, tokenizer: TextToken
     return {"encoder_cosine_min": float(cos.min()), "encoder_cosine_mean": float(cos.mean()),
             "heads_max_abs_diff": max_diff, "auc_drop": auc_ref - auc_onnx, "auc_torch": auc_ref,
             "auc_onnx": auc_onnx, "kendall_tau_mean": float(np.mean(taus)), "kendall_tau_min": float(np.min(taus)),
-            "items": len(inputs.texts), "impressions": len(inputs.impressions)}
+            "items": len(inputs.texts), "impressions": len(inputs.impressions),
+            "batch_invariance_max_abs_diff": batch_invariance(enc, tokenizer, inputs.texts)}
 
 
 def check(stats: dict[str, float], tolerances: dict[str, float]) -> list[CheckResult]:

@@ -20,6 +20,10 @@ from genrec.vocab import Vocab
 ASSETS = "assets"
 SERVING_JSON = "serving.json"
 TOKENIZER_JSON = "tokenizer.json"
+# ONNX metadata of an encoder whose rows are computed independently (a Loop runs each text alone: the
+# per-text INT8 recipe, genrec.export.convert.wrap_per_text): its vectors do not depend on batch-mates.
+ROWS_KEY = "genrec.rows"
+ROWS_INDEPENDENT = "independent"
 
 
 def session(path: str | Path, threads: int = 0, device: str = "cpu"):
@@ -63,13 +67,42 @@ class ServingAssets:
 
 
 class OrtEncoder:
+    """encoder.onnx: (N, L) int64 x2 -> (N, D) float32.
+
+    An encoder stamped ``genrec.rows = independent`` (the per-text INT8 recipe) runs each text alone inside
+    its graph; on CPU with ``threads`` != 1 its rows are split into contiguous parts of about equal token
+    count, one per thread, each run by a single-threaded session call. Results are identical to one call
+    (every row is computed alone either way); it is faster because a 2-thread pool synchronizing on every
+    tiny per-row op is slow (measured: 1.8x on 2 cores for 150 titles).
+    """
+
     def __init__(self, path: str | Path, threads: int = 0, device: str = "cpu"):
         self.sess = session(path, threads, device)
+        self.row_threads = 1
+        rows = self.sess.get_modelmeta().custom_metadata_map.get(ROWS_KEY)
+        if rows == ROWS_INDEPENDENT and device == "cpu" and threads != 1:
+            import os
+            from concurrent.futures import ThreadPoolExecutor
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        # (N, L) int64 x2 -> (N, D) float32
+            self.row_threads = threads if threads > 0 else max(1, os.cpu_count() or 1)
+            if self.row_threads > 1:
+                self.sess = session(path, 1, device)
+                self._pool = ThreadPoolExecutor(self.row_threads, thread_name_prefix="genrec-encoder")
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         (out,) = self.sess.run([ENCODER.outputs[0].name], {"input_ids": input_ids, "attention_mask": attention_mask})
         return out
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        n = len(input_ids)
+        if self.row_threads == 1 or n < 2:
+            return self._run(input_ids, attention_mask)
+        tokens = np.cumsum(attention_mask.sum(1))
+        cuts = np.searchsorted(tokens, tokens[-1] * np.arange(1, self.row_threads) / self.row_threads)
+        bounds = np.unique(np.clip(np.concatenate([[0], cuts + 1, [n]]), 0, n))
+        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        outs = self._pool.map(lambda s: self._run(input_ids[s], attention_mask[s]), parts)
+        return np.concatenate(list(outs))
 
 
 def stats_or_zeros(stats, n: int) -> np.ndarray:

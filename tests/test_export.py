@@ -44,9 +44,21 @@ def test_graph_contract_names_and_opset(artifacts):
         assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
 
 
+def _op_types(graph: onnx.GraphProto) -> set[str]:
+    """Every op type of a graph and its subgraphs (the per-text INT8 encoder runs inside a Loop)."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops |= _op_types(attr.g)
+    return ops
+
+
 def test_int8_is_quantized_and_fp16_is_half(artifacts):
-    int8_ops = {n.op_type for n in onnx.load(str(artifacts.graph("int8", "encoder"))).graph.node}
-    assert int8_ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention"}
+    int8 = onnx.load(str(artifacts.graph("int8", "encoder")))
+    assert _op_types(int8.graph) & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention"}
+    assert {p.key: p.value for p in int8.metadata_props}.get("genrec.rows") == "independent"     # one scale per text
     fp16 = onnx.load(str(artifacts.graph("fp16", "encoder")))
     n_half = sum(1 for t in fp16.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     assert n_half > 50
