@@ -389,10 +389,11 @@ def analyse(point: dict[str, Any], instances: dict[str, int]) -> dict[str, Any]:
         if name not in instances:                   # the ensemble: its time is its steps' time
             out[name] = {"queue_ms": m["queue_ms"], "compute_ms": m["compute_ms"]}
             continue
-        # Triton charges a batched execution's whole duration to every request in it, so the mean per request
-        # is the mean execution: busy time = executions x compute (over the window and the instances)
-        per_exec = m["compute_ms"]
-        busy = per_exec * m["executions"] / 1e3 / window / instances[name]
+        # busy: Triton's per-execution (batch) compute time over the window and the instances; its per-request
+        # compute charges a batch's whole duration to every request in it (the fallback where no batch stats)
+        exec_ms = m.get("busy_ms") or m["compute_ms"] * m["executions"]
+        per_exec = exec_ms / max(1, m["executions"])
+        busy = exec_ms / 1e3 / window / instances[name]
         out["models"][name] = {"queue_ms": m["queue_ms"], "compute_ms": m["compute_ms"], "busy": busy,
                                "compute_ms_per_execution": per_exec,
                                "requests_per_execution": m["requests"] / max(1, m["executions"]),

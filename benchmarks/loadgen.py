@@ -47,7 +47,10 @@ def _server_stats(raw) -> dict[str, dict[str, float]]:
         inf = s.inference_stats
         out[s.name] = {"requests": inf.success.count, "failures": inf.fail.count, "executions": s.execution_count,
                        "inferences": s.inference_count, "queue_ns": inf.queue.ns,
-                       "compute_ns": inf.compute_input.ns + inf.compute_infer.ns + inf.compute_output.ns}
+                       "compute_ns": inf.compute_input.ns + inf.compute_infer.ns + inf.compute_output.ns,
+                       # per execution (a batch counts once, whatever it holds): the model's busy time
+                       "exec_ns": sum(b.compute_input.ns + b.compute_infer.ns + b.compute_output.ns
+                                      for b in s.batch_stats)}
     return out
 
 
@@ -60,7 +63,8 @@ def stats_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
         out[name] = {"requests": req, "executions": a["executions"] - b["executions"],
                      "inferences": a["inferences"] - b["inferences"], "failures": a["failures"] - b["failures"],
                      "queue_ms": (a["queue_ns"] - b["queue_ns"]) / max(1, req) / 1e6,
-                     "compute_ms": (a["compute_ns"] - b["compute_ns"]) / max(1, req) / 1e6}
+                     "compute_ms": (a["compute_ns"] - b["compute_ns"]) / max(1, req) / 1e6,
+                     "busy_ms": (a.get("exec_ns", 0) - b.get("exec_ns", 0)) / 1e6}
     return out
 
 
