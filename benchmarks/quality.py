@@ -142,8 +142,9 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     seeds = len(result["config"]["seeds"])
+    spent = sum(r["seconds"] for row in result["rows"] for r in row["runs"])      # resumed runs included
     lines = [f"Test split; mean ± std over {seeds} seeds; baselines on the same impressions. "
-             f"Total {result['seconds'] / 60:.0f} min.", "",
+             f"Training + evaluation: {spent / 60:.0f} min summed over runs.", "",
              "| dataset | model | group-AUC | MRR | nDCG@10 | margin over strongest baseline | "
              "explanation faithfulness | explanation category match (random) |",
              "|---|---|---|---|---|---|---|---|"]
