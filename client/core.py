@@ -184,7 +184,7 @@ def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, se
         hist_text, cand_text = [texts.get(i, "") for i in hist_ids], [texts.get(i, "") for i in cand_ids]
         cand_cat = [user.new_items[i][1] if i in user.new_items else "" for i in cand_ids]
         source = [SOURCES[s] for s in result.as_numpy("item_source")]     # (H + C,)
-        truncated = np.zeros(len(hist_ids) + len(cand_ids), dtype=bool)
+        truncated = result.as_numpy("truncated")            # (H + C,)
     else:
         hist_ids, cand_ids = [""] * len(user.history_text), [""] * len(user.candidate_text)
         hist_text, cand_text, cand_cat = user.history_text, user.candidate_text, user.candidate_category

@@ -24,7 +24,7 @@ class RecommendedItem:
     score: float             # click logit: what the list is sorted by
     tasks: dict[str, float]  # auxiliary outputs: topic_affinity, category_confidence
     because: tuple[Because, ...]
-    truncated: bool          # the text was cut to the model's max tokens (text path)
+    truncated: bool          # the text was cut to the model's max tokens (when indexed, or now)
     item_id: str = ""        # id path only
     source: str = ""         # id path: "index", "cache" (new item encoded before) or "encoded" (now)
 

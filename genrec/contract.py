@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-CONTRACT_VERSION = "genrec.contract/2"   # /2: item statistics (heads inputs, optional ensemble inputs)
+CONTRACT_VERSION = "genrec.contract/3"   # /2: item statistics (heads inputs, optional ensemble inputs);
+                                         # /3: the id path reports truncated texts like the text path
 
 # Request limits (one request = one user). Mirrored by the client with the same messages.
 MAX_HISTORY = 50            # history items per request; more is an error (send the most recent 50)
@@ -156,5 +157,5 @@ RECOMMEND = GraphSpec(
         TensorSpec("new_item_category", "BYTES", ("M",), "their categories ('' = unknown)"),
         TensorSpec("new_item_subcategory", "BYTES", ("M",), "their subcategories ('' = unknown)"),
     ),
-    outputs=(*HEADS.outputs, ITEM_SOURCE),
+    outputs=(*HEADS.outputs, ITEM_SOURCE, TRUNCATED),
 )

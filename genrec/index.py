@@ -6,11 +6,14 @@ INDEX_DIR/
   order.i64         (N,) argsort of ids: binary search without a dict  memory-mapped
   category.i64      (N,) category ids, subcategory.i64 (N,)             memory-mapped
   vectors.f32       (N, D) float32 item vectors                         memory-mapped
+  truncated.u8      (N,) 1 where the item's text was cut to max tokens
   progress.json     rows encoded so far (resume point)
 
 Building streams news.tsv twice (count + ids/categories, then encode in chunks), so a 1M-item catalog
-never sits in memory; an interrupted build resumes from the last flushed chunk. Torch-free: the serving
-model opens indexes with this module.
+never sits in memory; an interrupted build resumes from the last flushed chunk. A text seen earlier in the
+build (``dedupe_mb`` of recent vectors, keyed by a hash of the text) is copied instead of encoded again:
+the encoder is a function of the text alone, so the index is the same, only cheaper where texts repeat.
+Torch-free: the serving model opens indexes with this module.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +36,12 @@ from genrec.errors import UserError
 from genrec.runtime import OrtEncoder, ServingAssets
 from genrec.text import item_text, sha256_file
 
-FORMAT = "genrec.index/1"
+FORMAT = "genrec.index/2"      # /2: truncated.u8 (per-row truncation flags)
 MAX_ID_BYTES = 64
 
 
-FILES = ("index.json", "ids.bin", "order.i64", "category.i64", "subcategory.i64", "vectors.f32", "progress.json")
+FILES = ("index.json", "ids.bin", "order.i64", "category.i64", "subcategory.i64", "vectors.f32", "truncated.u8",
+         "progress.json")
 
 
 class IndexMismatch(UserError, RuntimeError):
@@ -59,6 +64,10 @@ class IndexConfig:
         "help": "torchscript only: cpu or cuda", "choices": ("cpu", "cuda")})
     skip_bad_lines: bool = dataclasses.field(default=False, metadata={
         "help": "count and report malformed catalog lines instead of failing"})
+    dedupe_mb: int = dataclasses.field(default=256, metadata={
+        "help": "MB of recently encoded vectors kept by text: an item whose text was encoded earlier in this "
+                "build (product variants, syndicated stories, repeated creatives) reuses that vector instead of "
+                "running the encoder again (0 = encode every row)"})
 
 
 def _chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
@@ -95,13 +104,13 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     out.mkdir(parents=True, exist_ok=True)
 
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    same = manifest is not None and manifest["encoder_sha256"] == encoder_sha and \
-        manifest["catalog_sha256"] == fingerprint
+    same = manifest is not None and manifest.get("format") == FORMAT and \
+        manifest["encoder_sha256"] == encoder_sha and manifest["catalog_sha256"] == fingerprint
     if same and manifest["complete"]:
         log(f"{out}: already complete for this catalog and encoder ({manifest['count']} items)")
         return out
     if manifest is not None and not same:
-        log(f"{out}: built for another catalog or encoder; rebuilding from scratch")
+        log(f"{out}: built for another catalog, encoder or index format; rebuilding from scratch")
         for name in FILES:
             (out / name).unlink(missing_ok=True)
         manifest = None
@@ -140,6 +149,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         np.memmap(out / "order.i64", dtype=np.int64, mode="w+", shape=(n,))[:] = order
         ids.flush(), cats.flush(), subs.flush()
         np.memmap(out / "vectors.f32", dtype=np.float32, mode="w+", shape=(n, assets.dim)).flush()
+        np.memmap(out / "truncated.u8", dtype=np.uint8, mode="w+", shape=(n,)).flush()
         _write_json(out / "progress.json", {"rows": 0})
         _write_json(manifest_path, manifest)
     n = manifest["count"]
@@ -155,28 +165,62 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         encoder = OrtEncoder(art.graph(cfg.precision, graph), threads=cfg.threads)
     tokenizer = assets.tokenizer()
     vectors = np.memmap(out / "vectors.f32", dtype=np.float32, mode="r+", shape=(n, manifest["dim"]))
+    cut = np.memmap(out / "truncated.u8", dtype=np.uint8, mode="r+", shape=(n,))      # per row: text was cut
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=n, initial=done, desc="indexing", unit="item", mininterval=1.0)
     t0 = time.perf_counter()
     row = 0
-    truncated = 0
+    encoded_texts = reused = 0
+    # text key -> (vector, truncated flag) of recently encoded texts, least recently used first
+    seen: OrderedDict[bytes, tuple[np.ndarray, int]] = OrderedDict()
+    keep = cfg.dedupe_mb * 2**20 // (4 * manifest["dim"] + 200)      # entries that fit the budget
     for chunk in _chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
         start, row = row, row + len(chunk)
         if row <= done:
             continue                                            # encoded before the interruption
         texts = [item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk]
-        tok = tokenizer(texts, pad_to=tokenizer.max_length)
-        truncated += int(tok.truncated.sum())
-        lengths = tok.attention_mask.sum(1)
-        order = np.argsort(lengths, kind="stable")
+        keys = ([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts] if keep
+                else [j.to_bytes(8, "little") for j in range(len(texts))])     # dedupe off: every row its own
         out_vec = np.empty((len(chunk), manifest["dim"]), dtype=np.float32)    # (chunk, D)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i: i + cfg.batch_size]
-            width = max(1, int(lengths[idx].max()))
-            out_vec[idx] = encoder(tok.input_ids[idx, :width], tok.attention_mask[idx, :width])
+        out_cut = np.zeros(len(chunk), dtype=np.uint8)
+        first: dict[bytes, int] = {}                 # text key -> its first row in this chunk to encode
+        copies: list[tuple[int, int]] = []           # (row, row it copies) for repeats inside the chunk
+        for j, key in enumerate(keys):
+            hit = seen.get(key)
+            if hit is not None:
+                seen.move_to_end(key)
+                out_vec[j], out_cut[j] = hit
+                reused += 1
+            elif key in first:
+                copies.append((j, first[key]))
+            else:
+                first[key] = j
+        todo = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+        if len(todo):
+            tok = tokenizer([texts[j] for j in todo], pad_to=tokenizer.max_length)
+            lengths = tok.attention_mask.sum(1)
+            order = np.argsort(lengths, kind="stable")
+            encoded = np.empty((len(todo), manifest["dim"]), dtype=np.float32)
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i: i + cfg.batch_size]
+                width = max(1, int(lengths[idx].max()))
+                encoded[idx] = encoder(tok.input_ids[idx, :width], tok.attention_mask[idx, :width])
+            out_vec[todo] = encoded
+            out_cut[todo] = tok.truncated
+            encoded_texts += len(todo)
+            for j in todo.tolist():
+                if keep:
+                    seen[keys[j]] = (out_vec[j].copy(), int(out_cut[j]))
+                    if len(seen) > keep:
+                        seen.popitem(last=False)
+        for j, src in copies:
+            out_vec[j], out_cut[j] = out_vec[src], out_cut[src]
+            reused += 1
         vectors[start:row] = out_vec
+        cut[start:row] = out_cut
+        cut.flush()
         vectors.flush()
         _write_json(out / "progress.json", {"rows": row})       # only after the rows are on disk
         if bar is not None:
@@ -185,10 +229,12 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
             on_chunk(row)
     if bar is not None:
         bar.close()
-    manifest.update(complete=True, seconds=round(time.perf_counter() - t0, 1), truncated_texts=truncated)
+    truncated = int(np.count_nonzero(cut))
+    manifest.update(complete=True, seconds=round(time.perf_counter() - t0, 1), truncated_texts=truncated,
+                    encoded_texts=encoded_texts, reused_texts=reused)
     _write_json(manifest_path, manifest)
-    log(f"indexed {n} items into {out} ({manifest['seconds']} s for this run; {truncated} texts cut to "
-        f"{tokenizer.max_length} tokens)")
+    log(f"indexed {n} items into {out} ({manifest['seconds']} s for this run; {encoded_texts} texts encoded, "
+        f"{reused} repeated texts reused; {truncated} texts cut to {tokenizer.max_length} tokens)")
     return out
 
 
@@ -226,6 +272,8 @@ class ItemIndex:
         self.category = np.memmap(folder / "category.i64", dtype=np.int64, mode="r", shape=(n,))
         self.subcategory = np.memmap(folder / "subcategory.i64", dtype=np.int64, mode="r", shape=(n,))
         self.vectors = np.memmap(folder / "vectors.f32", dtype=np.float32, mode="r", shape=(n, d))
+        # (N,) whether each item's text was cut to the model's max tokens when it was indexed
+        self.truncated = np.memmap(folder / "truncated.u8", dtype=np.uint8, mode="r", shape=(n,)).astype(bool)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -24,13 +24,13 @@ class CacheCounters:
 
 
 class VectorLRU:
-    """Bounded map key -> (vector copy, category id, subcategory id), at most ``capacity_bytes`` in total."""
+    """Bounded map key -> (vector copy, category id, subcategory id, truncated), at most ``capacity_bytes``."""
 
     def __init__(self, capacity_bytes: int):
         self.capacity_bytes = int(capacity_bytes)
         self.nbytes = 0
         self.counters = CacheCounters()
-        self._data: OrderedDict[bytes, tuple[np.ndarray, int, int]] = OrderedDict()
+        self._data: OrderedDict[bytes, tuple[np.ndarray, int, int, bool]] = OrderedDict()
 
     @staticmethod
     def key(item_id: str, text: str, category: str, subcategory: str) -> bytes:
@@ -43,7 +43,7 @@ class VectorLRU:
     def __len__(self) -> int:
         return len(self._data)
 
-    def get(self, key: bytes) -> tuple[np.ndarray, int, int] | None:
+    def get(self, key: bytes) -> tuple[np.ndarray, int, int, bool] | None:
         hit = self._data.get(key)
         if hit is None:
             self.counters.misses += 1
@@ -52,9 +52,11 @@ class VectorLRU:
         self.counters.hits += 1
         return hit
 
-    def put(self, key: bytes, vector: np.ndarray, category: int, subcategory: int) -> tuple[np.ndarray, int, int]:
-        """Store a copy of ``vector``; returns the stored value. Evicts least recently used entries to fit."""
-        value = (np.array(vector, dtype=np.float32, copy=True), int(category), int(subcategory))
+    def put(self, key: bytes, vector: np.ndarray, category: int, subcategory: int,
+            truncated: bool = False) -> tuple[np.ndarray, int, int, bool]:
+        """Store a copy of ``vector`` (and whether its text was cut); returns the stored value. Evicts least
+        recently used entries to fit."""
+        value = (np.array(vector, dtype=np.float32, copy=True), int(category), int(subcategory), bool(truncated))
         cost = self._cost(value[0])
         if cost > self.capacity_bytes:
             return value                                   # cannot fit (or caching is off): not stored

@@ -127,6 +127,23 @@ def test_new_items_are_encoded_then_cached_with_the_same_scores(server, tiny_dat
     assert second.items[0].text or second.items[0].source == "index"
 
 
+def test_id_path_reports_truncated_texts_like_the_text_path(server, tiny_data, fp32_index):
+    """A new item whose text is cut to max tokens says so when encoded and again when served from the cache;
+    indexed items carry the flag the index build recorded (the tokenizer's verdict on their text)."""
+    news = _news(tiny_data)
+    ids = list(news)[:4]
+    long_text = " ".join(["the coach praised the linebacker after a long and hard fought playoff victory"] * 6)
+    fresh = {"long-new": (long_text, "sports", ""), "short-new": ("Stocks rally", "finance", "")}
+    client = RecommenderClient(server.grpc_url)
+    for expected_source in ("encoded", "cache"):
+        recs = client.recommend(history_ids=ids[:2], candidate_ids=[*ids[2:], *fresh], new_items=fresh)
+        got = {it.item_id: (it.truncated, it.source) for it in recs}
+        assert got["long-new"] == (True, expected_source) and got["short-new"] == (False, expected_source)
+        assert got[ids[2]] == (False, "index")
+    index = ItemIndex(fp32_index)
+    assert int(index.truncated.sum()) == index.manifest["truncated_texts"]
+
+
 def test_unknown_id_without_text_is_invalid(server, tiny_data):
     news = _news(tiny_data)
     raw = grpcclient.InferenceServerClient(server.grpc_url)
@@ -268,3 +285,27 @@ def test_rows_query_has_the_sorted_dtype_and_long_ids_do_not_match(fp32_index, m
 def test_stats_need_an_index(artifacts, item_stats_dir, tmp_path):
     with pytest.raises(ValueError, match="needs --index"):
         build_repository(artifacts.root, tmp_path / "r", RepositoryConfig(precision="fp32", stats=str(item_stats_dir)))
+
+
+def test_repeated_texts_are_encoded_once_and_equal_encoding_every_row(artifacts, tiny_data, fp32_index, tmp_path):
+    """A catalog where every text appears twice (second copy under a new id, later in the file): the build
+    encodes each text once and copies its vector, and the index equals the one that encodes every row."""
+    lines = (tiny_data / "train" / "news.tsv").read_text().splitlines()
+    n = len(lines)
+    copies = ["\t".join(["X" + f[0], *f[1:]]) for f in (line.split("\t") for line in lines)]
+    catalog = tmp_path / "news.tsv"
+    catalog.write_text("\n".join(lines + copies) + "\n")
+    cfg = IndexConfig(precision="fp32", chunk_size=n // 2 + 7, threads=2)   # repeats across and inside chunks
+    messages: list[str] = []
+    build_index(catalog, artifacts.root, tmp_path / "dedup", cfg, progress=False, log=messages.append)
+    build_index(catalog, artifacts.root, tmp_path / "every", IndexConfig(precision="fp32", threads=2, dedupe_mb=0),
+                progress=False, log=lambda _m: None)
+    dedup, every, base = ItemIndex(tmp_path / "dedup"), ItemIndex(tmp_path / "every"), ItemIndex(fp32_index)
+    assert dedup.manifest["encoded_texts"] <= n and dedup.manifest["reused_texts"] >= n
+    assert every.manifest["encoded_texts"] == 2 * n and every.manifest["reused_texts"] == 0
+    assert dedup.manifest["truncated_texts"] == every.manifest["truncated_texts"]
+    np.testing.assert_allclose(np.asarray(dedup.vectors), np.asarray(every.vectors), atol=1e-6)
+    first, second = dedup.rows([b"N5", b"XN5"]).tolist()
+    np.testing.assert_array_equal(dedup.vectors[first], dedup.vectors[second])
+    np.testing.assert_allclose(dedup.vectors[first], base.vectors[base.rows([b"N5"])[0]], atol=1e-6)
+    assert any("repeated texts reused" in m for m in messages)

@@ -66,7 +66,8 @@ class RecommendModel:
     def execute(self, requests):
         return per_request("recommend", requests, self._one)
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(M, D) vectors from the ``encoder`` model and (M,) whether each text was cut to max tokens."""
         tok = self.tokenizer(texts)
         req = pb_utils.InferenceRequest(model_name=self.encoder_model, requested_output_names=["item_vectors"],
                                         inputs=[pb_utils.Tensor("input_ids", tok.input_ids),
@@ -74,7 +75,7 @@ class RecommendModel:
         res = req.exec()
         if res.has_error():
             raise RuntimeError(f"encoder: {res.error().message()}")
-        return pb_utils.get_output_tensor_by_name(res, "item_vectors").as_numpy()     # (M, D)
+        return pb_utils.get_output_tensor_by_name(res, "item_vectors").as_numpy(), tok.truncated   # (M, D), (M,)
 
     def _heads_bls(self, vectors, hc, hs, cc, cs, hst, cst) -> dict[str, np.ndarray]:
         feeds = zip(HEADS.input_names, (vectors, hc, hs, cc, cs, hst, cst))
@@ -101,9 +102,11 @@ class RecommendModel:
         cats = np.zeros(len(ids), dtype=np.int64)
         subs = np.zeros(len(ids), dtype=np.int64)
         source = np.full(len(ids), INDEX, dtype=np.int8)
+        truncated = np.zeros(len(ids), dtype=np.bool_)                            # cut at index build or now
         if known.any():
             kr = rows[known]
             vectors[known] = self.index.vectors[kr]
+            truncated[known] = self.index.truncated[kr]
             cats[known], subs[known] = self.index.category[kr], self.index.subcategory[kr]
         misses: dict[bytes, list[int]] = {}          # LRU key -> positions in this request
         miss_items: dict[bytes, tuple[str, str, str]] = {}
@@ -116,22 +119,23 @@ class RecommendModel:
             key = VectorLRU.key(item_id, text, cat, sub)
             hit = self.cache.get(key)
             if hit is not None:
-                vectors[pos], cats[pos], subs[pos] = hit
+                vectors[pos], cats[pos], subs[pos], truncated[pos] = hit
                 source[pos] = CACHE
             else:
                 misses.setdefault(key, []).append(int(pos))
                 miss_items[key] = (text, cat, sub)
         if misses:
             keys = list(misses)
-            encoded = self._encode([miss_items[k][0] for k in keys])
-            for key, vec in zip(keys, encoded):
+            encoded, cut = self._encode([miss_items[k][0] for k in keys])
+            for key, vec, was_cut in zip(keys, encoded, cut):
                 _, cat, sub = miss_items[key]
                 value = self.cache.put(key, vec, self.assets.category_vocab.id(cat),
-                                       self.assets.subcategory_vocab.id(sub))   # a copy: no view of the batch
+                                       self.assets.subcategory_vocab.id(sub), bool(was_cut))   # a copy, no view
                 for pos in misses[key]:
-                    vectors[pos], cats[pos], subs[pos] = value
+                    vectors[pos], cats[pos], subs[pos], truncated[pos] = value
                     source[pos] = ENCODED
         feeds = (vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:], stats[:n_hist], stats[n_hist:])
         out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
         out["item_source"] = source
+        out["truncated"] = truncated
         return response(out)
