@@ -25,11 +25,13 @@ class Scenario:
     mode: str = "text"             # text | ids
     unknown: float = 0.0           # ids: fraction of candidates the index does not know
     concurrency: tuple[int, ...] | None = None   # None: the suite's sweep
+    catalog: int = 0               # ids: items in the index (0 = the benchmark catalog as is, ~3k)
 
     @property
     def name(self) -> str:
         if self.mode == "ids":
-            return f"ids-h{self.history}-c{self.candidates}-{self.precision}-u{self.unknown * 100:g}"
+            scale = f"-n{self.catalog}" if self.catalog else ""
+            return f"ids-h{self.history}-c{self.candidates}-{self.precision}-u{self.unknown * 100:g}{scale}"
         return f"{self.target}-h{self.history}-c{self.candidates}-{self.precision}"
 
     @property
@@ -43,6 +45,11 @@ REFERENCE = (50, 100)
 
 HIT_RATE_SWEEP = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)      # unknown fractions, at concurrency 1 and 16
 
+# Production-scale catalog of the id path: this many distinct ids in the index (the benchmark catalog's texts
+# repeated under new ids, so the build encodes each distinct text once; see genrec.index's dedupe).
+SCALE_ITEMS = 1_000_000
+QUICK_SCALE_ITEMS = 20_000      # the same scenario in the CI smoke run, small enough for seconds
+
 
 def suite(name: str, device: str = "cpu") -> list[Scenario]:
     precisions = ("fp16", "fp32") if device == "cuda" else ("int8", "fp32")
@@ -50,12 +57,14 @@ def suite(name: str, device: str = "cpu") -> list[Scenario]:
     h, c = REFERENCE
     if name == "quick":
         return [Scenario(h, c, fast), Scenario(h, c, "fp32"), Scenario(h, c, "fp32", "naive"),
-                Scenario(h, c, fast, mode="ids"), Scenario(h, c, fast, mode="ids", unknown=0.1)]
+                Scenario(h, c, fast, mode="ids"), Scenario(h, c, fast, mode="ids", unknown=0.1),
+                Scenario(h, c, fast, mode="ids", catalog=QUICK_SCALE_ITEMS)]
     if name == "full":
         shapes = [(hh, cc) for hh in (10, 50) for cc in (20, 100, 300)]
         return ([Scenario(hh, cc, p) for hh, cc in shapes for p in precisions]
                 + [Scenario(h, c, "fp32", "naive"), Scenario(10, 20, "fp32", "naive")]
                 + [Scenario(h, c, fast, mode="ids", unknown=u) for u in (0.0, 0.1, 0.5)]
                 + [Scenario(h, c, fast, mode="ids", unknown=u, concurrency=(1, 16))
-                   for u in HIT_RATE_SWEEP if u not in (0.0, 0.1, 0.5)])
+                   for u in HIT_RATE_SWEEP if u not in (0.0, 0.1, 0.5)]
+                + [Scenario(h, c, fast, mode="ids", catalog=SCALE_ITEMS, concurrency=(1, 16))])
     raise ValueError(f"unknown suite {name!r} (quick, full)")

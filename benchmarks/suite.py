@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,45 @@ def _catalog(cfg: BenchConfig) -> Path:
     return news
 
 
+def _scaled_catalog(news_tsv: Path, n: int, work: Path) -> Path:
+    """``n`` items for the production-scale id path: the catalog's rows repeated under new unique ids
+    (``<id>~<k>``), so the index has ``n`` distinct ids whose texts (and vectors) are the real ones."""
+    out = work / f"catalog-n{n}" / "news.tsv"
+    if out.is_file():
+        return out
+    rows = [line.split("\t", 1) for line in news_tsv.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for k in range(n):
+            item_id, rest = rows[k % len(rows)]
+            f.write(f"{item_id}~{k // len(rows)}\t{rest}\n")
+    tmp.replace(out)
+    return out
+
+
+def _timed_index_build(catalog: Path, art: Path, out: Path, precision: str, threads: int) -> dict[str, Any]:
+    """`genrec index build` in a child process: wall time and that process's own peak RSS (wait4)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "genrec.cli", "index", "build", "--catalog", str(catalog), "--artifacts", str(art),
+           "--out", str(out), "--precision", precision, "--threads", str(threads), "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    log = proc.stdout.read().decode(errors="replace")
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"index build failed ({proc.returncode}):\n{log[-2000:]}")
+    m = json.loads((out / "index.json").read_text())
+    return {"items": m["count"], "seconds": round(seconds, 1), "encoded_texts": m.get("encoded_texts"),
+            "reused_texts": m.get("reused_texts"), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "vectors_mb": round(m["count"] * m["dim"] * 4 / 2**20, 1)}
+
+
 def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path, index: Path | None,
                 stats: Path | None = None) -> Path:
     from genrec.model_repository.builder import RepositoryConfig, build_repository
@@ -100,7 +140,8 @@ def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path, index: Pa
                           index=str(index) if index else "", stats=str(stats) if index and stats else "")
     if sc.target == "naive":
         rc = dataclasses.replace(rc, fixed_padding=True, dynamic_batching=False)
-    return build_repository(art, work / "repos" / f"{sc.target}-{sc.precision}", rc)
+    scale = f"-n{sc.catalog}" if sc.catalog else ""
+    return build_repository(art, work / "repos" / f"{sc.target}-{sc.precision}{scale}", rc)
 
 
 def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
@@ -133,15 +174,32 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
         stats_table = StatsTable.read(stats_dir)
     shapes = sorted({(s.history, s.candidates) for s in scenarios if s.mode == "text"})
     reqs = {shape: make_requests(catalog, *shape, stats=stats_table) for shape in shapes}
-    indexes = {}
+    indexes: dict[tuple[str, int], Path] = {}           # (precision, catalog size; 0 = as is) -> INDEX_DIR
+    index_builds: dict[str, Any] = {}
+    catalogs = {0: catalog}
     for p in sorted({s.precision for s in scenarios if s.mode == "ids"}):
         from genrec.index import IndexConfig, build_index
 
-        indexes[p] = build_index(news_tsv, art, work / f"index-{p}", IndexConfig(precision=p, threads=cfg.threads),
-                                 progress=False, log=log)
+        t0 = time.perf_counter()
+        indexes[(p, 0)] = build_index(news_tsv, art, work / f"index-{p}", IndexConfig(precision=p, threads=cfg.threads),
+                                      progress=False, log=log)
+        m = json.loads((indexes[(p, 0)] / "index.json").read_text())
+        index_builds[f"{m['count']}-{p}"] = {"items": m["count"], "seconds": round(time.perf_counter() - t0, 1),
+                                             "encoded_texts": m.get("encoded_texts"), "peak_rss_mb": None,
+                                             "note": "in the suite's process (cached when built before)"}
+    for n in sorted({s.catalog for s in scenarios if s.mode == "ids" and s.catalog}):
+        scaled = _scaled_catalog(news_tsv, n, work)
+        catalogs[n] = load_catalog(scaled)
+        for p in sorted({s.precision for s in scenarios if s.mode == "ids" and s.catalog == n}):
+            folder = work / f"index-{p}-n{n}"
+            if folder.exists():
+                shutil.rmtree(folder)                   # timed from scratch every run
+            log(f"building the {n}-item {p} index (timed, in a child process)")
+            index_builds[f"{n}-{p}"] = _timed_index_build(scaled, art, folder, p, cfg.threads)
+            indexes[(p, n)] = folder
     results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "machine": anchors.machine_info(),
                                "artifacts": str(art), "scenarios": {}, "in_process": {}, "torch_eager": {},
-                               "perf_analyzer": {}, "memory": {}}
+                               "perf_analyzer": {}, "memory": {}, "index_builds": index_builds}
     export_report = Path(art) / "export_report.json"
     if export_report.is_file():
         rep = json.loads(export_report.read_text())
@@ -166,11 +224,11 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     del eager
 
     pa_binary = anchors.perf_analyzer_binary(cfg.perf_analyzer)
-    groups: dict[tuple[str, str], list[Scenario]] = {}
+    groups: dict[tuple[str, str, int], list[Scenario]] = {}
     for s in scenarios:
-        groups.setdefault((s.target, s.precision), []).append(s)
-    for (target, precision), members in groups.items():
-        repo = _repository(art, members[0], cfg, work, indexes.get(precision) if target == "ours" else None,
+        groups.setdefault((s.target, s.precision, s.catalog), []).append(s)
+    for (target, precision, size), members in groups.items():
+        repo = _repository(art, members[0], cfg, work, indexes.get((precision, size)) if target == "ours" else None,
                            stats_dir)
         with running_server(repo) as server:
             import tritonclient.grpc as grpcclient
@@ -181,12 +239,14 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
                 points = []
                 for c in sc.concurrency or cfg.concurrency:
                     bar.set_postfix_str(f"{sc.name} c={c}")
-                    work_ = (IdWorkload(catalog, sc.history, sc.candidates, sc.unknown, seed=c) if sc.mode == "ids"
+                    work_ = (IdWorkload(catalogs[sc.catalog], sc.history, sc.candidates, sc.unknown, seed=c)
+                             if sc.mode == "ids"
                              else reqs[(sc.history, sc.candidates)])
                     points.append(served_point(server.grpc_url, work_, c, timing))
                     bar.update(1)
                 results["scenarios"][sc.name] = {"scenario": dataclasses.asdict(sc), "points": points}
-            results["memory"][f"{target}-{precision}"] = anchors.process_memory(server.proc.pid)
+            results["memory"][f"{target}-{precision}" + (f"-n{size}" if size else "")] = \
+                anchors.process_memory(server.proc.pid)
             ref = next((s for s in members if (s.history, s.candidates) == REFERENCE and s.mode == "text"), None)
             if target == "ours" and ref is not None and not results["perf_analyzer"]:
                 if pa_binary is None:

@@ -19,12 +19,12 @@ def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, ti
     assert saved["machine"]["cores"] and saved["machine"]["packages"]["onnxruntime"]
     assert saved["server_version"].startswith("2.")
     assert set(res["scenarios"]) == {"ours-h50-c100-int8", "ours-h50-c100-fp32", "naive-h50-c100-fp32",
-                                     "ids-h50-c100-int8-u0", "ids-h50-c100-int8-u10"}
+                                     "ids-h50-c100-int8-u0", "ids-h50-c100-int8-u10", "ids-h50-c100-int8-u0-n20000"}
     for name, sc in res["scenarios"].items():
         assert [p["concurrency"] for p in sc["points"]] == [1, 4]
         for p in sc["points"]:
             assert p["throughput_rps"] > 0 and p["errors"] == 0 and p["latency_ms"]["p99"] >= p["latency_ms"]["p50"]
-            if not name.endswith("-u0"):        # the warm id path never calls the encoder
+            if "-u0" not in name:               # the warm id path never calls the encoder (any catalog size)
                 assert p["server"]["encoder"]["requests"] > 0 and p["server"]["encoder"]["compute_ms"] > 0
     assert set(res["in_process"]) == {"h50-c100-int8", "h50-c100-fp32"} and "h50-c100" in res["torch_eager"]
     pa = res["perf_analyzer"]
@@ -37,6 +37,15 @@ def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, ti
     ids = res["scenarios"]["ids-h50-c100-int8-u10"]["points"][0]
     assert ids["server"]["recommend"]["requests"] > 0 and ids["server"]["encoder"]["requests"] > 0
     assert {"tritonserver", "stub:encoder", "stub:tokenizer", "stub:heads"} <= set(res["memory"]["ours-int8"])
+    # the production-scale id path: 20k distinct ids over the catalog's texts, its build timed in a child process
+    build = res["index_builds"]["20000-int8"]
+    distinct = len({line.split("\t")[3] for line in (tiny_data / "dev" / "news.tsv").read_text().splitlines()})
+    assert build["items"] == 20_000 and build["encoded_texts"] <= distinct < 20_000
+    assert build["encoded_texts"] + build["reused_texts"] == 20_000 and build["peak_rss_mb"] > 50
+    scale = {t["target"]: t for t in res["targets"] if "20,000 items" in t["target"]}
+    assert scale["id path, 20,000 items (h50-c100, int8): p99 ms at concurrency 1"]["value"] > 0
+    assert scale["index build, 20,000 items: seconds"]["value"] > 0
+    assert any("/ the same with the ~" in name for name in scale)
     md = (out / "results.md").read_text()
     assert "## Targets" in md and "perf_analyzer" in md
     assert (out / "latency.png").stat().st_size > 10_000
