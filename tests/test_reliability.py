@@ -180,6 +180,53 @@ def bad_inputs(served: dict[str, int]) -> dict[str, Case]:
     }
 
 
+def recommend(history: list, candidates: list, new: dict | None = None, *, drop: str = "",
+              **override: list) -> Case:
+    """An id-path request: ids of indexed items (the session's catalog: N1, N2, ...) and new items with text."""
+    new = new or {}
+    values = {"history_id": history, "candidate_id": candidates, "new_item_id": list(new),
+              "new_item_text": [t for t, *_ in new.values()], "new_item_category": [c for _, c, _ in new.values()],
+              "new_item_subcategory": [s for *_, s in new.values()]} | override
+    return "recommend", [bytes_input(k, v) for k, v in values.items() if k != drop]
+
+
+def recommend_with(inp: grpcclient.InferInput) -> Case:
+    _, inputs = recommend(["N1"], ["N2", "N3"])
+    return "recommend", [*(i for i in inputs if i.name() != inp.name()), inp]
+
+
+def id_path_cases(served: dict[str, int]) -> dict[str, Case]:
+    """The `recommend` model (the id path): ids, new items and their alignment."""
+    max_c, max_h, max_bytes = served["max_candidates"], served["max_history"], served["max_text_bytes"]
+    fresh = {"fresh-1": ("Markets rally on rate cut hopes", "finance", "markets")}
+    return {
+        "ids_known_items_are_served": recommend(["N1", "N2"], ["N3", "N4"]),
+        "ids_cold_user_is_served": recommend([], ["N3"]),
+        "ids_new_item_with_text_is_served": recommend(["N1"], ["fresh-1", "N3"], fresh),
+        "ids_new_item_as_history_is_served": recommend(["fresh-1"], ["N3"], fresh),
+        "ids_unknown_candidate_without_text": recommend(["N1"], ["N3", "no-such-item"]),
+        "ids_unknown_history_without_text": recommend(["no-such-item"], ["N3"]),
+        "ids_no_candidates": recommend(["N1"], []),
+        "ids_more_candidates_than_the_limit": recommend(["N1"], ["N3"] * (max_c + 1)),
+        "ids_more_history_than_the_limit": recommend(["N1"] * (max_h + 1), ["N3"]),
+        "ids_empty_id": recommend(["N1"], ["N3", ""]),
+        "ids_id_over_64_bytes": recommend(["N1"], ["N3", "x" * 65]),
+        "ids_non_utf8_id": recommend(["N1"], [b"\xff\xfe"]),
+        "ids_new_item_text_missing": recommend(["N1"], ["fresh-1"], fresh, new_item_text=[]),
+        "ids_new_item_category_list_longer": recommend(["N1"], ["fresh-1"], fresh, new_item_category=["a", "b"]),
+        "ids_new_item_empty_text": recommend(["N1"], ["fresh-1"], {"fresh-1": ("", "", "")}),
+        "ids_new_item_text_over_byte_limit": recommend(["N1"], ["fresh-1"],
+                                                       {"fresh-1": ("x" * (max_bytes + 1), "", "")}),
+        "ids_new_item_twice": recommend(["N1"], ["fresh-1"], fresh, new_item_id=["fresh-1", "fresh-1"],
+                                        new_item_text=["a", "b"], new_item_category=["", ""],
+                                        new_item_subcategory=["", ""]),
+        "ids_unused_new_items_are_served": recommend(["N1"], ["N3"], fresh | {"fresh-2": ("t", "", "")}),
+        "ids_missing_input": recommend(["N1"], ["N3"], drop="new_item_subcategory"),
+        "ids_as_int64": recommend_with(tensor_input("candidate_id", np.arange(2), "INT64")),
+        "ids_of_rank_2": recommend_with(bytes_input_2d("candidate_id", [["N2", "N3"]])),
+    }
+
+
 def bytes_input_2d(name: str, rows: list[list[str]]) -> grpcclient.InferInput:
     arr = np.array([[s.encode() for s in row] for row in rows], dtype=np.object_)
     return tensor_input(name, arr, "BYTES")
@@ -217,7 +264,8 @@ def test_bad_input_corpus_matches_golden_and_leaves_the_server_serving(server, r
     client = grpcclient.InferenceServerClient(server.grpc_url)
     stubs = server.stub_processes()
     before = reference_scores(client, requests_corpus[3])
-    got = {name: answer(client, case) for name, case in bad_inputs(served_params(client)).items()}
+    cases = bad_inputs(served_params(client)) | id_path_cases(served_params(client))
+    got = {name: answer(client, case) for name, case in cases.items()}
 
     if os.environ.get("GENREC_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
@@ -230,7 +278,7 @@ def test_bad_input_corpus_matches_golden_and_leaves_the_server_serving(server, r
     assert {g["status"] for g in got.values()} == {"OK", "INVALID_ARGUMENT"}
 
     assert client.is_server_ready() and all(client.is_model_ready(m) for m in ("genrec", "tokenizer", "encoder",
-                                                                               "heads"))
+                                                                               "heads", "recommend"))
     assert server.stub_processes() == stubs and server.failure() is None        # the same stubs, all alive
     np.testing.assert_array_equal(reference_scores(client, requests_corpus[3]), before)
 
