@@ -10,6 +10,7 @@ ART_DIR/
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
@@ -166,7 +167,8 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                               "precisions": {}, "threads": cfg.threads}
     manifest: dict[str, Any] = {"format": FORMAT, "contract_version": CONTRACT_VERSION,
                                 "graphs": {"encoder": dataclasses.asdict(ENCODER), "heads": dataclasses.asdict(HEADS)},
-                                "precisions": {}, "assets": ASSETS}
+                                "precisions": {}, "assets": ASSETS, "weights_sha256": _weights_sha256(model)}
+    _keep_other_precisions(out, manifest, report, cfg.precision, log)
     failure: ParityError | None = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -229,6 +231,44 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
     if failure is not None:
         raise failure
     return Artifacts(out, manifest)
+
+
+def _weights_sha256(model: torch.nn.Module) -> str:
+    """Fingerprint of the exported weights: artifacts of different precisions belong together only when
+    they were exported from the same weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _keep_other_precisions(out: Path, manifest: dict[str, Any], report: dict[str, Any],
+                           exporting: tuple[str, ...], log) -> None:
+    """Exporting some precisions into a folder that holds others: keep those (manifest and report entries)
+    when they come from the same weights; remove them when they come from other weights (stale)."""
+    old_path = out / MANIFEST
+    if not old_path.is_file():
+        return
+    try:
+        old = json.loads(old_path.read_text())
+        old_report = json.loads((out / "export_report.json").read_text())
+    except (OSError, ValueError):
+        old, old_report = {}, {}
+    same = old.get("format") == FORMAT and old.get("weights_sha256") == manifest["weights_sha256"]
+    for prec, files in old.get("precisions", {}).items():
+        if prec in exporting:
+            continue
+        intact = all((out / f["path"]).is_file() and sha256_file(out / f["path"]) == f["sha256"]
+                     for f in files.values())
+        if same and intact and prec in old_report.get("precisions", {}):
+            manifest["precisions"][prec] = files
+            report["precisions"][prec] = old_report["precisions"][prec]
+            report["tolerances"][prec] = old_report.get("tolerances", {}).get(prec)
+            log(f"{prec}: kept from the earlier export of the same weights")
+        else:
+            shutil.rmtree(out / prec, ignore_errors=True)
+            log(f"{prec}: removed, exported earlier from other weights (or changed since); re-export it if needed")
 
 
 def _int8(fp32_enc: Path, pdir: Path, cfg: ExportConfig, inputs, tokenizer, fp32_heads: Path, bert: dict,
