@@ -35,6 +35,12 @@ def test_every_precision_passes_its_gate(artifacts):
     assert (artifacts.root / "assets" / "tokenizer.json").is_file()
 
 
+def test_fp16_report_says_it_was_gated_on_cpu(artifacts):
+    report = json.loads((artifacts.root / "export_report.json").read_text())
+    assert report["precisions"]["fp16"]["gate_device"] == "cpu"
+    assert "FP16 gated on CPU" in (artifacts.root / "export_report.md").read_text().split("## fp16")[1]
+
+
 def test_graph_contract_names_and_opset(artifacts):
     for spec in (ENCODER, HEADS):
         model = onnx.load(str(artifacts.graph("fp32", spec.name)))
