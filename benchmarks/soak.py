@@ -28,7 +28,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from genrec.contract import ENSEMBLE
+from genrec.contract import ENSEMBLE, RECOMMEND
 from genrec.server.launcher import STUB_BINARY, running_server
 
 TEXT_INPUTS = tuple(t for t in ENSEMBLE.inputs if not t.optional)     # the optional item statistics are added apart
@@ -60,6 +60,9 @@ class SoakConfig:
     max_rss_growth: float = dataclasses.field(default=0.10, metadata={
         "help": "largest allowed RSS growth of any process (server or stub), end vs start"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the request mix"})
+    id_fraction: float = dataclasses.field(default=0.5, metadata={
+        "help": "share of valid requests sent to the id path (`recommend`) when the server has one and its "
+                "index folder is readable here; a tenth of their candidates are new items with text"})
     out: str = dataclasses.field(default="build/soak/soak.json", metadata={"help": "where the JSON report goes"})
 
 
@@ -72,6 +75,7 @@ class Served:
     max_text_bytes: int
     categories: list[str]
     dim: int
+    index_dir: str = ""          # the `recommend` model's item index ("" = no id path served)
 
 
 Texts = dict[str, list[Any]]          # ensemble input name -> values (str or raw bytes)
@@ -151,9 +155,52 @@ def _stats_inputs(texts: Texts, i: int) -> list[grpcclient.InferInput]:
 async def read_served(client: aioclient.InferenceServerClient) -> Served:
     ens = (await client.get_model_config("genrec")).config.parameters
     heads = (await client.get_model_config("heads")).config.parameters
+    index_dir = ""
+    if await client.is_model_ready("recommend"):
+        index_dir = (await client.get_model_config("recommend")).config.parameters["index_dir"].string_value
     return Served(int(ens["max_history"].string_value), int(ens["max_candidates"].string_value),
                   int(ens["max_text_bytes"].string_value), json.loads(ens["categories"].string_value),
-                  int(heads["dim"].string_value))
+                  int(heads["dim"].string_value), index_dir)
+
+
+# ---- the id path (`recommend`) ------------------------------------------------------------------
+ID_INPUTS = tuple(t.name for t in RECOMMEND.inputs)
+
+
+def known_ids(served: Served, n: int = 4096) -> list[str]:
+    """Ids the served index holds (read from its folder; empty when it is not readable from here)."""
+    if not served.index_dir or not Path(served.index_dir, "index.json").is_file():
+        return []
+    from genrec.index import ItemIndex
+
+    ids = ItemIndex(served.index_dir).ids
+    return [bytes(i).decode() for i in ids[: min(n, len(ids))]]
+
+
+def _id_inputs(history: list[Any], candidates: list[Any], new: dict[str, tuple[str, str]]) -> list:
+    values = {"history_id": history, "candidate_id": candidates, "new_item_id": list(new),
+              "new_item_text": [t for t, _ in new.values()], "new_item_category": [c for _, c in new.values()],
+              "new_item_subcategory": [""] * len(new)}
+    return [_bytes_input(name, values[name]) for name in ID_INPUTS]
+
+
+def valid_id_request(rng: np.random.Generator, cfg: SoakConfig, served: Served, ids: list[str],
+                     i: int) -> tuple[list, int]:
+    history = list(rng.choice(ids, int(rng.integers(0, min(cfg.history_items, served.max_history) + 1))))
+    candidates = list(rng.choice(ids, int(rng.integers(1, min(cfg.candidate_items, served.max_candidates) + 1))))
+    new = {}
+    for j in range(len(candidates) // 10):          # new items: fresh ids with text (encoded, then the LRU)
+        candidates[j] = f"soak-new-{i}-{j}"
+        new[candidates[j]] = (_title(rng), served.categories[int(rng.integers(len(served.categories)))])
+    return _id_inputs(history, candidates, new), len(candidates)
+
+
+def invalid_id_requests(ids: list[str]) -> dict[str, tuple[str, list]]:
+    return {
+        "ids_unknown_without_text": ("recommend", _id_inputs(ids[:1], [ids[0], "soak-no-such-item"], {})),
+        "ids_no_candidates": ("recommend", _id_inputs(ids[:1], [], {})),
+        "ids_id_over_64_bytes": ("recommend", _id_inputs([], ["x" * 65], {})),
+    }
 
 
 # ---- processes and memory -----------------------------------------------------------------------
@@ -198,6 +245,7 @@ class Outcome:
     latency_s: float
     result: str          # ok | rejected | unexpected
     detail: str = ""
+    model: str = "genrec"  # which served model answered (genrec = text path, recommend = id path)
 
 
 async def _traffic(url: str, cfg: SoakConfig, on_phase: Callable[[str], None]) -> tuple[list[Outcome], float]:
@@ -210,6 +258,10 @@ async def _traffic(url: str, cfg: SoakConfig, on_phase: Callable[[str], None]) -
                  len(r["candidate_text"]))
                 for i, r in enumerate(valid_request(rng, cfg, served) for _ in range(256))]
         invalid = list(invalid_requests(rng, served).items())
+        ids = known_ids(served)
+        id_pool = [valid_id_request(rng, cfg, served, ids, i) for i in range(256)] if ids else []
+        if ids:
+            invalid += list(invalid_id_requests(ids).items())
         outcomes: list[Outcome] = []
         duration = cfg.minutes * 60
         t0 = time.monotonic() + cfg.warmup_s
@@ -221,6 +273,9 @@ async def _traffic(url: str, cfg: SoakConfig, on_phase: Callable[[str], None]) -
                 if local.random() < cfg.invalid_fraction:
                     kind, (model, inputs) = invalid[int(local.integers(len(invalid)))]
                     n_candidates = 0
+                elif id_pool and local.random() < cfg.id_fraction:
+                    kind, model = "valid", "recommend"
+                    inputs, n_candidates = id_pool[int(local.integers(len(id_pool)))]
                 else:
                     kind, model = "valid", "genrec"
                     inputs, n_candidates = pool[int(local.integers(len(pool)))]
@@ -231,7 +286,8 @@ async def _traffic(url: str, cfg: SoakConfig, on_phase: Callable[[str], None]) -
                 except InferenceServerException as exc:
                     res, error = None, exc
                 latency = time.perf_counter() - start
-                outcomes.append(Outcome(now - t0, kind, latency, *_classify(kind, n_candidates, res, error)))
+                outcomes.append(Outcome(now - t0, kind, latency, *_classify(kind, n_candidates, res, error),
+                                        model=model))
 
         async def sampler() -> None:
             await asyncio.sleep(cfg.warmup_s)
@@ -288,6 +344,7 @@ def summarize(outcomes: list[Outcome], duration: float, rss: dict[str, dict[str,
         "requests_per_s": len(measured) / duration, "ok": counts["ok"], "rejected": counts["rejected"],
         "unexpected": sum(unexpected.values()), "unexpected_examples": dict(unexpected.most_common(10)),
         "rejected_by_kind": dict(collections.Counter(o.kind for o in measured if o.result == "rejected")),
+        "ok_by_model": dict(collections.Counter(o.model for o in measured if o.result == "ok")),
         "windows": windows, "latency_drift": drift, "rss": growth, "rss_samples_mb": rss,
         "passed": not reasons, "reasons": reasons,
         "notes": [] if growth else ["RSS not measured: no local tritonserver process serves this port"],

@@ -482,7 +482,9 @@ def test_30_second_soak(fp32_repository, tmp_path):
     report = run_soak(cfg, log=lambda _m: None)
     assert report["unexpected"] == 0, report["unexpected_examples"]
     assert report["ok"] > 0 and report["rejected"] > 0
-    assert set(report["rejected_by_kind"]) >= {"no_candidates", "non_utf8_text", "nan_item_vectors"}
+    assert set(report["rejected_by_kind"]) >= {"no_candidates", "non_utf8_text", "nan_item_vectors",
+                                               "ids_unknown_without_text", "ids_no_candidates"}
+    assert report["ok_by_model"]["genrec"] > 0 and report["ok_by_model"]["recommend"] > 0    # both paths soaked
     assert set(report["rss"]) == {"tritonserver", "encoder_0_0", "tokenizer_0_0", "heads_0_0", "recommend_0_0"}
     assert report["passed"], report["reasons"]            # RSS over 30 s is noisy: the bound here is 50 %
     assert json.loads((tmp_path / "soak.json").read_text())["requests"] == report["requests"]
