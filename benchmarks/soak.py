@@ -262,6 +262,13 @@ async def _traffic(url: str, cfg: SoakConfig, on_phase: Callable[[str], None]) -
         id_pool = [valid_id_request(rng, cfg, served, ids, i) for i in range(256)] if ids else []
         if ids:
             invalid += list(invalid_id_requests(ids).items())
+        # prime: the largest valid request from every worker at once, twice, so the dynamic batcher forms its
+        # largest merged batch and the ORT arenas reach their working set before the start RSS is sampled
+        # (otherwise a short soak reads arena growth as a leak)
+        biggest = max(pool, key=lambda entry: entry[1])[0]
+        for _ in range(2):
+            await asyncio.gather(*(client.infer("genrec", biggest, client_timeout=cfg.timeout_s)
+                                   for _ in range(cfg.concurrency)))
         outcomes: list[Outcome] = []
         duration = cfg.minutes * 60
         t0 = time.monotonic() + cfg.warmup_s
