@@ -115,17 +115,20 @@ def _timed_index_build(catalog: Path, art: Path, out: Path, precision: str, thre
     import os
     import subprocess
     import sys
+    import tempfile
 
     cmd = [sys.executable, "-m", "genrec.cli", "index", "build", "--catalog", str(catalog), "--artifacts", str(art),
            "--out", str(out), "--precision", precision, "--threads", str(threads), "--quiet"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    log = proc.stdout.read().decode(errors="replace")
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"index build failed ({proc.returncode}):\n{log[-2000:]}")
+    with tempfile.TemporaryFile() as output:              # a file, not a pipe: a chatty child cannot block
+        proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            output.seek(0)
+            raise RuntimeError(f"index build failed ({proc.returncode}):\n"
+                               f"{output.read().decode(errors='replace')[-2000:]}")
     m = json.loads((out / "index.json").read_text())
     return {"items": m["count"], "seconds": round(seconds, 1), "encoded_texts": m.get("encoded_texts"),
             "reused_texts": m.get("reused_texts"), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),

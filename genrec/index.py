@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from genrec.data.mind import NewsItem, iter_news
 from genrec.errors import UserError
 from genrec.runtime import OrtEncoder, ServingAssets
 from genrec.text import item_text, sha256_file
+from genrec.vcache import VectorLRU
 
 FORMAT = "genrec.index/2"      # /2: truncated.u8 (per-row truncation flags)
 MAX_ID_BYTES = 64
@@ -173,15 +173,13 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     t0 = time.perf_counter()
     row = 0
     encoded_texts = reused = 0
-    # text key -> (vector, truncated flag) of recently encoded texts, least recently used first
-    seen: OrderedDict[bytes, tuple[np.ndarray, int]] = OrderedDict()
-    keep = cfg.dedupe_mb * 2**20 // (4 * manifest["dim"] + 200)      # entries that fit the budget
+    seen = VectorLRU(cfg.dedupe_mb * 2**20)        # recently encoded texts (vector, truncated flag) by text key
     for chunk in _chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
         start, row = row, row + len(chunk)
         if row <= done:
             continue                                            # encoded before the interruption
         texts = [item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk]
-        keys = ([hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts] if keep
+        keys = ([VectorLRU.key("", t, "", "") for t in texts] if cfg.dedupe_mb
                 else [j.to_bytes(8, "little") for j in range(len(texts))])     # dedupe off: every row its own
         out_vec = np.empty((len(chunk), manifest["dim"]), dtype=np.float32)    # (chunk, D)
         out_cut = np.zeros(len(chunk), dtype=np.uint8)
@@ -190,8 +188,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         for j, key in enumerate(keys):
             hit = seen.get(key)
             if hit is not None:
-                seen.move_to_end(key)
-                out_vec[j], out_cut[j] = hit
+                out_vec[j], _, _, out_cut[j] = hit
                 reused += 1
             elif key in first:
                 copies.append((j, first[key]))
@@ -211,10 +208,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
             out_cut[todo] = tok.truncated
             encoded_texts += len(todo)
             for j in todo.tolist():
-                if keep:
-                    seen[keys[j]] = (out_vec[j].copy(), int(out_cut[j]))
-                    if len(seen) > keep:
-                        seen.popitem(last=False)
+                seen.put(keys[j], out_vec[j], 0, 0, bool(out_cut[j]))        # a copy; not kept when dedupe is off
         for j, src in copies:
             out_vec[j], out_cut[j] = out_vec[src], out_cut[src]
             reused += 1
