@@ -2,8 +2,8 @@
 
 Entry point: ``run_quality(QualityConfig) -> dict``. For every dataset (the real MovieLens 100K set from
 ``../shared/data/ml-100k`` when present, imported with the standard protocol, and the synthetic demo set)
-and every variant (content only / + item statistics / + fine-tuned top LM layer / + summaries as item
-text), it trains with each seed and evaluates on the test split with ``genrec.evaluate`` -- the same
+and every variant (content only / + item counts / + collaborative vectors / + fine-tuned top LM layer /
++ summaries as item text), it trains with each seed and evaluates on the test split with ``genrec.evaluate`` -- the same
 impressions give the simple baselines. Writes OUT/results.json and OUT/results.md (the README's table).
 Selection is on validation only (early stopping); the test split is scored once per run.
 """
@@ -22,7 +22,8 @@ ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 # variant -> (ModelConfig overrides, uses item summaries). Cumulative, as in the README's ablation.
 VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     "content only": ({"item_stats": False}, False),
-    "+ item statistics": ({}, False),
+    "+ item counts": ({"collaborative": False}, False),
+    "+ collaborative vectors (default)": ({}, False),
     "+ fine-tuned top LM layer": ({"finetune_layers": 1}, False),
     "+ summaries as item text": ({"use_abstract": True}, True),
 }
@@ -40,7 +41,7 @@ class QualityConfig:
         "help": "ml-100k (needs ../shared/data/ml-100k; skipped when absent) and/or synthetic"})
     variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS), metadata={
         "help": "ablation rows to run on ml-100k (names as in the table)"})
-    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:2], metadata={
+    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:3], metadata={
         "help": "ablation rows on the synthetic set (its text already carries the signal: the LM rows cost "
                 "time and say little there)"})
     ml100k: str = dataclasses.field(default=str(ML100K), metadata={"help": "the MovieLens 100K folder"})

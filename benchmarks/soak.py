@@ -28,8 +28,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from genrec.contract import ENSEMBLE, RECOMMEND
+from genrec.benchmarks.workload import plausible_stats
+from genrec.contract import ENSEMBLE, ITEM_STATS, RECOMMEND
 from genrec.server.launcher import STUB_BINARY, running_server
+
+N_STATS = len(ITEM_STATS)
 
 TEXT_INPUTS = tuple(t for t in ENSEMBLE.inputs if not t.optional)     # the optional item statistics are added apart
 
@@ -132,7 +135,7 @@ def invalid_requests(rng: np.random.Generator, served: Served) -> dict[str, tupl
         "misaligned_categories": ensemble([], [title, title], candidate_category=["sports"]),
         "nan_item_vectors": ("heads", heads),
         "negative_item_stats": ("genrec", [*ensemble([title], [title])[1], _fp32_input("candidate_stats",
-                                                                                     np.full((1, 3), -1.0))]),
+                                                                                     np.full((1, N_STATS), -1.0))]),
     }
 
 
@@ -148,7 +151,7 @@ def _stats_inputs(texts: Texts, i: int) -> list[grpcclient.InferInput]:
     if i % 2:
         return []
     rng = np.random.default_rng(i)
-    return [_fp32_input(f"{side}_stats", rng.integers(0, 300, (len(texts[f"{side}_text"]), 3)))
+    return [_fp32_input(f"{side}_stats", plausible_stats(len(texts[f"{side}_text"]), rng))
             for side in ("history", "candidate")]
 
 

@@ -36,9 +36,21 @@ def make_requests(catalog: list[tuple[str, str, str, str]], history: int, candid
 def _stats(items: list[tuple[str, str, str, str]], table, rng: np.random.Generator) -> np.ndarray:
     if table is not None:
         return table.lookup([x[3] for x in items])                      # (n, S)
-    exposures = rng.integers(0, 500, len(items))
-    return np.stack([exposures, (exposures * rng.uniform(0, 0.3, len(items))).astype(int),
-                     rng.integers(0, 80, len(items))], axis=1).astype(np.float32)
+    return plausible_stats(len(items), rng)
+
+
+def plausible_stats(n: int, rng: np.random.Generator, unknown: float = 0.2) -> np.ndarray:
+    """(n, S) item statistics as served: counts (exposures >= clicks) and a unit collaborative vector; a
+    fraction ``unknown`` of the rows is all zeros (items without statistics: the prior)."""
+    from genrec.contract import CF_DIM
+
+    exposures = rng.integers(0, 500, n)
+    counts = np.stack([exposures, (exposures * rng.uniform(0, 0.3, n)).astype(int), rng.integers(0, 80, n)], axis=1)
+    cf = rng.standard_normal((n, CF_DIM))
+    cf /= np.linalg.norm(cf, axis=1, keepdims=True)
+    out = np.concatenate([counts, cf], axis=1).astype(np.float32)
+    out[rng.random(n) < unknown] = 0.0
+    return out
 
 
 class IdWorkload:

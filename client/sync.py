@@ -82,9 +82,10 @@ class RecommenderClient:
         indexed items' vectors and encodes only ``new_items`` (id -> text or (text, category[, subcategory])).
 
         Text path only: ``history_stats`` / ``candidate_stats`` give per item [exposures, clicks, history_users]
-        raw counts (one row per text; checked here with the server's messages). Left out, or an all-zero row,
-        means "no statistics": the model uses its training prior. The id path reads statistics by id from the
-        server's stats folder."""
+        raw counts, then the collaborative vector of ``genrec stats build`` (``genrec.contract.ITEM_STATS``; a row
+        of the three counts alone is padded with zeros; one row per text; checked here with the server's
+        messages). Left out, or an all-zero row, means "no statistics": the model uses its training prior.
+        The id path reads statistics by id from the server's stats folder."""
         return self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
             candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,

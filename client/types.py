@@ -62,9 +62,10 @@ class RecommendRequest:
     history_ids: Sequence[str] | None = None        # id path: items of the item-embedding index...
     candidate_ids: Sequence[str] | None = None
     new_items: dict[str, NewItem] | None = None     # ...and the texts of ids the index may not know
-    # text path only, optional: per item [exposures, clicks, history_users] raw counts (genrec.contract.ITEM_STATS),
-    # one row per history text / candidate text; None = no statistics = the model's prior. (The id path
-    # reads statistics from the server's stats folder.)
+    # text path only, optional: per item one row of genrec.contract.ITEM_STATS -- [exposures, clicks,
+    # history_users] raw counts, then the item's collaborative vector (from `genrec stats build`); a row of the
+    # three counts alone is padded with zeros (no vector). One row per history text / candidate text; None =
+    # no statistics = the model's prior. (The id path reads statistics from the server's stats folder.)
     history_stats: Sequence[Sequence[float]] | None = None
     candidate_stats: Sequence[Sequence[float]] | None = None
 

@@ -191,10 +191,12 @@ def _index(sub: argparse._SubParsersAction) -> None:
 
 @command
 def _stats(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stats", help="item statistics (exposures, clicks, history users) for serving")
+    p = sub.add_parser("stats", help="item statistics (exposures, clicks, history users, collaborative vectors) "
+                                     "for serving")
     ssub = p.add_subparsers(dest="stats_command", required=True)
-    b = ssub.add_parser("build", help="count item statistics from MIND behaviors logs into STATS_DIR; rerun on "
-                                      "fresh logs to refresh a running server (no retraining, no re-encoding)")
+    b = ssub.add_parser("build", help="count item statistics and factorize click histories from MIND behaviors "
+                                      "logs into STATS_DIR; rerun on fresh logs to refresh a running server (no "
+                                      "retraining, no re-encoding)")
     b.add_argument("--behaviors", action="append", required=True,
                    help="behaviors.tsv (MIND format); repeat to count several logs together")
     b.add_argument("--out", required=True, help="STATS_DIR (rewritten in place; the manifest is written last)")
@@ -231,10 +233,12 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address HOST:PORT")
     p.add_argument("--history", action="append", default=[], help="a history title (repeat, oldest first)")
     p.add_argument("--history-file", help="history items, one per line: "
-                                          "text[<TAB>category[<TAB>subcategory[<TAB>exposures,clicks,history_users]]]")
+                                          "text[<TAB>category[<TAB>subcategory[<TAB>exposures,clicks,history_users"
+                                          "[,cf0,...]]]]")
     p.add_argument("--candidates-file", required=True,
                    help="candidates, one per line: text[<TAB>category[<TAB>subcategory[<TAB>exposures,clicks,"
-                        "history_users]]] (items without the statistics column get zeros = the prior)")
+                        "history_users[,cf0,...]]]] (items without the statistics column get zeros = the prior; "
+                        "without the collaborative vector, zeros = none)")
     p.add_argument("--top-k", type=int, default=10, help="how many items to print")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
@@ -289,10 +293,14 @@ def _read_items(path: str) -> list[tuple[str, str, str, list[float] | None]]:
 
 
 def _stats_column(items) -> list | None:
-    """The statistics rows to send (zeros where a line has none), or None when no line has any."""
+    """The statistics rows to send (zeros where a line has none, count-only rows padded with a zero
+    collaborative vector), or None when no line has any."""
+    from genrec.contract import ITEM_COUNTS, ITEM_STATS
+
     if all(it[3] is None for it in items):
         return None
-    return [it[3] if it[3] is not None else [0.0, 0.0, 0.0] for it in items]
+    rows = [it[3] if it[3] is not None else [] for it in items]
+    return [r + [0.0] * (len(ITEM_STATS) - len(r)) if len(r) in (0, len(ITEM_COUNTS)) else r for r in rows]
 
 
 def print_recommendations(recs, title: str = "recommendations") -> None:

@@ -28,6 +28,9 @@ class ModelConfig:
     dropout: float = dataclasses.field(default=0.1, metadata={"help": "dropout on item vectors during training"})
     item_stats: bool = dataclasses.field(default=True, metadata={
         "help": "use item statistics (exposures, clicks, history users) as features; off = content only (ablation)"})
+    collaborative: bool = dataclasses.field(default=True, metadata={
+        "help": "compare the candidate's collaborative vector (who clicked it) with the history's; off = counts "
+                "only (ablation). Needs item_stats"})
     n_categories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
     n_subcategories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
 

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 
-CONTRACT_VERSION = "genrec.contract/3"   # /2: item statistics (heads inputs, optional ensemble inputs);
-                                         # /3: the id path reports truncated texts like the text path
+CONTRACT_VERSION = "genrec.contract/4"   # /2: item statistics (heads inputs, optional ensemble inputs);
+                                         # /3: the id path reports truncated texts like the text path;
+                                         # /4: item statistics carry a collaborative vector (S = 3 + CF_DIM)
 
 # Request limits (one request = one user). Mirrored by the client with the same messages.
 MAX_HISTORY = 50            # history items per request; more is an error (send the most recent 50)
 MAX_CANDIDATES = 300        # default candidate limit (repository build --max-candidates)
 MAX_TEXT_BYTES = 4096       # UTF-8 bytes per text; tokenization keeps the first max_length tokens anyway
 
-# Raw item statistics, the last axis (S) of the *_stats tensors, in this order (see genrec.stats). The heads
+# Raw item statistics, the last axis (S) of the *_stats tensors, in this order (see genrec.stats): three counts,
+# then the item's collaborative vector (who clicked it, factorized from the log's click histories). The heads
 # turn them into features in-graph; all zeros = an item without statistics (it gets the training prior).
-ITEM_STATS = ("exposures", "clicks", "history_users")
+ITEM_COUNTS = ("exposures", "clicks", "history_users")   # finite, >= 0
+CF_DIM = 16                                               # collaborative vector size; finite, any sign
+ITEM_STATS = (*ITEM_COUNTS, *(f"cf{i}" for i in range(CF_DIM)))
+STATS_FORMAT = "genrec.stats/2"                           # stats folders; /2: + the collaborative vector
 
 
 FIXED_DIMS = ("D", "K", "S")   # symbolic dims whose size is fixed per model (vector size, categories, stats)
@@ -106,14 +111,15 @@ _TEXT_INPUTS = (
     TensorSpec("candidate_subcategory", "BYTES", ("C",), "subcategory per candidate ('' = unknown)"),
 )
 
-# Optional per-item statistics on the text path: raw counts in ITEM_STATS order, one row per text. Left out,
-# every item gets zeros = "no statistics" = the training prior. Validated like the texts (INVALID_ARGUMENT).
+# Optional per-item statistics on the text path: one row per text in ITEM_STATS order (the counts, then the
+# collaborative vector from `genrec stats build`). Left out, every item gets zeros = "no statistics" = the
+# training prior. Validated like the texts (INVALID_ARGUMENT).
 _STATS_INPUTS = (
     TensorSpec("history_stats", "FP32", ("H", "S"),
-               "optional: [exposures, clicks, history_users] per history item (absent = zeros = the prior)",
+               "optional: [exposures, clicks, history_users, cf0..] per history item (absent = zeros = the prior)",
                optional=True),
     TensorSpec("candidate_stats", "FP32", ("C", "S"),
-               "optional: [exposures, clicks, history_users] per candidate (absent = zeros = the prior)",
+               "optional: [exposures, clicks, history_users, cf0..] per candidate (absent = zeros = the prior)",
                optional=True),
 )
 

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig  # noqa: F401  (re-exported)
-from genrec.contract import ITEM_STATS, MAX_HISTORY
+from genrec.contract import ITEM_COUNTS, ITEM_STATS, MAX_HISTORY
 
+N_COUNTS = len(ITEM_COUNTS)   # the stats' first columns are counts, the rest the collaborative vector
 MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produce inf - inf = NaN
 
 # Engineered per-candidate features, in the order of the last axis of RecommenderHeads.features():
@@ -31,7 +32,8 @@ MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produc
 FEATURE_NAMES = ("max_similarity", "mean_similarity", "category_overlap", "subcategory_overlap",
                  "log_history_length", "cold_user",
                  "item_log_exposures", "item_log_popularity", "item_ctr", "item_known",
-                 "popularity_vs_history", "ctr_vs_history")
+                 "popularity_vs_history", "ctr_vs_history",
+                 "cf_max_similarity", "cf_mean_similarity", "cf_known")
 N_ITEM_FEATURES = 3   # standardized item features (log exposures, log popularity, smoothed CTR)
 
 from genrec.config import TASKS  # noqa: E402,F401
@@ -161,14 +163,14 @@ class RecommenderHeads(nn.Module):
 
     def _raw_item_features(self, stats: torch.Tensor) -> torch.Tensor:
         # (..., S) raw counts -> (..., 3): log1p(exposures), log1p(clicks + history users), smoothed CTR
-        exposures, clicks, history_users = stats.unbind(-1)
+        exposures, clicks, history_users = stats[..., :N_COUNTS].unbind(-1)
         a, b = self.stats_prior[0], self.stats_prior[1]
         ctr = (clicks + a) / (exposures + a + b)
         return torch.stack([torch.log1p(exposures), torch.log1p(clicks + history_users), ctr], dim=-1)
 
     def item_features(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., S) raw counts -> ((..., 3) standardized item features, (...,) 1.0 where the item has counts)."""
-        known = (stats.sum(-1) > 0).to(stats.dtype)
+        known = (stats[..., :N_COUNTS].sum(-1) > 0).to(stats.dtype)
         feats = (self._raw_item_features(stats) - self.stats_mean) / self.stats_std
         if not self.cfg.item_stats:                 # ablation: the model is blind to item statistics
             return torch.zeros_like(feats), torch.zeros_like(known)
@@ -185,7 +187,7 @@ class RecommenderHeads(nn.Module):
         """Engineered features (B, C, len(FEATURE_NAMES)); the single implementation, exported in heads.onnx.
 
         hist_* (B, H[, D|S]) with hist_mask (B, H) bool (H may be 0); cand_* (B, C[, D|S]).
-        Every history feature is a function of sums over the history (and a max), so with ``leave_one_out``
+        Every history feature is a function of sums over the history (and maxima), so with ``leave_one_out``
         the features each candidate would get *without* history item h come out exactly, in closed form:
         (B, C, H, F), the second return value (None otherwise).
         """
@@ -196,43 +198,64 @@ class RecommenderHeads(nn.Module):
         cand_item, cand_known = self.item_features(cand_stats)                    # (B, C, 3), (B, C)
         hist_item, _ = self.item_features(hist_stats)                             # (B, H, 3)
         hist_item = hist_item * vf.transpose(1, 2)                                # (B, H, 3), 0 on padding
+        # collaborative vectors: cosine of the candidate's with each history item's, where both have one
+        cand_cf, cand_cf_known = self.cf_vectors(cand_stats)                      # (B, C, R), (B, C)
+        hist_cf, hist_cf_known = self.cf_vectors(hist_stats)                      # (B, H, R), (B, H)
+        cf_pair = cand_cf_known.unsqueeze(-1) * hist_cf_known.unsqueeze(1) * vf   # (B, C, H) 1 = comparable
+        cf_sim = (cand_cf @ hist_cf.transpose(1, 2)) * cf_pair                    # (B, C, H)
 
         # per history item terms (B, C, H) and their sums over the history
-        terms = {"n": vf.expand_as(sim), "sim": sim * vf, "cat": same_cat * vf, "sub": same_sub * vf}
+        terms = {"n": vf.expand_as(sim), "sim": sim * vf, "cat": same_cat * vf, "sub": same_sub * vf,
+                 "cf_n": cf_pair, "cf_sim": cf_sim}
         sums = {k: v.sum(-1) for k, v in terms.items()}                           # (B, C)
         item_sum = hist_item.sum(1, keepdim=True)                                 # (B, 1, 3)
-        # max similarity (and the runner-up, for leave-one-out); two -1 floors keep H = 0 and 1 defined
+        # maxima (and the runners-up, for leave-one-out); two -1 floors keep H = 0 and 1 defined
         floor = -torch.ones_like(cand_vec[..., :2])                               # (B, C, 2) (D >= 2)
-        masked = torch.cat([sim.masked_fill(vf == 0, -1.0), floor], -1)           # (B, C, H + 2)
-        top2, arg2 = torch.topk(masked, 2, dim=-1)                                # (B, C, 2)
+        top2 = {}
+        for key, valid, val in (("sim", vf, sim), ("cf_sim", cf_pair, cf_sim)):
+            masked = torch.cat([val.masked_fill(valid == 0, -1.0), floor], -1)    # (B, C, H + 2)
+            top2[key] = torch.topk(masked, 2, dim=-1)                             # values, indices (B, C, 2)
 
-        full = self._assemble(sums["n"], top2[..., 0], sums["sim"], sums["cat"], sums["sub"], item_sum,
-                              cand_item, cand_known)                              # (B, C, F)
+        maxima = {k: v.values[..., 0] for k, v in top2.items()}
+        full = self._assemble(sums, maxima, item_sum, cand_item, cand_known, cand_cf_known)   # (B, C, F)
         if not leave_one_out:
             return full, None
         h = sim.shape[-1]
-        is_top = (torch.arange(h, device=sim.device) == arg2[..., :1]).to(sim.dtype)  # (B, C, H) h is the max
-        loo_max = is_top * top2[..., 1:] + (1 - is_top) * top2[..., :1]           # (B, C, H)
-        loo = self._assemble(*(sums[k].unsqueeze(-1) - terms[k] for k in ("n",)), loo_max,
-                             *(sums[k].unsqueeze(-1) - terms[k] for k in ("sim", "cat", "sub")),
+        loo_max = {}
+        for key, (val, idx) in top2.items():
+            is_top = (torch.arange(h, device=sim.device) == idx[..., :1]).to(sim.dtype)  # (B, C, H) h is the max
+            loo_max[key] = is_top * val[..., 1:] + (1 - is_top) * val[..., :1]   # (B, C, H)
+        loo = self._assemble({k: sums[k].unsqueeze(-1) - terms[k] for k in terms}, loo_max,
                              item_sum.unsqueeze(2) - hist_item.unsqueeze(1),      # (B, 1, H, 3)
-                             cand_item.unsqueeze(2), cand_known.unsqueeze(-1))    # (B, C, H, F)
-        return full, loo
+                             cand_item.unsqueeze(2), cand_known.unsqueeze(-1), cand_cf_known.unsqueeze(-1))
+        return full, loo                                                          # (B, C, H, F)
 
     @staticmethod
-    def _assemble(n: torch.Tensor, max_sim: torch.Tensor, sim_sum: torch.Tensor, cat_sum: torch.Tensor,
-                  sub_sum: torch.Tensor, item_sum: torch.Tensor, cand_item: torch.Tensor,
-                  cand_known: torch.Tensor) -> torch.Tensor:
-        """History sums (shape X) -> features (X, F); item_sum/cand_item (X', 3) broadcast against X."""
+    def cf_vectors(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., S) -> ((..., R) unit collaborative vectors, (...,) 1.0 where the item has one)."""
+        raw = stats[..., N_COUNTS:]
+        known = (raw.abs().sum(-1) > 0).to(stats.dtype)
+        return F.normalize(raw, dim=-1, eps=1e-6), known
+
+    def _assemble(self, sums: dict[str, torch.Tensor], maxima: dict[str, torch.Tensor], item_sum: torch.Tensor,
+                  cand_item: torch.Tensor, cand_known: torch.Tensor, cand_cf_known: torch.Tensor) -> torch.Tensor:
+        """History sums and maxima (shape X) -> features (X, F); item_sum/cand_item (X', 3) broadcast against X."""
+        n = sums["n"]
         denom = n.clamp(min=1.0)
         has_hist = (n > 0).to(n.dtype)
+        has_cf = (sums["cf_n"] > 0).to(n.dtype)
         log_len = torch.log1p(n) / math.log1p(MAX_HISTORY)
         hist_mean = item_sum / denom.unsqueeze(-1)                                # (X, 3)
         vs_hist = (cand_item[..., 1:] - hist_mean[..., 1:]) * has_hist.unsqueeze(-1)  # (X, 2) popularity, CTR
-        history = torch.stack([max_sim * has_hist, sim_sum / denom, cat_sum / denom, sub_sum / denom, log_len,
-                               1.0 - has_hist], dim=-1)                           # (X, 6)
-        return torch.cat([history, cand_item.expand(*history.shape[:-1], cand_item.shape[-1]),
-                          cand_known.unsqueeze(-1).expand(*history.shape[:-1], 1), vs_hist], dim=-1)
+        history = torch.stack([maxima["sim"] * has_hist, sums["sim"] / denom, sums["cat"] / denom,
+                               sums["sub"] / denom, log_len, 1.0 - has_hist], dim=-1)  # (X, 6)
+        shape = history.shape[:-1]
+        collaborative = torch.stack([maxima["cf_sim"] * has_cf, sums["cf_sim"] / sums["cf_n"].clamp(min=1.0),
+                                     cand_cf_known.expand(shape)], dim=-1)        # (X, 3)
+        if not (self.cfg.item_stats and self.cfg.collaborative):   # ablations: blind to collaborative vectors
+            collaborative = torch.zeros_like(collaborative)
+        return torch.cat([history, cand_item.expand(*shape, cand_item.shape[-1]),
+                          cand_known.unsqueeze(-1).expand(*shape, 1), vs_hist, collaborative], dim=-1)
 
     def forward(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                 hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor,

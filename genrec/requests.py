@@ -2,9 +2,9 @@
 
 One user per request: history texts (0..max_history) and candidate texts (1..max_candidates), each
 with a category and a subcategory (empty string = unknown), and optionally the item statistics of each
-(``history_stats`` / ``candidate_stats``: one row of ``ITEM_STATS`` raw counts per item; absent = zeros =
-no statistics, the model's prior). The server and the client raise the same messages because both call
-this module. Torch-free; numpy only for the statistics.
+(``history_stats`` / ``candidate_stats``: one row of ``ITEM_STATS`` per item -- three raw counts, then the
+collaborative vector of ``genrec stats build``; absent = zeros = no statistics, the model's prior). The
+server and the client raise the same messages because both call this module. Torch-free; numpy only for the statistics.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from genrec.contract import ITEM_STATS, MAX_CANDIDATES, MAX_HISTORY, MAX_ID_BYTES, MAX_TEXT_BYTES
+from genrec.contract import ITEM_COUNTS, ITEM_STATS, MAX_CANDIDATES, MAX_HISTORY, MAX_ID_BYTES, MAX_TEXT_BYTES
 from genrec.errors import UserError
 
 N_STATS = len(ITEM_STATS)
+N_COUNTS = len(ITEM_COUNTS)
 
 
 class RequestError(UserError, ValueError):
@@ -109,7 +110,9 @@ def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes
 
 
 def validate_stats(values: Any, name: str, n_items: int, items_name: str):
-    """None, or a (n_items, S) float32 array of finite, non-negative raw counts (``ITEM_STATS`` order).
+    """None, or a (n_items, S) float32 array in ``ITEM_STATS`` order: finite raw counts >= 0, then a finite
+    collaborative vector. Rows of only the N_COUNTS counts are accepted too (the client's convenience: the
+    vector is then zeros = unknown); the served tensor is always S wide.
 
     Raises RequestError naming the tensor and the first offending index (row, and the statistic by name).
     """
@@ -117,23 +120,28 @@ def validate_stats(values: Any, name: str, n_items: int, items_name: str):
         return None
     import numpy as np
 
+    shapes = f"{N_STATS} numbers {list(ITEM_COUNTS)} + {N_STATS - N_COUNTS} collaborative (or the {N_COUNTS} counts)"
     try:
         arr = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError):
-        raise RequestError(f"{name} must be rows of {N_STATS} numbers {list(ITEM_STATS)}, one per item") from None
+        raise RequestError(f"{name} must be rows of {shapes}, one per item") from None
     if arr.size == 0 and n_items == 0:
         return np.zeros((0, N_STATS), dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] != N_STATS:
-        raise RequestError(f"{name} must have shape [{items_name} count, {N_STATS}] (one row of {list(ITEM_STATS)} "
+    if arr.ndim != 2 or arr.shape[1] not in (N_STATS, N_COUNTS):
+        raise RequestError(f"{name} must have shape [{items_name} count, {N_STATS}] (one row of {shapes} "
                            f"per item), got {list(arr.shape)}")
     if arr.shape[0] != n_items:
         raise RequestError(f"{name} has {arr.shape[0]} rows but {items_name} has {n_items}; send one row per item "
                            "(zeros = no statistics)")
-    bad = ~np.isfinite(arr) | (arr < 0)
+    bad = ~np.isfinite(arr)
+    bad[:, :N_COUNTS] |= arr[:, :N_COUNTS] < 0
     if bad.any():
         row, col = (int(x) for x in np.argwhere(bad)[0])
-        raise RequestError(f"{name}[{row}] {ITEM_STATS[col]} is {float(arr[row, col])!r}; item statistics must be "
-                           "finite and >= 0")
+        rule = "finite and >= 0" if col < N_COUNTS else "finite"
+        raise RequestError(f"{name}[{row}] {ITEM_STATS[col]} is {float(arr[row, col])!r}; "
+                           f"item statistics must be {rule}")
+    if arr.shape[1] == N_COUNTS:
+        arr = np.concatenate([arr, np.zeros((len(arr), N_STATS - N_COUNTS), dtype=np.float32)], axis=1)
     return np.ascontiguousarray(arr)
 
 

@@ -152,8 +152,8 @@ class Pipeline:
                   candidate_categories: Sequence[str] | None = None,
                   candidate_subcategories: Sequence[str] | None = None, history_stats=None,
                   candidate_stats=None) -> dict[str, np.ndarray]:
-        """``history_stats`` / ``candidate_stats``: optional (H, S) / (C, S) raw counts per item
-        ([exposures, clicks, history_users]); None = zeros = no statistics, i.e. the training prior."""
+        """``history_stats`` / ``candidate_stats``: optional (H, S) / (C, S) item statistics (``ITEM_STATS``:
+        raw counts, then the collaborative vector); None = zeros = no statistics, i.e. the training prior."""
         cv, sv = self.assets.category_vocab, self.assets.subcategory_vocab
         vectors = self.encode([*history, *candidates])                          # (H + C, D)
         return self.heads(vectors, cv.lookup(history_categories or [""] * len(history)),

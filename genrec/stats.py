@@ -1,11 +1,18 @@
-"""Item statistics from interaction logs: the item-level engineered features (popularity, click-through).
+"""Item statistics from interaction logs: the item-level engineered features (popularity, click-through,
+who clicked it).
 
-Per item, three raw counts (``genrec.contract.ITEM_STATS``):
+Per item (``genrec.contract.ITEM_STATS``), three raw counts:
 
 * ``exposures``     -- impressions that showed the item (labelled candidates);
 * ``clicks``        -- of those, how many were clicked;
 * ``history_users`` -- distinct users with the item in their click history (clicks from before the log,
-  which tell popularity but not exposures).
+  which tell popularity but not exposures);
+
+and a collaborative vector (``CF_DIM`` numbers): the item's row of a rank-``CF_DIM`` factorization of the
+user x item matrix of click histories, L2-normalized. Two items clicked by the same users point the same way,
+whatever their text says: the heads compare a candidate's vector with the history's (collaborative
+filtering, the signal item text lacks). Only cosines between vectors of one build are used, so a rebuild
+(any rotation or sign of the factors) needs no retraining. Items in no history get the zero vector (unknown).
 
 The heads turn the raw counts into features inside the exported graph (log counts, a smoothed CTR with a
 Beta prior fitted on the training log, an "item known" flag), so training and serving share one feature
@@ -14,7 +21,9 @@ implementation and a stats refresh needs neither retraining nor re-encoding. An 
 
 Training never sees the future: :func:`stats_as_of` gives every impression the counts of events strictly
 before its own time. A history entry counts from the time of the first impression whose history holds
-it (it was clicked before that impression). Torch-free and numpy only: serving reads the same files.
+it (it was clicked before that impression). The collaborative vectors of training come from each user's
+*earliest* history in the log (clicks from before the log, none of its labels), those served from each
+user's latest history. Torch-free and numpy only: serving reads the same files.
 """
 
 from __future__ import annotations
@@ -27,13 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from genrec.contract import ITEM_STATS
+from genrec.contract import CF_DIM, ITEM_COUNTS, ITEM_STATS
+from genrec.contract import STATS_FORMAT as FORMAT
 from genrec.data.mind import Impression
 from genrec.errors import UserError
 
 N_STATS = len(ITEM_STATS)
-EXPOSURES, CLICKS, HISTORY_USERS = range(N_STATS)
-FORMAT = "genrec.stats/1"
+N_COUNTS = len(ITEM_COUNTS)
+EXPOSURES, CLICKS, HISTORY_USERS = range(N_COUNTS)
+CF = slice(N_COUNTS, N_STATS)          # the collaborative vector's columns
 
 
 class StatsError(UserError, ValueError):
@@ -72,7 +83,7 @@ class _Events:
 
     time: np.ndarray        # (E,) int64 seconds
     row: np.ndarray         # (E,) int64 item rows
-    value: np.ndarray       # (E, N_STATS) float64
+    value: np.ndarray       # (E, N_COUNTS) float64
 
 
 def _timestamp(imp: Impression) -> int:
@@ -98,7 +109,55 @@ def _events(impressions: Sequence[Impression], row_of: dict[str, int]) -> _Event
                 first_seen.add((imp.user_id, r))
                 times.append(t), rows.append(r), vals.append((0.0, 0.0, 1.0))
     return _Events(np.asarray(times, dtype=np.int64), np.asarray(rows, dtype=np.int64),
-                   np.asarray(vals, dtype=np.float64).reshape(-1, N_STATS))
+                   np.asarray(vals, dtype=np.float64).reshape(-1, N_COUNTS))
+
+
+def _user_histories(impressions: Sequence[Impression], latest: bool) -> dict[str, list[str]]:
+    """Each user's history in the log: the one of their earliest (or latest) impression."""
+    out: dict[str, list[str]] = {}
+    for imp in sorted(impressions, key=_timestamp, reverse=latest):
+        out.setdefault(imp.user_id, imp.history)
+    return out
+
+
+def collaborative_vectors(histories: Iterable[Sequence[str]], row_of: dict[str, int], n_rows: int,
+                          dim: int = CF_DIM, seed: int = 0, power_iterations: int = 4) -> np.ndarray:
+    """(n_rows, dim) float32: unit item vectors of a rank-``dim`` factorization of the binary user x item
+    matrix of ``histories`` (one list of item ids per user); zero rows for items in no history.
+
+    Randomized SVD (Halko et al. 2011) with sparse products by ``np.bincount``: O(nnz * dim) time and
+    O((users + items) * dim) memory, so a 1M-item log needs no dense matrix and no extra dependency.
+    Deterministic for a given log and seed (each factor's sign is fixed).
+    """
+    users, items = [], []
+    for u, hist in enumerate(histories):
+        rows = sorted({row_of[i] for i in hist if i in row_of})
+        users.extend([u] * len(rows)), items.extend(rows)
+    out = np.zeros((n_rows, dim), dtype=np.float32)
+    if not items:
+        return out
+    users_a, items_a = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+    n_users = int(users_a.max()) + 1
+    k = min(dim + 10, n_users, n_rows)
+
+    def m_times(x: np.ndarray) -> np.ndarray:          # M (U, I) @ x (I, k) -> (U, k)
+        return np.stack([np.bincount(users_a, x[items_a, j], n_users) for j in range(x.shape[1])], 1)
+
+    def mt_times(y: np.ndarray) -> np.ndarray:         # M.T (I, U) @ y (U, k) -> (I, k)
+        return np.stack([np.bincount(items_a, y[users_a, j], n_rows) for j in range(y.shape[1])], 1)
+
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(m_times(rng.standard_normal((n_rows, k))))[0]
+    for _ in range(power_iterations):
+        q = np.linalg.qr(m_times(np.linalg.qr(mt_times(q))[0]))[0]
+    _, s, vt = np.linalg.svd(mt_times(q).T, full_matrices=False)                  # (k, I) = Q.T M
+    vec = vt[:dim].T * s[:dim]                                                    # (I, r), r <= dim
+    vec *= np.sign(vec[np.abs(vec).argmax(0), np.arange(vec.shape[1])])           # fixed sign per factor
+    seen = np.bincount(items_a, minlength=n_rows) > 0
+    norm = np.linalg.norm(vec, axis=1, keepdims=True)
+    ok = seen & (norm[:, 0] > 1e-12)
+    out[ok, : vec.shape[1]] = vec[ok] / norm[ok]
+    return out
 
 
 @dataclasses.dataclass
@@ -106,7 +165,7 @@ class ItemStats:
     """Final counts per item id (what serving reads), plus the CTR prior fitted on the same log."""
 
     ids: list[str]
-    counts: np.ndarray                    # (N, N_STATS) float32, non-negative
+    counts: np.ndarray                    # (N, N_STATS) float32: counts (>= 0), then the collaborative vector
     prior: BetaPrior
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -123,7 +182,8 @@ class ItemStats:
         row_of = {item: i for i, item in enumerate(ids)}
         ev = _events(impressions, row_of)
         counts = np.zeros((len(ids), N_STATS), dtype=np.float64)
-        np.add.at(counts, ev.row, ev.value)
+        np.add.at(counts[:, :N_COUNTS], ev.row, ev.value)
+        counts[:, CF] = collaborative_vectors(_user_histories(impressions, latest=True).values(), row_of, len(ids))
         prior = BetaPrior.fit(counts[:, EXPOSURES], counts[:, CLICKS])
         times = [_timestamp(imp) for imp in impressions]
         meta = {"impressions": len(impressions), "items": len(ids),
@@ -175,14 +235,19 @@ class ItemStats:
 
 
 def validate_counts(counts: np.ndarray, where: str) -> None:
-    """Raise StatsError unless ``counts`` is (..., N_STATS), finite and non-negative."""
+    """Raise StatsError unless ``counts`` is (..., N_STATS), finite, and its counts (not the collaborative
+    vector) non-negative."""
     counts = np.asarray(counts)
     if counts.ndim < 1 or counts.shape[-1] != N_STATS:
-        raise StatsError(f"{where}: expected shape (..., {N_STATS}) for {list(ITEM_STATS)}, got {counts.shape}")
-    bad = ~np.isfinite(counts) | (counts < 0)
+        raise StatsError(f"{where}: expected shape (..., {N_STATS}) for {list(ITEM_COUNTS)} + {CF_DIM} "
+                         f"collaborative numbers, got {counts.shape}")
+    bad = ~np.isfinite(counts)
+    bad[..., :N_COUNTS] |= counts[..., :N_COUNTS] < 0
     if bad.any():
         first = tuple(int(x) for x in np.argwhere(bad)[0])
-        raise StatsError(f"{where}{list(first)} = {counts[first]!r}: item statistics must be finite and >= 0")
+        name = ITEM_STATS[first[-1]]
+        rule = "finite and >= 0" if first[-1] < N_COUNTS else "finite"
+        raise StatsError(f"{where}{list(first)} ({name}) = {counts[first]!r}: must be {rule}")
 
 
 def stats_as_of(log: Sequence[Impression], impressions: Sequence[Impression], history_rows: np.ndarray,
@@ -197,7 +262,9 @@ def stats_as_of(log: Sequence[Impression], impressions: Sequence[Impression], hi
     ev = _events(log, row_of)
     order = np.lexsort((ev.time, ev.row))                         # by row, then time
     e_row, e_time, e_val = ev.row[order], ev.time[order], ev.value[order]
-    cum = np.vstack([np.zeros((1, N_STATS)), np.cumsum(e_val, axis=0)])   # (E + 1, S)
+    cum = np.vstack([np.zeros((1, N_COUNTS)), np.cumsum(e_val, axis=0)])   # (E + 1, N_COUNTS)
+    cf = collaborative_vectors(_user_histories(log, latest=False).values(), row_of, n_rows)   # (n_rows, CF_DIM)
+    cf[0] = 0.0                                                   # padding row
     row_start = np.searchsorted(e_row, np.arange(n_rows + 1))     # (n_rows + 1,) first event of each row
 
     # composite sort key (row, time): both non-negative, time relative to the earliest event
@@ -209,7 +276,7 @@ def stats_as_of(log: Sequence[Impression], impressions: Sequence[Impression], hi
     def before(rows: np.ndarray, t: int) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         pos = np.searchsorted(key, rows * span + (t - t0), side="left")    # events of this row with time < t
-        out = cum[pos] - cum[row_start[rows]]
+        out = np.concatenate([cum[pos] - cum[row_start[rows]], cf[rows]], axis=-1)
         out[rows <= 0] = 0.0                                      # padding rows
         return out.astype(np.float32)
 

@@ -1,13 +1,14 @@
 """Item statistics on the serving side: build a stats folder from logs, read it by id, refresh it live.
 
 ``genrec stats build --behaviors behaviors.tsv --out STATS_DIR`` counts, per item, exposures, clicks and
-distinct history users (``genrec.stats.ItemStats``, the same counts training used) and writes STATS_DIR in
+distinct history users and factorizes the click histories into collaborative vectors (``genrec.stats.ItemStats``,
+what training used) and writes STATS_DIR in
 the ``ItemStats.save`` layout (``stats.json`` manifest written last, ``ids.txt``, ``counts.f32``). Running
 it again on fresh logs refreshes the statistics of a served model without retraining or re-encoding:
 
 * :class:`StatsTable` is one immutable snapshot: ids sorted once into a fixed-width numpy array, so a
   request's ids are looked up with one vectorized binary search (O(log N) per id, no Python dict: ~(id
-  width + 12) bytes per item, 1M items ~20 MB). Ids it does not know get zeros (= the model's prior).
+  width + 4 S) bytes per item, 1M items ~90 MB). Ids it does not know get zeros (= the model's prior).
 * :class:`LiveStats` holds the current snapshot and a background thread that checks the manifest every
   ``refresh_ms``; a changed manifest is read into a new snapshot which then replaces the old one in a
   single reference assignment. A request reads ``live.table`` once, so it never mixes two generations.
@@ -30,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from genrec.contract import ITEM_STATS
+from genrec.contract import ITEM_COUNTS, ITEM_STATS
+from genrec.contract import STATS_FORMAT as FORMAT
 from genrec.errors import UserError
 from genrec.index import sorted_lookup
 
 N_STATS = len(ITEM_STATS)
+N_COUNTS = len(ITEM_COUNTS)
 MANIFEST, IDS, COUNTS = "stats.json", "ids.txt", "counts.f32"
-FORMAT = "genrec.stats/1"
 
 
 class StatsLoadError(UserError, RuntimeError):
@@ -111,8 +113,8 @@ class StatsTable:
         if len(raw_ids) != n or counts.size != n * N_STATS:
             raise StatsLoadError(f"{folder}: {len(raw_ids)} ids and {counts.size} counts for {n} items")
         counts = counts.reshape(n, N_STATS).astype(np.float32)
-        if not (np.isfinite(counts).all() and (counts >= 0).all()):
-            raise StatsLoadError(f"{folder}: counts must be finite and >= 0")
+        if not (np.isfinite(counts).all() and (counts[:, :N_COUNTS] >= 0).all()):
+            raise StatsLoadError(f"{folder}: statistics must be finite, counts >= 0")
         ids = np.array(raw_ids, dtype=f"S{max(1, max((len(r) for r in raw_ids), default=1))}")
         order = np.argsort(ids, kind="stable")
         return cls(ids[order], np.ascontiguousarray(counts[order]), generation_of(before), manifest)
@@ -199,7 +201,8 @@ def build_stats(behaviors: Iterable[str | Path], out: str | Path, *, skip_bad_li
     impressions = [imp for p in paths for imp in iter_behaviors(p, skip_bad_lines=skip_bad_lines)]
     stats = ItemStats.from_impressions(impressions, info={"behaviors": [str(p.resolve()) for p in paths]})
     folder = stats.save(out)
-    totals = stats.counts.sum(0) if len(stats) else np.zeros(N_STATS)
+    totals = stats.counts[:, :N_COUNTS].sum(0) if len(stats) else np.zeros(N_COUNTS)
+    n_cf = int((np.abs(stats.counts[:, N_COUNTS:]).sum(1) > 0).sum()) if len(stats) else 0
     log(f"wrote {folder}: {len(stats)} items from {len(impressions)} impressions ("
-        + ", ".join(f"{k} {int(v)}" for k, v in zip(ITEM_STATS, totals)) + ")")
+        + ", ".join(f"{k} {int(v)}" for k, v in zip(ITEM_COUNTS, totals)) + f"; {n_cf} collaborative vectors)")
     return folder

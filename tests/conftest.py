@@ -94,15 +94,12 @@ def pipeline(artifacts):
 
 
 def fake_stats(n: int, seed: int):
-    """(n, S) plausible raw counts (exposures >= clicks), some rows all zero (= unknown items)."""
+    """(n, S) plausible item statistics (counts, collaborative vector), some rows all zero (= unknown items)."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    exposures = rng.integers(0, 400, n)
-    clicks = (exposures * rng.uniform(0, 0.4, n)).astype(int)
-    out = np.stack([exposures, clicks, rng.integers(0, 60, n)], axis=1).astype(np.float32)
-    out[rng.random(n) < 0.2] = 0.0
-    return out
+    from genrec.benchmarks.workload import plausible_stats
+
+    return plausible_stats(n, np.random.default_rng(seed))
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from genrec.client import (
     RecommendRequest,
     Unavailable,
 )
+from genrec.contract import ITEM_STATS
 from genrec.requests import Limits
 from genrec.server.launcher import ServerConfig, TritonServer, running_server
 
@@ -85,7 +86,9 @@ def test_invalid_request_same_message_locally_and_from_server(server, requests_c
 
 
 def _stats_input(name: str, value) -> grpcclient.InferInput:
+    """The rows as the server takes them: S wide (count-only rows padded with a zero collaborative vector)."""
     arr = np.asarray(value, np.float32)
+    arr = np.pad(arr, ((0, 0), (0, len(ITEM_STATS) - arr.shape[1])))
     inp = grpcclient.InferInput(name, list(arr.shape), "FP32")
     inp.set_data_from_numpy(arr)
     return inp
@@ -96,6 +99,8 @@ def _stats_input(name: str, value) -> grpcclient.InferInput:
     ("candidate_stats", [[1, 0, 0], [0, 0, -2]], "candidate_stats[1] history_users is -2.0"),
     ("history_stats", [[float("inf"), 0, 0]], "history_stats[0] exposures is inf"),
     ("candidate_stats", [[1, 0, 0]], "candidate_stats has 1 rows but candidate_text has 2"),
+    ("candidate_stats", [[0] * len(ITEM_STATS), [1, 1, 1, 0.5, float("inf"), *[0] * (len(ITEM_STATS) - 5)]],
+     "candidate_stats[1] cf1 is inf; item statistics must be finite"),
 ])
 def test_bad_statistics_same_message_locally_and_from_server(server, field, value, expected):
     client = RecommenderClient(server.grpc_url)
@@ -129,6 +134,16 @@ def test_statistics_round_trip_sync_and_async(server, pipeline, requests_corpus)
         assert [it.score for it in res] == pytest.approx(sorted(ref, reverse=True), abs=1e-4)
     with pytest.raises(InvalidRequest, match="stats folder"):
         RecommenderClient(server.grpc_url).recommend(candidate_ids=["N1"], candidate_stats=[[1, 1, 1]])
+    # rows of the three counts alone: the client pads a zero collaborative vector (= none), and that vector
+    # matters: the same counts with the full rows score differently
+    counts = dataclasses.replace(req, history_stats=r["history_stats"][:, :3].tolist(),
+                                 candidate_stats=r["candidate_stats"][:, :3].tolist())
+    padded = np.pad(r["candidate_stats"][:, :3], ((0, 0), (0, len(ITEM_STATS) - 3)))
+    ref_counts = pipeline.recommend(ht, ct, hc, hs, cc, cs, history_stats=np.pad(r["history_stats"][:, :3],
+                                    ((0, 0), (0, len(ITEM_STATS) - 3))), candidate_stats=padded)["scores"]
+    got = RecommenderClient(server.grpc_url).recommend_request(counts)
+    assert [it.score for it in got] == pytest.approx(sorted(ref_counts, reverse=True), abs=1e-4)
+    assert np.abs(np.sort(ref_counts) - np.sort(ref)).max() > 1e-4
 
 
 def test_server_invalid_argument_becomes_invalid_request(server):

@@ -81,7 +81,7 @@ def test_heads_cold_user_and_single_candidate(artifacts, trained_run, n_hist, n_
     rng = np.random.default_rng(0)
     def stats(n: int) -> np.ndarray:               # raw counts, some rows unknown (zeros), the first one known
         out = (rng.integers(1, 200, (n, len(ITEM_STATS))) * (rng.random((n, 1)) > 0.3)).astype(np.float32)
-        out[:1] = [150.0, 40.0, 20.0]
+        out[:1, :3] = [150.0, 40.0, 20.0]
         return out
 
     feeds = (rng.standard_normal((n_hist + n_cand, ckpt.model_config.dim)).astype(np.float32),

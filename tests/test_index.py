@@ -12,6 +12,7 @@ from triton_helpers import bytes_input
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import InvalidRequest, RecommenderClient
+from genrec.contract import ITEM_STATS
 from genrec.data.mind import load_split
 from genrec.index import IndexConfig, IndexMismatch, ItemIndex, build_index
 from genrec.model_repository.builder import RepositoryConfig, build_repository
@@ -259,7 +260,7 @@ def test_live_stats_swaps_whole_snapshots_and_skips_a_half_written_folder(tiny_d
     assert not live.check() and live.table is current and "being rewritten" in messages[-1]
     with pytest.raises(StatsLoadError, match="being rewritten"):
         StatsTable.read(folder)
-    assert current.lookup(["no-such-id"]).tolist() == [[0.0, 0.0, 0.0]]           # unknown id: the prior
+    assert current.lookup(["no-such-id"]).tolist() == [[0.0] * len(ITEM_STATS)]   # unknown id: the prior
 
 
 def test_rows_query_has_the_sorted_dtype_and_long_ids_do_not_match(fp32_index, monkeypatch):
@@ -278,8 +279,8 @@ def test_rows_query_has_the_sorted_dtype_and_long_ids_do_not_match(fp32_index, m
     rows = index.rows([first, b"x" * (width + 1), first + b"\xff" * 3, b"N1"])
     assert seen and all(a == v for a, v in seen), seen
     assert rows[0] >= 0 and rows[1] == -1 and rows[2] == -1
-    table = StatsTable.from_ids(["a", "bb"], np.ones((2, 3)))
-    assert table.lookup(["bb", "bbb", "a" * 100]).sum(1).tolist() == [3.0, 0.0, 0.0]
+    table = StatsTable.from_ids(["a", "bb"], np.ones((2, len(ITEM_STATS))))
+    assert table.lookup(["bb", "bbb", "a" * 100]).sum(1).tolist() == [len(ITEM_STATS), 0.0, 0.0]
 
 
 def test_stats_need_an_index(artifacts, item_stats_dir, tmp_path):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genrec.config import ModelConfig
 from genrec.contract import ITEM_STATS
@@ -112,8 +113,10 @@ def test_engineered_features_hand_example(heads):
     hc, hs = torch.tensor([[1, 1, 3, 1]]), torch.tensor([[2, 2, 4, 2]])
     cv = torch.tensor([[[1.0, 0], [0, 1.0], [-1.0, 0]]])
     cc, cs = torch.tensor([[1, 3, 0]]), torch.tensor([[2, 9, 0]])
-    hst = torch.tensor([[[10.0, 5, 0], [0, 0, 3], [0, 0, 0], [99, 99, 99]]])
-    cst = torch.tensor([[[4.0, 1, 2], [0, 0, 0], [1, 1, 0]]])
+    # counts, then collaborative vectors (2 of the CF_DIM numbers used): history items 0 and 1 have one
+    cf = lambda counts, vecs: torch.cat([torch.tensor(counts), F.pad(torch.tensor(vecs), (0, S - 5))], -1)[None]  # noqa: E731
+    hst = cf([[10.0, 5, 0], [0, 0, 3], [0, 0, 0], [99, 99, 99]], [[2.0, 0], [0, -3.0], [0, 0], [7, 7]])
+    cst = cf([[4.0, 1, 2], [0, 0, 0], [1, 1, 0]], [[1.0, 0], [1.0, -1.0], [0, 0]])
     full, loo = heads.features(hv, hm, hc, hs, cv, cc, cs, hst, cst, leave_one_out=True)
     col = {n: full[0, :, i].tolist() for i, n in enumerate(FEATURE_NAMES)}
     assert col["max_similarity"] == pytest.approx([1.0, 1.0, 0.0])
@@ -128,6 +131,10 @@ def test_engineered_features_hand_example(heads):
     assert col["item_log_popularity"] == pytest.approx(pop, rel=1e-5)
     hist_pop = sum((math.log1p(c + h) - m[1]) / sd[1] for c, h in ((5, 0), (0, 3), (0, 0))) / 3
     assert col["popularity_vs_history"] == pytest.approx([p - hist_pop for p in pop], rel=1e-5, abs=1e-6)
+    # collaborative: cosines with the history items that have a vector (0 and 1), none for candidate 2
+    assert col["cf_known"] == [1.0, 1.0, 0.0]
+    assert col["cf_max_similarity"] == pytest.approx([1.0, 0.5 ** 0.5, 0.0], abs=1e-6)
+    assert col["cf_mean_similarity"] == pytest.approx([0.5, 0.5 ** 0.5, 0.0], abs=1e-6)
     # leave-one-out features equal the features recomputed without that history item
     for h in range(3):
         keep = hm.clone()

@@ -33,6 +33,7 @@ from triton_helpers import bytes_input, text_inputs
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import GenrecClientError, RecommenderClient
+from genrec.contract import ITEM_STATS
 from genrec.server.launcher import PortInUse, ServerConfig, TritonServer, running_server, supervise
 
 GOLDEN = Path(__file__).parent / "golden" / "bad_inputs.json"
@@ -65,8 +66,9 @@ def ensemble(history: list, candidates: list, *, drop: str = "", stats: dict | N
     return "genrec", inputs
 
 
-def row(exposures: float = 10, clicks: float = 2, history_users: float = 3) -> list[float]:
-    return [exposures, clicks, history_users]
+def row(exposures: float = 10, clicks: float = 2, history_users: float = 3, cf0: float = -0.5) -> list[float]:
+    """One served row of item statistics: the counts, then a collaborative vector (one non-zero entry)."""
+    return [exposures, clicks, history_users, cf0, *[0.0] * (len(ITEM_STATS) - 4)]
 
 
 def ensemble_with(inp: grpcclient.InferInput) -> Case:
@@ -86,7 +88,8 @@ def heads(served: dict[str, int], *, n_hist: int = 1, n_cand: int = 2, dtype: st
               "candidate_category": [1] * n_cand, "candidate_subcategory": [1] * n_cand} | ids
     inputs = [tensor_input("item_vectors", vectors, dtype)]
     inputs += [tensor_input(k, np.array(v, np.int64), "INT64") for k, v in values.items() if k != drop]
-    inputs += [tensor_input(k, np.array(v, np.float32).reshape(-1, 3), "FP32") for k, v in (stats or {}).items()]
+    inputs += [tensor_input(k, np.array(v, np.float32).reshape(-1, len(ITEM_STATS)), "FP32")
+               for k, v in (stats or {}).items()]
     return "heads", inputs
 
 
@@ -144,13 +147,16 @@ def bad_inputs(served: dict[str, int]) -> dict[str, Case]:
         "inf_history_stats": ensemble([TITLE], ["Stocks rally"], stats={"history_stats": [row(float("inf"))]}),
         "negative_candidate_stats": ensemble([TITLE], ["Stocks rally"],
                                              stats={"candidate_stats": [row(history_users=-1)]}),
+        "nan_collaborative_vector": ensemble([TITLE], ["Stocks rally"], stats={"candidate_stats": [row(cf0=np.nan)]}),
+        "counts_only_stats_are_a_shape_error": ensemble([TITLE], ["Stocks rally"],
+                                                        stats={"candidate_stats": [[1.0, 2.0, 3.0]]}),
         "candidate_stats_fewer_rows_than_texts": ensemble([TITLE], ["Stocks rally", "Team wins"],
                                                           stats={"candidate_stats": [row()]}),
         "history_stats_more_rows_than_texts": ensemble([TITLE], ["Stocks rally"],
                                                        stats={"history_stats": [row(), row()]}),
         "history_stats_for_a_cold_user": ensemble([], ["Stocks rally"], stats={"history_stats": [row()]}),
         "stats_of_wrong_width": ensemble([TITLE], ["Stocks rally"], stats={"candidate_stats": [[1.0, 2.0]]}),
-        "stats_as_fp64": ensemble_with(tensor_input("candidate_stats", np.ones((2, 3)), "FP64")),
+        "stats_as_fp64": ensemble_with(tensor_input("candidate_stats", np.ones((2, len(ITEM_STATS))), "FP64")),
         "stats_of_rank_1": ensemble_with(tensor_input("candidate_stats", np.ones(6, np.float32), "FP32")),
         # heads: the float input (NaN/Inf) and the ids
         "heads_nan_item_vectors": heads(served, poke=float("nan")),

@@ -17,7 +17,7 @@ from triton_helpers import text_inputs
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from genrec.contract import ENSEMBLE
+from genrec.contract import ENSEMBLE, ITEM_STATS
 from genrec.model_repository.builder import RepositoryConfig, build_repository, load_configs
 from genrec.server.launcher import SHM_DIR, ServerError, running_server
 
@@ -84,7 +84,7 @@ def test_ensemble_equals_in_process_pipeline(server, pipeline, requests_corpus, 
     """Served = in-process, without item statistics (optional inputs left out: zeros, the prior) and with them;
     and the statistics really reach the scores."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    cold = {**requests_corpus[0], "history": ([], [], []), "history_stats": np.zeros((0, 3), np.float32)}
+    cold = {**requests_corpus[0], "history": ([], [], []), "history_stats": np.zeros((0, len(ITEM_STATS)), np.float32)}
     r1 = requests_corpus[1]
     single = {**r1, "candidates": tuple(x[:1] for x in r1["candidates"]), "candidate_stats": r1["candidate_stats"][:1]}
     for req in [*requests_corpus[:10], cold, single]:
@@ -107,7 +107,7 @@ def test_optional_statistics_inputs_in_the_configs(fp32_repository):
     for model in ("genrec", "tokenizer", "heads"):
         optional = {i.name: i.optional for i in configs[model].input if i.name.endswith("_stats")}
         assert optional == {"history_stats": True, "candidate_stats": True}, model
-        assert all(list(i.dims) == [-1, 3] for i in configs[model].input if i.name.endswith("_stats"))
+        assert all(list(i.dims) == [-1, len(ITEM_STATS)] for i in configs[model].input if i.name.endswith("_stats"))
     params = configs["recommend"].parameters
     assert params["stats_dir"].string_value and int(params["stats_refresh_ms"].string_value) > 0
 

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from genrec.data.mind import Impression
-from genrec.stats import BetaPrior, ItemStats, StatsError, stats_as_of, validate_counts
+from genrec.stats import (
+    CF,
+    N_COUNTS,
+    BetaPrior,
+    ItemStats,
+    StatsError,
+    collaborative_vectors,
+    stats_as_of,
+    validate_counts,
+)
 
 T0 = datetime(2020, 1, 1)
 
@@ -27,10 +36,11 @@ LOG = [
 
 def test_final_counts_and_prior():
     st = ItemStats.from_impressions(LOG)
-    got = dict(zip(st.ids, st.counts.tolist()))
+    got = dict(zip(st.ids, st.counts[:, :N_COUNTS].tolist()))
     # exposures, clicks, distinct users with the item in their history
     assert got["a"] == [0, 0, 2] and got["b"] == [3, 2, 2] and got["c"] == [4, 1, 0] and got["d"] == [2, 1, 0]
-    assert st.lookup(["d", "zzz"]).tolist() == [[2, 1, 0], [0, 0, 0]]      # unknown id -> zeros (prior)
+    assert st.lookup(["d", "zzz"])[:, :N_COUNTS].tolist() == [[2, 1, 0], [0, 0, 0]]   # unknown id -> zeros
+    assert not st.lookup(["zzz"]).any()
     p = BetaPrior.fit(np.array([10, 10, 10, 10.0]), np.array([1, 2, 3, 8.0]))
     assert 0 < p.alpha < p.beta and p.mean == pytest.approx(0.35)
 
@@ -40,6 +50,7 @@ def test_as_of_counts_only_strictly_earlier_events():
     hist = np.array([[rows[h] for h in i.history] + [0] * (2 - len(i.history)) for i in LOG])
     cands = [np.array([rows[c] for c in i.candidates]) for i in LOG]
     h, c = stats_as_of(LOG, LOG, hist, cands, rows, 5)
+    h, c = h[..., :N_COUNTS], [x[:, :N_COUNTS] for x in c]
     assert c[0].sum() == 0 and h[0].sum() == 0                 # the first impression sees nothing
     # impressions 1 and 2 (minute 5) see impression 0 only -- not each other, not themselves
     assert c[1].tolist() == [[1, 1, 0], [1, 0, 0], [0, 0, 0]]   # b: shown and clicked once
@@ -53,11 +64,45 @@ def test_save_load_and_validation(tmp_path):
     st = ItemStats.from_impressions(LOG)
     back = ItemStats.load(st.save(tmp_path / "s"))
     assert back.ids == st.ids and np.array_equal(back.counts, st.counts) and back.prior == st.prior
-    with pytest.raises(StatsError, match=r"candidate_stats\[1, 2\]"):
-        validate_counts(np.array([[0, 0, 0], [1, 1, float("nan")]]), "candidate_stats")
+    ok = np.zeros((2, st.counts.shape[1]))
+    ok[:, N_COUNTS:] = -0.5                                    # a collaborative vector may be negative
+    validate_counts(ok, "candidate_stats")
+
+    def poke(r: int, c: int, v: float) -> np.ndarray:
+        bad = ok.copy()
+        bad[r, c] = v
+        return bad
+
+    with pytest.raises(StatsError, match=r"candidate_stats\[1, 2\] \(history_users\)"):
+        validate_counts(poke(1, 2, np.nan), "candidate_stats")
     with pytest.raises(StatsError, match="finite and >= 0"):
-        validate_counts(np.array([[-1.0, 0, 0]]), "history_stats")
+        validate_counts(poke(0, 0, -1.0), "history_stats")
+    with pytest.raises(StatsError, match=r"\[0, 5\] \(cf2\) = .*inf.*must be finite$"):
+        validate_counts(poke(0, 5, np.inf), "history_stats")
     with pytest.raises(StatsError, match="expected shape"):
         validate_counts(np.zeros((2, 4)), "history_stats")
     with pytest.raises(StatsError, match="no item statistics"):
         ItemStats.load(tmp_path / "missing")
+
+
+def test_collaborative_vectors_follow_who_clicked_not_what():
+    # users 0-9 click a and b, users 10-19 click c and d; e is clicked by everyone; f by no one
+    hist = [("a", "b", "e")] * 10 + [("c", "d", "e")] * 10
+    rows = {k: i for i, k in enumerate("xabcdef")}            # row 0 = padding
+    vec = collaborative_vectors(hist, rows, len(rows), dim=4)
+    cos = lambda x, y: float(vec[rows[x]] @ vec[rows[y]])     # noqa: E731  (rows are unit or zero)
+    assert cos("a", "b") == pytest.approx(1, abs=1e-5) and cos("c", "d") == pytest.approx(1, abs=1e-5)
+    assert abs(cos("a", "c")) < 1e-5 and cos("a", "e") == pytest.approx(0.5 ** 0.5, abs=1e-4)
+    assert not vec[rows["f"]].any() and not vec[0].any()      # in no history -> the zero vector (unknown)
+    assert np.array_equal(vec, collaborative_vectors(hist, rows, len(rows), dim=4))   # deterministic
+
+
+def test_training_vectors_come_from_earliest_histories_serving_from_latest():
+    # u1's history grows from (a,) to (a, b) inside the log: b was clicked in impression 0. Training must not
+    # learn b's vector from that click (it is impression 0's label); serving may.
+    rows = {"a": 1, "b": 2, "c": 3, "d": 4}
+    h, _ = stats_as_of(LOG, LOG[3:], np.array([[1, 2]]), [np.array([3])], rows, 5)
+    cos_train = float(h[0, 0, CF] @ h[0, 1, CF])
+    served = ItemStats.from_impressions(LOG).lookup(["a", "b"])[:, CF]
+    assert cos_train == pytest.approx(0.5 ** 0.5, abs=1e-4)   # u1 {a}, u2 {a, b}
+    assert float(served[0] @ served[1]) == pytest.approx(1, abs=1e-4)   # both users {a, b}

@@ -19,7 +19,7 @@ def test_tiny_training_learns_the_planted_structure(trained_run, tiny_data):
     assert result["group_auc"] >= 0.70, result
     assert result["group_auc"] > max(result["baselines"].values()) + 0.02
     assert result["strongest_baseline"] in result["baselines"] and result["margin_over_strongest_baseline"] > 0.02
-    assert set(result["baselines"]) == {"random", "popularity", "smoothed_ctr", "category_overlap"}
+    assert set(result["baselines"]) == {"random", "popularity", "smoothed_ctr", "ctr_popularity", "category_overlap"}
     # explanations, checked by re-scoring: removing the top-explained item costs more than a random one
     assert result["explanation_faithfulness"] > 2.0
     assert result["explanation_category_match"] > result["explanation_category_match_random"]
