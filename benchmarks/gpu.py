@@ -269,9 +269,9 @@ def parity_gate(model_dir: Path, art, device: str, log) -> dict[str, Any]:
     """The TorchScript artifact against the PyTorch FP32 reference on ``device``, with its precision's bounds."""
     import pickle
 
+    from genrec.artifacts import ServingAssets
     from genrec.export import torchscript
     from genrec.export.parity import ParityError, gate, measure, resolve_tolerances
-    from genrec.runtime import ServingAssets
 
     path = model_dir / "parity.pkl"
     if not path.is_file():
@@ -302,8 +302,8 @@ def raw_anchor(art, prec: str, device: str, requests, batches: tuple[int, ...], 
     (tokenize + host->device + encode + device->host), and the encoder alone on pre-tokenized input."""
     import numpy as np
 
+    from genrec.artifacts import ServingAssets
     from genrec.export import torchscript
-    from genrec.runtime import ServingAssets
 
     enc = torchscript.TorchScriptEncoder(art.graph(prec, torchscript.GRAPH), device)
     tok = ServingAssets.load(art.assets).tokenizer()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrec.errors import UserError
+from genrec.artifacts import ExportError
 from genrec.metrics import kendall_tau, ranking_metrics
 from genrec.requests import N_STATS
 from genrec.runtime import OrtEncoder, OrtHeads
@@ -41,10 +41,6 @@ DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
 }
 CHECK_KIND = {"encoder_cosine_min": "min", "encoder_cosine_mean": "min", "heads_max_abs_diff": "max",
               "auc_drop": "max", "kendall_tau_mean": "min", "batch_invariance_max_abs_diff": "max"}
-
-
-class ExportError(UserError, RuntimeError):
-    """The export could not produce a valid artifact."""
 
 
 class ParityError(ExportError):

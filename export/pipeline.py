@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genrec.artifacts import ASSETS, FORMAT, MANIFEST, PRECISIONS, Artifacts, ServingAssets
 from genrec.checkpoint import Checkpoint
 from genrec.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS
 from genrec.export import torchscript
@@ -36,15 +37,12 @@ from genrec.export.parity import (
     prepare,
     resolve_tolerances,
 )
-from genrec.runtime import ASSETS, SERVING_JSON, TOKENIZER_JSON, OrtEncoder, OrtHeads
-from genrec.text import sha256_file, sha256_text
+from genrec.runtime import OrtEncoder, OrtHeads
+from genrec.text import sha256_file
 
-PRECISIONS = ("fp32", "fp16", "int8")
-MANIFEST = "artifacts.json"
 # The gate runs every graph with ONNX Runtime's CPU provider: the FP16 graph's GPU kernels are never exercised.
 FP16_ON_CPU = ("FP16 gated on CPU (ONNX Runtime CPUExecutionProvider): the GPU kernels it is meant for were not "
                "exercised; gate it on the GPU before trusting GPU numerics")
-FORMAT = "genrec.artifacts/1"
 
 
 @dataclasses.dataclass
@@ -66,55 +64,13 @@ class ExportConfig:
                 "gated like the ONNX encoder (on CUDA when present, else an FP32 trace on CPU: see the report)"})
 
 
-@dataclasses.dataclass
-class Artifacts:
-    root: Path
-    manifest: dict[str, Any]
-
-    @classmethod
-    def load(cls, root: str | Path) -> Artifacts:
-        root = Path(root)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `genrec export --checkpoint RUN_DIR --out {root}` first")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ExportError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-        return cls(root, manifest)
-
-    @property
-    def precisions(self) -> list[str]:
-        return list(self.manifest["precisions"])
-
-    def graph(self, precision: str, name: str) -> Path:
-        if precision not in self.manifest["precisions"]:
-            raise ExportError(f"{self.root} has no {precision} export (has {self.precisions})")
-        return self.root / self.manifest["precisions"][precision][name]["path"]
-
-    def sha256(self, precision: str, name: str) -> str:
-        return self.manifest["precisions"][precision][name]["sha256"]
-
-    @property
-    def assets(self) -> Path:
-        return self.root / ASSETS
-
-
 def _write_assets(ckpt: Checkpoint, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / TOKENIZER_JSON).write_text(ckpt.tokenizer_json, encoding="utf-8")
-    info = {
-        "contract_version": CONTRACT_VERSION,
-        "max_length": ckpt.model_config.max_length,
-        "dim": ckpt.model_config.dim,
-        "use_abstract": ckpt.model_config.use_abstract,
-        "categories": ckpt.category_vocab.to_list(),
-        "subcategories": ckpt.subcategory_vocab.to_list(),
-        "tokenizer_source": ckpt.tokenizer_source,
-        "tokenizer_sha256": sha256_text(ckpt.tokenizer_json),
-        "model_metrics": ckpt.metrics,
-        "checkpoint_provenance": {k: v for k, v in ckpt.provenance.items() if k != "history"},
-    }
-    (folder / SERVING_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    info = {"use_abstract": ckpt.model_config.use_abstract, "max_history": ckpt.model_config.max_history,
+            "tokenizer_source": ckpt.tokenizer_source,
+            "model_metrics": ckpt.metrics,
+            "checkpoint_provenance": {k: v for k, v in ckpt.provenance.items() if k != "history"}}
+    ServingAssets(ckpt.tokenizer_json, ckpt.model_config.max_length, ckpt.model_config.dim, ckpt.category_vocab,
+                  ckpt.subcategory_vocab, info).save(folder)
 
 
 def _latency(enc_path: Path, heads_path: Path, texts: list[str], tokenizer, dim: int, threads: int) -> dict:

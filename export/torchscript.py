@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from genrec.artifacts import TORCHSCRIPT_GRAPH
 from genrec.export.parity import ParityError, ParityInputs, gate, measure
 
 PRECISIONS = ("fp32", "fp16")
-GRAPH = "encoder_torchscript"           # the name in artifacts.json next to "encoder" and "heads"
+GRAPH = TORCHSCRIPT_GRAPH               # the name in artifacts.json next to "encoder" and "heads"
 FILENAME = "encoder.pt"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 

@@ -116,6 +116,8 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
         if args.json:
             print(json.dumps(result))
         else:
+            from genrec.printing import print_metrics
+
             print_metrics(result)
         return 0
 
@@ -268,6 +270,8 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
             import dataclasses
             print(json.dumps(dataclasses.asdict(recs)))
         else:
+            from genrec.printing import print_recommendations
+
             print_recommendations(recs)
         return 0
 
@@ -301,24 +305,6 @@ def _stats_column(items) -> list | None:
         return None
     rows = [it[3] if it[3] is not None else [] for it in items]
     return [r + [0.0] * (len(ITEM_STATS) - len(r)) if len(r) in (0, len(ITEM_COUNTS)) else r for r in rows]
-
-
-def print_recommendations(recs, title: str = "recommendations") -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"{title} ({recs.model_name} v{recs.model_version}, {recs.latency_ms:.1f} ms)")
-    for col, kw in (("#", {"justify": "right"}), ("score", {"justify": "right"}), ("topic", {"justify": "right"}),
-                    ("item", {}), ("because you read", {})):
-        table.add_column(col, **kw)
-    for rank, it in enumerate(recs.items, 1):
-        because = "\n".join(f"{b.weight:+.2f}  {b.text[:50]}" for b in it.because) or "(no history: cold start)"
-        table.add_row(str(rank), f"{it.score:.3f}", f"{it.tasks.get('topic_affinity', 0):.2f}",
-                      escape(f"[{it.category or '?'}] {it.text}"), escape(because))
-    Console().print(table)
-    top = ", ".join(f"{k} {v:.2f}" for k, v in list(recs.user_topics.items())[:3])
-    Console().print(f"user topics: {top}")
 
 
 BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
@@ -405,18 +391,6 @@ def _demo(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(handler=run)
-
-
-def print_metrics(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="evaluation", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
 
 
 def build_parser() -> argparse.ArgumentParser:

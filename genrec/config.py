@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from genrec.contract import MAX_HISTORY
+
 # Training tasks; the click task is primary, the others are auxiliary (loss weights: TrainConfig.alpha).
 TASKS = ("click", "category", "topic")
 
@@ -26,6 +28,9 @@ class ModelConfig:
     feature_hidden: int = dataclasses.field(default=32, metadata={
         "help": "hidden size of the engineered-feature MLP in the click head"})
     dropout: float = dataclasses.field(default=0.1, metadata={"help": "dropout on item vectors during training"})
+    max_history: int = dataclasses.field(default=MAX_HISTORY, metadata={
+        "help": "most recent history items per user the model trains on; it also scales the history-length "
+                "feature, so serving refuses longer histories (repository build --max-history <= this)"})
     item_stats: bool = dataclasses.field(default=True, metadata={
         "help": "use item statistics (exposures, clicks, history users) as features; off = content only (ablation)"})
     collaborative: bool = dataclasses.field(default=True, metadata={

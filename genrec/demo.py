@@ -24,9 +24,9 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig = DemoConfig(), synth: SynthConfig = SynthConfig()) -> dict:
-    from genrec.cli import print_metrics
     from genrec.data.synth import synthesize
     from genrec.evaluate import evaluate
+    from genrec.printing import print_metrics
     from genrec.train import train
 
     work = Path(cfg.workdir)
@@ -69,9 +69,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), synth: SynthConfig = SynthConfig())
 def _serve_and_query(repo: Path, dev_dir: Path, step, stats_dir: Path, n_latency: int = 100) -> None:
     import numpy as np
 
-    from genrec.cli import print_recommendations
     from genrec.client import RecommenderClient, RecommendRequest
     from genrec.data.mind import load_split
+    from genrec.printing import print_recommendations
     from genrec.server.launcher import running_server
     from genrec.statstore import StatsTable
 

@@ -16,7 +16,7 @@ import torch
 
 from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig  # noqa: F401  (re-exported)
-from genrec.data.mind import MAX_HISTORY, load_split
+from genrec.data.mind import load_split
 from genrec.items import ImpressionArrays, ItemTable, encode_items, score_impressions
 from genrec.metrics import ranking_metrics
 from genrec.stats import CLICKS, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
@@ -108,13 +108,13 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
         torch.set_num_threads(cfg.threads)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
     model = ckpt.build_model()
-    split = load_split(data_dir, skip_bad_lines=cfg.skip_bad_lines)
+    split = load_split(data_dir, skip_bad_lines=cfg.skip_bad_lines, max_history=ckpt.model_config.max_history)
     if not split.has_labels:
         raise ValueError(f"{data_dir}/behaviors.tsv has no click labels: nothing to evaluate against")
     imps_raw = split.impressions[: cfg.max_impressions] if cfg.max_impressions else split.impressions
     table = ItemTable.from_news(split.news, ckpt.category_vocab, ckpt.subcategory_vocab,
                                 ckpt.model_config.use_abstract)
-    imps = ImpressionArrays.build(imps_raw, table, MAX_HISTORY)
+    imps = ImpressionArrays.build(imps_raw, table, ckpt.model_config.max_history)
     stats = ckpt.item_stats if cfg.stats is None else ItemStats.load(cfg.stats)
     imps.attach_stats(stats, table)
     vectors, n_trunc = encode_items(model.encoder, ckpt.tokenizer(), table.texts, progress=progress)

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from genrec.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
 from genrec.contract import CONTRACT_VERSION
 from genrec.data.mind import NewsItem, iter_news
 from genrec.errors import UserError
-from genrec.runtime import OrtEncoder, ServingAssets
+from genrec.runtime import OrtEncoder
 from genrec.text import item_text, sha256_file
 from genrec.vcache import VectorLRU
 
@@ -88,14 +89,12 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
 
     ``on_chunk(rows_done)`` is called after each flushed chunk (progress hooks, tests).
     """
-    from genrec.export.pipeline import Artifacts
-
     catalog, out = Path(catalog), Path(out)
     art = Artifacts.load(artifacts)
     assets = ServingAssets.load(art.assets)
     graph = "encoder"
     if cfg.encoder == "torchscript":
-        from genrec.export.torchscript import GRAPH as graph
+        graph = TORCHSCRIPT_GRAPH
     if graph not in art.manifest["precisions"].get(cfg.precision, {}):
         raise ValueError(f"{art.root} has no {cfg.precision} {graph}")
     encoder_sha = art.sha256(cfg.precision, graph)

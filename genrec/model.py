@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig  # noqa: F401  (re-exported)
-from genrec.contract import ITEM_COUNTS, ITEM_STATS, MAX_HISTORY
+from genrec.contract import ITEM_COUNTS, ITEM_STATS
 
 N_COUNTS = len(ITEM_COUNTS)   # the stats' first columns are counts, the rest the collaborative vector
 MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produce inf - inf = NaN
@@ -244,7 +244,7 @@ class RecommenderHeads(nn.Module):
         denom = n.clamp(min=1.0)
         has_hist = (n > 0).to(n.dtype)
         has_cf = (sums["cf_n"] > 0).to(n.dtype)
-        log_len = torch.log1p(n) / math.log1p(MAX_HISTORY)
+        log_len = torch.log1p(n) / math.log1p(self.cfg.max_history)
         hist_mean = item_sum / denom.unsqueeze(-1)                                # (X, 3)
         vs_hist = (cand_item[..., 1:] - hist_mean[..., 1:]) * has_hist.unsqueeze(-1)  # (X, 2) popularity, CTR
         history = torch.stack([maxima["sim"] * has_hist, sums["sim"] / denom, sums["cat"] / denom,

@@ -6,20 +6,14 @@ the benchmarks' in-process floor and the tests that compare Triton against it.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from genrec.artifacts import ASSETS, ServingAssets
 from genrec.contract import ENCODER, HEADS, ITEM_STATS
-from genrec.text import TextTokenizer
-from genrec.vocab import Vocab
 
-ASSETS = "assets"
-SERVING_JSON = "serving.json"
-TOKENIZER_JSON = "tokenizer.json"
 # ONNX metadata of an encoder whose rows are computed independently (a Loop runs each text alone: the
 # per-text INT8 recipe, genrec.export.convert.wrap_per_text): its vectors do not depend on batch-mates.
 ROWS_KEY = "genrec.rows"
@@ -42,28 +36,6 @@ def session(path: str | Path, threads: int = 0, device: str = "cpu"):
             raise RuntimeError("device=cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available)")
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-
-
-@dataclasses.dataclass
-class ServingAssets:
-    """What the tokenizer step needs besides the graphs (written by export into ART_DIR/assets)."""
-
-    tokenizer_json: str
-    max_length: int
-    dim: int
-    category_vocab: Vocab
-    subcategory_vocab: Vocab
-    info: dict                            # everything in serving.json (contract version, provenance...)
-
-    @classmethod
-    def load(cls, folder: str | Path) -> ServingAssets:
-        folder = Path(folder)
-        info = json.loads((folder / SERVING_JSON).read_text())
-        return cls((folder / TOKENIZER_JSON).read_text(encoding="utf-8"), info["max_length"], info["dim"],
-                   Vocab.from_list(info["categories"]), Vocab.from_list(info["subcategories"]), info)
-
-    def tokenizer(self, pad_to_multiple_of: int = 1) -> TextTokenizer:
-        return TextTokenizer(self.tokenizer_json, max_length=self.max_length, pad_to_multiple_of=pad_to_multiple_of)
 
 
 class OrtEncoder:

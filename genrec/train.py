@@ -27,7 +27,7 @@ from genrec.config import (
     ModelConfig,
     TrainConfig,  # noqa: F401  (re-exported)
 )
-from genrec.data.mind import MAX_HISTORY, load_split
+from genrec.data.mind import load_split
 from genrec.items import ImpressionArrays, ItemTable, encode_lower, score_impressions, upper_in_batches
 from genrec.metrics import ranking_metrics
 from genrec.model import GenRec, load_pretrained_lm
@@ -103,7 +103,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     if unknown:
         raise ValueError(f"unknown task(s) in alpha: {sorted(unknown)}; tasks are {list(TASKS)}")
     rng = _set_seed(cfg.seed, cfg.threads)
-    split = load_split(data_dir, skip_bad_lines=cfg.skip_bad_lines)
+    split = load_split(data_dir, skip_bad_lines=cfg.skip_bad_lines, max_history=model_cfg.max_history)
     for rep in split.reports:
         if rep.skipped:
             log(f"warning: {rep.summary()}")
@@ -119,8 +119,8 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     sub_vocab = Vocab.build(n.subcategory for n in split.news.values())
     model_cfg = dataclasses.replace(model_cfg, n_categories=len(cat_vocab), n_subcategories=len(sub_vocab))
     table = ItemTable.from_news(split.news, cat_vocab, sub_vocab, model_cfg.use_abstract)
-    tr = ImpressionArrays.build(train_imps, table, MAX_HISTORY)
-    va = ImpressionArrays.build(val_imps, table, MAX_HISTORY)
+    tr = ImpressionArrays.build(train_imps, table, model_cfg.max_history)
+    va = ImpressionArrays.build(val_imps, table, model_cfg.max_history)
     # Item statistics without leakage: a training impression sees only events before its own time;
     # validation sees the counts of the training part frozen, as the test set sees the whole training log.
     tr.attach_stats_as_of(train_imps, train_imps, table)

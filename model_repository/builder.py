@@ -22,6 +22,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from genrec.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
 from genrec.contract import (
     CONTRACT_VERSION,
     ENCODER,
@@ -35,7 +36,6 @@ from genrec.contract import (
     TensorSpec,
 )
 from genrec.contract import MAX_HISTORY as CONTRACT_MAX_HISTORY
-from genrec.runtime import ServingAssets
 
 BACKENDS = ("python-ort", "onnxruntime", "torch")
 PYTHON_BACKENDS = ("python-ort", "torch")            # backends whose models are genrec's python-backend code
@@ -236,9 +236,7 @@ def heads_device(cfg: RepositoryConfig) -> str:
 def encoder_graph(cfg: RepositoryConfig) -> str:
     """The artifacts.json graph the encoder model serves (the id path's index must be built by the same one)."""
     if cfg.backend == "torch":
-        from genrec.export.torchscript import GRAPH
-
-        return GRAPH
+        return TORCHSCRIPT_GRAPH
     return "encoder"
 
 
@@ -259,7 +257,6 @@ def _thin_model_py(path: Path, module: str, cls: str) -> None:
 
 def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: RepositoryConfig = RepositoryConfig()) -> Path:
     """Write the repository; an existing ``out`` is replaced. Returns its path."""
-    from genrec.export.pipeline import Artifacts
 
     if cfg.backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
@@ -280,6 +277,11 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
         raise ValueError(f"{art.root} has no {cfg.precision} {graph}: export with `genrec export --torchscript`")
     enc_src, heads_src = art.graph(cfg.precision, graph), art.graph(cfg.precision, "heads")
     assets = ServingAssets.load(art.assets)
+    trained = int(assets.info.get("max_history", CONTRACT_MAX_HISTORY))
+    if cfg.max_history > trained:
+        raise ValueError(f"--max-history {cfg.max_history} exceeds the {trained} history items the model was trained "
+                         "on (its history-length feature would leave the range it learned); train with "
+                         f"--max-history {cfg.max_history} or serve at most {trained}")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)

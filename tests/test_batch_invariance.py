@@ -12,6 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from triton_helpers import text_inputs
 
+from genrec.artifacts import ServingAssets
 from genrec.checkpoint import Checkpoint
 from genrec.data.mind import load_split
 from genrec.export import ParityError
@@ -19,7 +20,7 @@ from genrec.export.convert import INT8_RECIPES, to_int8
 from genrec.export.parity import batch_invariance, gate
 from genrec.index import IndexConfig, ItemIndex, build_index
 from genrec.model_repository.builder import RepositoryConfig, build_repository
-from genrec.runtime import OrtEncoder, ServingAssets
+from genrec.runtime import OrtEncoder
 from genrec.server.launcher import running_server
 from genrec.text import item_text
 

@@ -17,6 +17,7 @@ from triton_helpers import text_inputs
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
+from genrec.artifacts import ServingAssets
 from genrec.contract import ENSEMBLE, ITEM_STATS
 from genrec.model_repository.builder import RepositoryConfig, build_repository, load_configs
 from genrec.server.launcher import SHM_DIR, ServerError, running_server
@@ -178,3 +179,10 @@ def test_deployment_manifests_parse():
     assert {p["containerPort"] for p in container["ports"]} == {8000, 8001, 8002}
     dockerfile = (ROOT / "server" / "Dockerfile").read_text()
     assert "nvcr.io/nvidia/tritonserver:" in dockerfile and ":latest" not in dockerfile
+
+
+def test_repository_refuses_more_history_than_the_model_was_trained_on(artifacts, tmp_path):
+    """The history-length feature is scaled by the trained max_history (serving.json): more is refused."""
+    assert ServingAssets.load(artifacts.assets).info["max_history"] == 50
+    with pytest.raises(ValueError, match="--max-history 51 exceeds the 50 history items"):
+        build_repository(artifacts.root, tmp_path / "r", RepositoryConfig(precision="fp32", max_history=51))

@@ -86,13 +86,9 @@ from typing import Any
 
 import numpy as np
 
-from genrec.errors import UserError
-
-try:
-    from genrec.contract import MAX_HISTORY
-except ImportError:  # pragma: no cover - older trees keep it in the MIND reader only
-    from genrec.data.mind import MAX_HISTORY
+from genrec.contract import MAX_HISTORY
 from genrec.data.mind import TIME_FORMAT
+from genrec.errors import UserError
 
 
 class DataImportError(UserError, ValueError):

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from genrec.contract import MAX_HISTORY  # noqa: F401  (default: most recent history items kept per impression)
 from genrec.errors import UserError
 
-MAX_HISTORY = 50  # most recent history items kept per impression (MIND convention)
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 
 

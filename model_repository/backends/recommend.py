@@ -18,11 +18,12 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from genrec.artifacts import ServingAssets
 from genrec.contract import HEADS, ITEM_STATS
 from genrec.index import IndexMismatch, ItemIndex
 from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
 from genrec.requests import Limits, RequestError, validate_ids
-from genrec.runtime import OrtHeads, ServingAssets
+from genrec.runtime import OrtHeads
 from genrec.vcache import VectorLRU
 
 INDEX, CACHE, ENCODED = 0, 1, 2      # item_source values

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from genrec.artifacts import ServingAssets
 from genrec.contract import TOKENIZER
 from genrec.model_repository.backends.common import (
     get_input,
@@ -15,7 +16,7 @@ from genrec.model_repository.backends.common import (
     version_dir,
 )
 from genrec.requests import Limits, validate
-from genrec.runtime import ServingAssets, stats_or_zeros
+from genrec.runtime import stats_or_zeros
 
 STATS_INPUTS = tuple(t.name for t in TOKENIZER.inputs if t.optional)
 
