@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import json
 import time
@@ -29,8 +30,9 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from genrec.benchmarks.workload import plausible_stats
-from genrec.contract import ENSEMBLE, ITEM_STATS, RECOMMEND
-from genrec.server.launcher import STUB_BINARY, running_server
+from genrec.client.core import bytes_input
+from genrec.contract import ENSEMBLE, ITEM_STATS, RECOMMEND, ServedParams
+from genrec.server.launcher import running_server, stub_processes
 
 N_STATS = len(ITEM_STATS)
 
@@ -85,10 +87,7 @@ Texts = dict[str, list[Any]]          # ensemble input name -> values (str or ra
 
 
 def _bytes_input(name: str, values: list[Any]) -> grpcclient.InferInput:
-    arr = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=np.object_).reshape(len(values))
-    inp = grpcclient.InferInput(name, [len(values)], "BYTES")
-    inp.set_data_from_numpy(arr)
-    return inp
+    return bytes_input(grpcclient.InferInput, name, values)
 
 
 def _texts(history: list[str], candidates: list[str], rng: np.random.Generator, categories: list[str]) -> Texts:
@@ -156,14 +155,11 @@ def _stats_inputs(texts: Texts, i: int) -> list[grpcclient.InferInput]:
 
 
 async def read_served(client: aioclient.InferenceServerClient) -> Served:
-    ens = (await client.get_model_config("genrec")).config.parameters
-    heads = (await client.get_model_config("heads")).config.parameters
+    ens = ServedParams.from_parameters((await client.get_model_config(ENSEMBLE.name)).config.parameters)
     index_dir = ""
-    if await client.is_model_ready("recommend"):
-        index_dir = (await client.get_model_config("recommend")).config.parameters["index_dir"].string_value
-    return Served(int(ens["max_history"].string_value), int(ens["max_candidates"].string_value),
-                  int(ens["max_text_bytes"].string_value), json.loads(ens["categories"].string_value),
-                  int(heads["dim"].string_value), index_dir)
+    if await client.is_model_ready(RECOMMEND.name):
+        index_dir = (await client.get_model_config(RECOMMEND.name)).config.parameters["index_dir"].string_value
+    return Served(ens.max_history, ens.max_candidates, ens.max_text_bytes, list(ens.categories), ens.dim, index_dir)
 
 
 # ---- the id path (`recommend`) ------------------------------------------------------------------
@@ -209,15 +205,10 @@ def invalid_id_requests(ids: list[str]) -> dict[str, tuple[str, list]]:
 # ---- processes and memory -----------------------------------------------------------------------
 def server_processes(server_pid: int) -> dict[str, psutil.Process]:
     """tritonserver and its python-backend stubs, by name (stubs by model instance, e.g. ``encoder_0_0``)."""
-    server = psutil.Process(server_pid)
-    procs = {"tritonserver": server}
-    for child in server.children():
-        try:
-            cmd = child.cmdline()
-        except psutil.Error:             # a dead stub Triton has not reaped
-            continue
-        if cmd and Path(cmd[0]).name == STUB_BINARY:
-            procs[cmd[-2]] = child      # ... <ipc handle> <instance name> <runtime modeldir>
+    procs = {"tritonserver": psutil.Process(server_pid)}
+    for pid, name in stub_processes(server_pid).items():
+        with contextlib.suppress(psutil.Error):              # a stub that ended meanwhile
+            procs[name] = psutil.Process(pid)
     return procs
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
-from genrec.contract import CONTRACT_VERSION, ENSEMBLE, RECOMMEND, GraphSpec
+from genrec.contract import CONTRACT_VERSION, ENSEMBLE, RECOMMEND, GraphSpec, ServedParams
 from genrec.requests import IdRequest, Limits, RequestError, UserRequest, validate, validate_ids
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # client channel limit; requests are far smaller (texts are capped)
@@ -111,12 +111,11 @@ def check_metadata(metadata: Any, model: str, spec: GraphSpec = ENSEMBLE) -> Non
 
 
 def served_from_config(config: Any, version: str) -> Served:
-    params = {k: v.string_value for k, v in config.parameters.items()}
-    served_contract = params.get("contract_version", "")
-    if served_contract and served_contract != CONTRACT_VERSION:
-        raise ContractMismatch(f"server speaks {served_contract}, this client {CONTRACT_VERSION}")
-    limits = Limits(**{k: int(params[k]) for k in ("max_history", "max_candidates", "max_text_bytes") if k in params})
-    return Served(version, limits, json.loads(params.get("categories", "[]")))
+    params = ServedParams.from_parameters(config.parameters)
+    if "contract_version" in config.parameters and params.contract_version != CONTRACT_VERSION:
+        raise ContractMismatch(f"server speaks {params.contract_version}, this client {CONTRACT_VERSION}")
+    limits = Limits.from_parameters(config.parameters)
+    return Served(version, limits, list(params.categories))
 
 
 def spec_for(req: RecommendRequest) -> GraphSpec:
@@ -152,13 +151,17 @@ def _fields(user: UserRequest | IdRequest) -> dict[str, list[str]]:
             "new_item_subcategory": [v[2] for v in new.values()]}
 
 
+def bytes_input(infer_input_cls, name: str, values: Sequence[str | bytes], dtype: str = "BYTES"):
+    """A BYTES tensor of UTF-8 encoded ``values`` (bytes pass as given), for tritonclient's grpc or aio API."""
+    arr = np.array([v.encode("utf-8") if isinstance(v, str) else v for v in values], dtype=np.object_)
+    arr = arr.reshape(len(values))
+    inp = infer_input_cls(name, list(arr.shape), dtype)
+    inp.set_data_from_numpy(arr)
+    return inp
+
+
 def encode_inputs(user: UserRequest | IdRequest, infer_input_cls) -> list:
-    inputs = []
-    for name, values in _fields(user).items():
-        arr = np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(len(values))
-        inp = infer_input_cls(name, [len(values)], "BYTES")
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
+    inputs = [bytes_input(infer_input_cls, name, values) for name, values in _fields(user).items()]
     if isinstance(user, UserRequest):          # optional: sent only when given (absent = zeros = the prior)
         for name in ("history_stats", "candidate_stats"):
             value = getattr(user, name)

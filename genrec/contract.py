@@ -9,6 +9,7 @@ into Triton dims (-1, or the concrete D/K taken from the artifacts).
 from __future__ import annotations
 
 import dataclasses
+import json
 
 CONTRACT_VERSION = "genrec.contract/4"   # /2: item statistics (heads inputs, optional ensemble inputs);
                                          # /3: the id path reports truncated texts like the text path;
@@ -165,3 +166,38 @@ RECOMMEND = GraphSpec(
     ),
     outputs=(*HEADS.outputs, ITEM_SOURCE, TRUNCATED),
 )
+
+
+# ---- what a served model advertises in its Triton config `parameters` --------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedParams:
+    """The client-facing facts of a served ``genrec`` ensemble (and ``recommend`` model): written into the
+    config's string ``parameters`` by the repository builder, read back by the client, the soak and the tests
+    through this one typed reader -- never by string keys of their own."""
+
+    contract_version: str = CONTRACT_VERSION
+    max_history: int = MAX_HISTORY
+    max_candidates: int = MAX_CANDIDATES
+    max_text_bytes: int = MAX_TEXT_BYTES
+    max_length: int = 0                    # tokens per text the encoder sees (longer texts are cut)
+    dim: int = 0                           # item/user vector size D
+    categories: tuple[str, ...] = ()       # names of the user_topics entries; "" (unknown) first
+
+    def to_parameters(self) -> dict[str, str]:
+        return {f.name: json.dumps(list(v)) if isinstance(v := getattr(self, f.name), tuple) else str(v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_parameters(cls, params) -> ServedParams:
+        """From a Triton config's ``parameters`` map (protobuf ``string_value`` entries or plain strings);
+        missing keys keep their defaults (older servers)."""
+        raw = {k: getattr(v, "string_value", v) for k, v in dict(params).items()}
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in raw:
+                text = raw[f.name]
+                values[f.name] = (tuple(json.loads(text)) if f.name == "categories"
+                                  else int(text) if f.type == "int" else text)
+        return cls(**values)

@@ -13,7 +13,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from genrec.contract import ITEM_COUNTS, ITEM_STATS, MAX_CANDIDATES, MAX_HISTORY, MAX_ID_BYTES, MAX_TEXT_BYTES
+from genrec.contract import (
+    ITEM_COUNTS,
+    ITEM_STATS,
+    MAX_CANDIDATES,
+    MAX_HISTORY,
+    MAX_ID_BYTES,
+    MAX_TEXT_BYTES,
+    ServedParams,
+)
 from genrec.errors import UserError
 
 N_STATS = len(ITEM_STATS)
@@ -29,6 +37,12 @@ class Limits:
     max_history: int = MAX_HISTORY
     max_candidates: int = MAX_CANDIDATES
     max_text_bytes: int = MAX_TEXT_BYTES
+
+    @classmethod
+    def from_parameters(cls, params) -> Limits:
+        """The limits a served model advertises in its config ``parameters`` (see ``ServedParams``)."""
+        served = ServedParams.from_parameters(params)
+        return cls(served.max_history, served.max_candidates, served.max_text_bytes)
 
 
 @dataclasses.dataclass

@@ -33,6 +33,7 @@ from genrec.contract import (
     RECOMMEND,
     TOKENIZER,
     GraphSpec,
+    ServedParams,
     TensorSpec,
 )
 from genrec.contract import MAX_HISTORY as CONTRACT_MAX_HISTORY
@@ -129,9 +130,8 @@ def tokenizer_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelCo
     _io(m, TOKENIZER, batched=False, fixed={"S": N_STATS})
     _instances(m, cfg.tokenizer_instances, "cpu")
     fixed = cfg.fixed_padding or (cfg.backend == "onnxruntime" and cfg.pad_to_multiple_of == 1)
-    _params(m, assets_dir="assets", max_history=cfg.max_history, max_candidates=cfg.max_candidates,
-            max_text_bytes=cfg.max_text_bytes, pad_to=assets.max_length if fixed else 0,
-            pad_to_multiple_of=cfg.pad_to_multiple_of, contract_version=CONTRACT_VERSION)
+    _params(m, assets_dir="assets", pad_to=assets.max_length if fixed else 0, pad_to_multiple_of=cfg.pad_to_multiple_of,
+            **served_params(cfg, assets).to_parameters())
     return m
 
 
@@ -204,20 +204,22 @@ def recommend_config(cfg: RepositoryConfig, assets: ServingAssets, encoder_sha25
     if cfg.stats:
         _params(m, stats_dir=Path(cfg.stats).resolve(), stats_refresh_ms=cfg.stats_refresh_ms)
     _params(m, index_dir=Path(cfg.index).resolve(), encoder_sha256=encoder_sha256, lru_bytes=int(cfg.lru_mb * 2**20),
-            max_history=cfg.max_history, max_candidates=cfg.max_candidates, max_text_bytes=cfg.max_text_bytes,
-            device=heads_device(cfg), encoder_model="encoder", contract_version=CONTRACT_VERSION,
-            heads_mode=cfg.heads_mode,
-            categories=json.dumps(["", *assets.category_vocab.to_list()]))
+            device=heads_device(cfg), encoder_model="encoder", heads_mode=cfg.heads_mode,
+            **served_params(cfg, assets).to_parameters())
     return m
+
+
+def served_params(cfg: RepositoryConfig, assets: ServingAssets) -> ServedParams:
+    """What clients read from the served configs (the typed side of the string ``parameters``)."""
+    return ServedParams(CONTRACT_VERSION, cfg.max_history, cfg.max_candidates, cfg.max_text_bytes, assets.max_length,
+                        assets.dim, ("", *assets.category_vocab.to_list()))
 
 
 def ensemble_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConfig:
     m = mc.ModelConfig(name=ENSEMBLE.name, platform="ensemble", max_batch_size=0)
     _io(m, ENSEMBLE, batched=False, fixed={"K": len(assets.category_vocab), "S": N_STATS})
-    # what clients read from the served config: contract version, request limits, names of user_topics
-    _params(m, contract_version=CONTRACT_VERSION, max_history=cfg.max_history, max_candidates=cfg.max_candidates,
-            max_text_bytes=cfg.max_text_bytes, max_length=assets.max_length,
-            categories=json.dumps(["", *assets.category_vocab.to_list()]))
+    # what clients read from the served config: contract version, request limits, sizes, names of user_topics
+    _params(m, **served_params(cfg, assets).to_parameters())
     for model in ("tokenizer", "encoder", "heads"):
         step = m.ensemble_scheduling.step.add(model_name=model, model_version=-1)
         for k, v in _WIRING[model]["in"].items():

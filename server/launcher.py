@@ -144,6 +144,16 @@ def _child_pids(pid: int) -> list[int]:
     return out
 
 
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """Live python-backend stubs of the tritonserver ``server_pid``: pid -> model instance name (``encoder_0_0``)."""
+    stubs = {}
+    for pid in _child_pids(server_pid):
+        cmd = _cmdline(pid)
+        if cmd and Path(cmd[0]).name == STUB_BINARY:
+            stubs[pid] = cmd[-2]          # ... <ipc handle> <instance name> <runtime modeldir>
+    return stubs
+
+
 def _cmdline(pid: int) -> list[str]:
     """A process's arguments; empty for a zombie (a stub Triton never reaps) or a process that is gone."""
     try:
@@ -334,14 +344,7 @@ class TritonServer:
     # ---- python-backend stubs -------------------------------------------------------------------
     def stub_processes(self) -> dict[int, str]:
         """Live python-backend stubs of this server: pid -> model instance name (e.g. ``encoder_0_0``)."""
-        if self.proc is None:
-            return {}
-        stubs = {}
-        for pid in _child_pids(self.proc.pid):
-            cmd = _cmdline(pid)
-            if cmd and Path(cmd[0]).name == STUB_BINARY:
-                stubs[pid] = cmd[-2]          # ... <ipc handle> <instance name> <runtime modeldir>
-        return stubs
+        return {} if self.proc is None else stub_processes(self.proc.pid)
 
     def failure(self) -> str | None:
         """Why this server cannot serve any more (its process or one of its stubs died), or None."""

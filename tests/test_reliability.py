@@ -33,7 +33,7 @@ from triton_helpers import bytes_input, text_inputs
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import GenrecClientError, RecommenderClient
-from genrec.contract import ITEM_STATS
+from genrec.contract import ITEM_STATS, ServedParams
 from genrec.server.launcher import PortInUse, ServerConfig, TritonServer, running_server, supervise
 
 GOLDEN = Path(__file__).parent / "golden" / "bad_inputs.json"
@@ -243,10 +243,11 @@ def served_params(client: grpcclient.InferenceServerClient) -> dict[str, int]:
     def params(model: str) -> dict[str, str]:
         return {k: v.string_value for k, v in client.get_model_config(model).config.parameters.items()}
 
-    ens, hd, enc = params("genrec"), params("heads"), params("encoder")
-    return {"max_candidates": int(ens["max_candidates"]), "max_history": int(ens["max_history"]),
-            "max_text_bytes": int(ens["max_text_bytes"]), "max_length": int(ens["max_length"]),
-            "dim": int(hd["dim"]), "n_categories": int(hd["n_categories"]), "vocab_size": int(enc["vocab_size"])}
+    ens = ServedParams.from_parameters(client.get_model_config("genrec").config.parameters)
+    hd, enc = params("heads"), params("encoder")
+    return {"max_candidates": ens.max_candidates, "max_history": ens.max_history, "max_text_bytes": ens.max_text_bytes,
+            "max_length": ens.max_length, "dim": ens.dim, "n_categories": int(hd["n_categories"]),
+            "vocab_size": int(enc["vocab_size"])}
 
 
 def answer(client: grpcclient.InferenceServerClient, case: Case) -> dict[str, str]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import tritonclient.grpc as grpcclient
+
+from genrec.client import core as client_core
 
 
 def bytes_input(name: str, values, dtype: str = "BYTES") -> grpcclient.InferInput:
-    arr = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=object).reshape(len(values))
-    inp = grpcclient.InferInput(name, list(arr.shape), dtype)
-    inp.set_data_from_numpy(arr)
-    return inp
+    return client_core.bytes_input(grpcclient.InferInput, name, values, dtype)
 
 
 def text_inputs(history, candidates) -> list[grpcclient.InferInput]:

@@ -48,8 +48,7 @@ class RecommendModel:
         self.heads = OrtHeads(vdir / "heads.onnx", threads=1, device=p.get("device", "cpu"))
         self.cache = VectorLRU(int(p["lru_bytes"]))
         self.encoder_model = p.get("encoder_model", "encoder")
-        self.limits = Limits(max_history=int(p["max_history"]), max_candidates=int(p["max_candidates"]),
-                             max_text_bytes=int(p["max_text_bytes"]))
+        self.limits = Limits.from_parameters(p)
         self.stats = None
         if p.get("stats_dir"):
             from genrec.statstore import LiveStats, StatsLoadError

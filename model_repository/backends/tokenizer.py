@@ -29,8 +29,7 @@ class TokenizerModel:
         # encoder backend cannot merge ragged batches)
         self.pad_to = int(p["pad_to"]) if int(p.get("pad_to", "0")) > 0 else None
         self.tokenizer = self.assets.tokenizer(pad_to_multiple_of=int(p.get("pad_to_multiple_of", "1")))
-        self.limits = Limits(max_history=int(p["max_history"]), max_candidates=int(p["max_candidates"]),
-                             max_text_bytes=int(p["max_text_bytes"]))
+        self.limits = Limits.from_parameters(p)
 
     def execute(self, requests):
         return per_request("tokenizer", requests, self._one)
