@@ -37,15 +37,13 @@ def torch_eager(checkpoint: Path, threads: int, device: str = "cpu"):
     import torch
 
     from genrec.checkpoint import Checkpoint
-    from genrec.export.graphs import HeadsGraph
-
     torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"          # the project pins the CPU wheel of torch; the anchor then runs on CPU
     run_device = device
     ckpt = Checkpoint.load(checkpoint)
     model = ckpt.build_model().to(device)
-    heads = HeadsGraph(model.heads).eval()
+    model.eval()
     tok = ckpt.tokenizer()
     cv, sv = ckpt.category_vocab, ckpt.subcategory_vocab
 
@@ -60,9 +58,9 @@ def torch_eager(checkpoint: Path, threads: int, device: str = "cpu"):
     @torch.inference_mode()
     def run(r: RecommendRequest):
         t = tok([*r.history, *r.candidates])
-        vec = model.encoder(torch.from_numpy(t.input_ids).to(device), torch.from_numpy(t.attention_mask).to(device))
         n_h = len(r.history)
-        return heads(vec, ids(r.history_categories, cv, n_h), ids(r.history_subcategories, sv, n_h),
+        return model(torch.from_numpy(t.input_ids).to(device), torch.from_numpy(t.attention_mask).to(device),
+                     ids(r.history_categories, cv, n_h), ids(r.history_subcategories, sv, n_h),
                      ids(r.candidate_categories, cv, len(r.candidates)),
                      ids(r.candidate_subcategories, sv, len(r.candidates)), stats(r.history_stats, n_h),
                      stats(r.candidate_stats, len(r.candidates)))

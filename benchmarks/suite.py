@@ -148,8 +148,7 @@ def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path, index: Pa
 
 
 def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
-    from tqdm import tqdm
-
+    from genrec.progress import progress
     from genrec.server.launcher import running_server
 
     t_start = time.perf_counter()
@@ -210,7 +209,7 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
                              for p, e in rep["precisions"].items()}
 
     n_points = sum(len(s.concurrency or cfg.concurrency) for s in scenarios)
-    bar = tqdm(total=n_points, desc="bench", unit="point")
+    bar = progress(total=n_points, desc="bench", unit="point")
 
     # anchors first: in-process ONNX per (shape, precision) and PyTorch eager per shape
     for p in sorted({s.precision for s in scenarios if s.target == "ours" and s.mode == "text"}):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genrec.contract import ITEM_STATS
+from genrec.contract import HEADS, ITEM_STATS
 from genrec.model import ItemEncoder, RecommenderHeads
 
 
@@ -34,18 +34,9 @@ class HeadsGraph(nn.Module):
     def forward(self, item_vectors: torch.Tensor, history_category: torch.Tensor, history_subcategory: torch.Tensor,
                 candidate_category: torch.Tensor, candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
                 candidate_stats: torch.Tensor):
-        h = history_category.shape[0]
-        hist = item_vectors[:h].unsqueeze(0)                                    # (1, H, D)
-        cand = item_vectors[h:].unsqueeze(0)                                    # (1, C, D)
-        mask = torch.ones_like(history_category, dtype=torch.bool).unsqueeze(0)  # (1, H) no padding
-        out = self.heads(hist, mask, history_category.unsqueeze(0), history_subcategory.unsqueeze(0),
-                         cand, candidate_category.unsqueeze(0), candidate_subcategory.unsqueeze(0),
-                         history_stats.unsqueeze(0), candidate_stats.unsqueeze(0))
-        return (out["click_logit"][0],                                          # (C,)
-                out["topic_affinity"][0],                                       # (C,)
-                out["category_confidence"][0],                                  # (C,)
-                out["explanation"][0],                                          # (C, H)
-                torch.softmax(out["topic_logits"][0], dim=-1))                  # (K,)
+        out = self.heads.one_user(item_vectors, history_category, history_subcategory, candidate_category,
+                                  candidate_subcategory, history_stats, candidate_stats)
+        return tuple(out[name] for name in HEADS.output_names)                  # the contract's order
 
 
 def _distinct(avoid: set[int], count: int) -> list[int]:

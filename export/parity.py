@@ -27,7 +27,7 @@ from genrec.artifacts import ExportError
 from genrec.metrics import kendall_tau, ranking_metrics
 from genrec.requests import N_STATS
 from genrec.runtime import OrtEncoder, OrtHeads
-from genrec.text import TextTokenizer
+from genrec.text import TextTokenizer, encode_length_sorted
 from genrec.vocab import Vocab
 
 # check -> ("min" | "max", bound per precision). "min": value must be >= bound; "max": <= bound.
@@ -88,18 +88,7 @@ class ParityInputs:
 
 
 def _encode_batches(fn, tokenizer: TextTokenizer, texts: list[str], batch: int = 64) -> np.ndarray:
-    tok = tokenizer(texts, pad_to=tokenizer.max_length)
-    lengths = tok.attention_mask.sum(1)
-    order = np.argsort(lengths, kind="stable")
-    out = None
-    for i in range(0, len(order), batch):
-        idx = order[i: i + batch]
-        width = max(1, int(lengths[idx].max()))
-        vec = fn(tok.input_ids[idx, :width], tok.attention_mask[idx, :width])
-        if out is None:
-            out = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
-        out[idx] = vec
-    return out
+    return encode_length_sorted(fn, tokenizer(texts, pad_to=tokenizer.max_length), batch)
 
 
 def prepare(model, parity_set: list[dict[str, Any]], tokenizer: TextTokenizer, cat_vocab: Vocab,

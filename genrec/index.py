@@ -34,7 +34,7 @@ from genrec.contract import CONTRACT_VERSION
 from genrec.data.mind import NewsItem, iter_news
 from genrec.errors import UserError
 from genrec.runtime import OrtEncoder
-from genrec.text import item_text, sha256_file
+from genrec.text import encode_length_sorted, item_text, sha256_file
 from genrec.vcache import VectorLRU
 
 FORMAT = "genrec.index/2"      # /2: truncated.u8 (per-row truncation flags)
@@ -167,8 +167,8 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     cut = np.memmap(out / "truncated.u8", dtype=np.uint8, mode="r+", shape=(n,))      # per row: text was cut
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=n, initial=done, desc="indexing", unit="item", mininterval=1.0)
+        from genrec.progress import progress as progress_bar
+        bar = progress_bar(total=n, initial=done, desc="indexing", unit="item", mininterval=1.0)
     t0 = time.perf_counter()
     row = 0
     encoded_texts = reused = 0
@@ -196,14 +196,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         todo = np.fromiter(first.values(), dtype=np.int64, count=len(first))
         if len(todo):
             tok = tokenizer([texts[j] for j in todo], pad_to=tokenizer.max_length)
-            lengths = tok.attention_mask.sum(1)
-            order = np.argsort(lengths, kind="stable")
-            encoded = np.empty((len(todo), manifest["dim"]), dtype=np.float32)
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i: i + cfg.batch_size]
-                width = max(1, int(lengths[idx].max()))
-                encoded[idx] = encoder(tok.input_ids[idx, :width], tok.attention_mask[idx, :width])
-            out_vec[todo] = encoded
+            out_vec[todo] = encode_length_sorted(encoder, tok, cfg.batch_size)
             out_cut[todo] = tok.truncated
             encoded_texts += len(todo)
             for j in todo.tolist():

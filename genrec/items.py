@@ -11,7 +11,7 @@ import torch
 from genrec.data.mind import Impression, NewsItem
 from genrec.model import ItemEncoder, RecommenderHeads
 from genrec.stats import N_STATS, ItemStats, stats_as_of
-from genrec.text import TextTokenizer, item_text
+from genrec.text import TextTokenizer, item_text, length_sorted_batches
 from genrec.vocab import Vocab
 
 PAD = 0   # row 0 of every item table is a padding item (empty text, OOV categories)
@@ -87,11 +87,6 @@ class ImpressionArrays:
                    miss_h, miss_c)
 
 
-def _length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    order = np.argsort(lengths, kind="stable")
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 @torch.no_grad()
 def encode_lower(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence[str], batch_size: int = 128,
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -102,7 +97,6 @@ def encode_lower(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence
     """
     encoder.eval()
     tok = tokenizer(list(texts), pad_to=tokenizer.max_length)
-    lengths = tok.attention_mask.sum(1)
     ids_all, mask_all = torch.from_numpy(tok.input_ids), torch.from_numpy(tok.attention_mask)
     pooled_mode = encoder.n_frozen == len(encoder.lm.encoder.layer)
     hidden = encoder.lm.config.hidden_size
@@ -110,13 +104,12 @@ def encode_lower(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence
         cache = torch.zeros(len(texts), hidden)
     else:
         cache = torch.zeros(len(texts), tokenizer.max_length, hidden, dtype=torch.float16)
-    batches = _length_sorted_batches(lengths, batch_size)
+    batches = length_sorted_batches(tok.attention_mask, batch_size)
     it = batches
     if progress:
-        from tqdm import tqdm
-        it = tqdm(batches, desc="encoding items (frozen LM)", unit="batch", leave=False)
-    for idx in it:
-        width = max(1, int(lengths[idx].max()))
+        from genrec.progress import progress as progress_bar
+        it = progress_bar(batches, desc="encoding items (frozen LM)", unit="batch", leave=False)
+    for idx, width in it:
         ids, mask = ids_all[idx, :width], mask_all[idx, :width]
         out = encoder.lower(ids, mask)
         if pooled_mode:

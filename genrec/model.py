@@ -305,14 +305,45 @@ class RecommenderHeads(nn.Module):
         return out
 
 
+    def one_user(self, item_vectors: torch.Tensor, history_category: torch.Tensor,
+                 history_subcategory: torch.Tensor, candidate_category: torch.Tensor,
+                 candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
+                 candidate_stats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One user as served: item_vectors (H + C, D) with history rows first, category ids (H,)/(C,), item
+        statistics (H, S)/(C, S) -> {scores (C,), topic_affinity (C,), category_confidence (C,), explanation
+        (C, H), user_topics (K,)}. H comes from ``history_category``'s length, so H = 0 needs no special input."""
+        h = history_category.shape[0]
+        mask = torch.ones_like(history_category, dtype=torch.bool).unsqueeze(0)  # (1, H) no padding
+        out = self(item_vectors[:h].unsqueeze(0), mask, history_category.unsqueeze(0),
+                   history_subcategory.unsqueeze(0), item_vectors[h:].unsqueeze(0),
+                   candidate_category.unsqueeze(0), candidate_subcategory.unsqueeze(0),
+                   history_stats.unsqueeze(0), candidate_stats.unsqueeze(0))
+        return {"scores": out["click_logit"][0], "topic_affinity": out["topic_affinity"][0],
+                "category_confidence": out["category_confidence"][0], "explanation": out["explanation"][0],
+                "user_topics": torch.softmax(out["topic_logits"][0], dim=-1)}
+
+
 class GenRec(nn.Module):
-    """Item encoder + heads; the whole model as trained and checkpointed."""
+    """Item encoder + heads; the whole model as trained and checkpointed.
+
+    ``forward`` composes it for one user as served (the contract's order): tokenized history then candidate
+    texts -> item vectors -> heads outputs. The export splits it into its two graphs (encoder, heads), the
+    benchmarks' PyTorch anchor calls it whole; training runs the same two modules over cached LM outputs.
+    """
 
     def __init__(self, cfg: ModelConfig, lm_config: dict):
         super().__init__()
         self.cfg = cfg
         self.encoder = ItemEncoder(cfg, lm_config)
         self.heads = RecommenderHeads(cfg)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, history_category: torch.Tensor,
+                history_subcategory: torch.Tensor, candidate_category: torch.Tensor,
+                candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
+                candidate_stats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """input_ids/attention_mask (H + C, L), history rows first -> ``RecommenderHeads.one_user`` outputs."""
+        return self.heads.one_user(self.encoder(input_ids, attention_mask), history_category, history_subcategory,
+                                   candidate_category, candidate_subcategory, history_stats, candidate_stats)
 
 
 def load_pretrained_lm(encoder: ItemEncoder) -> None:

@@ -104,3 +104,24 @@ class TextTokenizer:
             mask[i, :n] = 1
             truncated[i] = bool(e.overflowing)
         return Tokenized(ids, mask, truncated)
+
+
+def length_sorted_batches(attention_mask: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, int]]:
+    """(rows, width) per batch of ``batch_size`` texts of similar length, ``width`` = the batch's longest:
+    padding to the longest text of the whole list would multiply the encoder's work on short titles."""
+    lengths = np.asarray(attention_mask).sum(1)
+    order = np.argsort(lengths, kind="stable")
+    return [(idx, max(1, int(lengths[idx].max()))) for idx in (order[i: i + batch_size]
+                                                                for i in range(0, len(order), batch_size))]
+
+
+def encode_length_sorted(encode, tokens: Tokenized, batch_size: int) -> np.ndarray:
+    """``encode(input_ids, attention_mask) -> (n, D)`` over length-sorted batches, rows back in input order:
+    the one batched encoding loop of the index build, the export gate and evaluation."""
+    out = None
+    for idx, width in length_sorted_batches(tokens.attention_mask, batch_size):
+        vec = np.asarray(encode(tokens.input_ids[idx, :width], tokens.attention_mask[idx, :width]))
+        if out is None:
+            out = np.zeros((len(tokens.input_ids), vec.shape[1]), dtype=np.float32)
+        out[idx] = vec
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)

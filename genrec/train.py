@@ -191,8 +191,8 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
         steps = range(0, len(order), cfg.batch_size)
         bar = steps
         if progress:
-            from tqdm import tqdm
-            bar = tqdm(steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False)
+            from genrec.progress import progress as progress_bar
+            bar = progress_bar(steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False)
         t_epoch, losses = time.perf_counter(), Counter()
         n_steps = 0
         for start in bar:
