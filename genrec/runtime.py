@@ -52,6 +52,7 @@ class OrtEncoder:
         self.sess = session(path, threads, device)
         self.row_threads = 1
         rows = self.sess.get_modelmeta().custom_metadata_map.get(ROWS_KEY)
+        self.rows_independent = rows == ROWS_INDEPENDENT      # each text computed alone: batch-invariant
         if rows == ROWS_INDEPENDENT and device == "cpu" and threads != 1:
             import os
             from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +76,65 @@ class OrtEncoder:
         parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         outs = self._pool.map(lambda s: self._run(input_ids[s], attention_mask[s]), parts)
         return np.concatenate(list(outs))
+
+
+class CachedEncoder:
+    """An encoder with a content-addressed cache of item vectors in front (the text path's repeated items).
+
+    Keys hash each row's real tokens (its input_ids up to its attention length), so a text seen before is not
+    encoded again whatever its request, padding or batch-mates; the encoder itself is fixed per instance.
+    Only correct for an encoder whose rows do not depend on their batch (``OrtEncoder.rows_independent``,
+    the per-text INT8 graph): a cached vector then equals a fresh one bit for bit, and scores stay a
+    function of the request alone. Rows repeated inside one call are encoded once. Bounded in bytes (LRU).
+    """
+
+    def __init__(self, encoder: OrtEncoder, capacity_bytes: int):
+        if not encoder.rows_independent:
+            raise ValueError("a vector cache needs an encoder whose rows are independent of their batch "
+                             "(the per-text INT8 graph); this one batches rows together")
+        from genrec.vcache import VectorLRU
+
+        self.encoder = encoder
+        self.cache = VectorLRU(capacity_bytes)
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def keys(input_ids: np.ndarray, attention_mask: np.ndarray) -> list[bytes]:
+        import hashlib
+
+        lengths = attention_mask.sum(1)
+        return [hashlib.blake2b(np.ascontiguousarray(input_ids[r, : lengths[r]], dtype=np.int64).tobytes(),
+                                digest_size=16).digest() for r in range(len(input_ids))]
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if len(input_ids) == 0:
+            return self.encoder(input_ids, attention_mask)
+        keys = self.keys(input_ids, attention_mask)
+        rows: dict[bytes, list[int]] = {}
+        for r, k in enumerate(keys):
+            rows.setdefault(k, []).append(r)
+        out: np.ndarray | None = None
+        todo = []                                             # first row of each key the cache lacks
+        found = {}
+        for k, rs in rows.items():
+            hit = self.cache.get(k)
+            if hit is None:
+                todo.append(rs[0])
+            else:
+                found[k] = hit[0]
+        if todo:
+            idx = np.asarray(todo)
+            width = max(1, int(attention_mask[idx].sum(1).max()))
+            fresh = self.encoder(input_ids[idx, :width], attention_mask[idx, :width])   # (misses, D)
+            for r, vec in zip(todo, fresh):
+                found[keys[r]] = self.cache.put(keys[r], vec, 0, 0)[0]
+        for k, rs in rows.items():
+            if out is None:
+                out = np.empty((len(keys), found[k].shape[0]), dtype=np.float32)
+            out[rs] = found[k]
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def stats_or_zeros(stats, n: int) -> np.ndarray:

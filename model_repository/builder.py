@@ -63,6 +63,9 @@ class RepositoryConfig:
     encoder_instances: int = dataclasses.field(default=1, metadata={
         "help": "encoder model instances; on 2 CPU cores one instance with 2 ORT threads is fastest"})
     encoder_threads: int = dataclasses.field(default=2, metadata={"help": "ORT intra-op threads per encoder instance"})
+    encoder_cache_mb: float = dataclasses.field(default=64.0, metadata={
+        "help": "per encoder instance: MB of a content-addressed cache of item vectors for texts seen before "
+                "(text path); only with a batch-invariant encoder (per-text INT8), else off with a warning; 0 = off"})
     heads_instances: int = dataclasses.field(default=1, metadata={"help": "heads model instances"})
     tokenizer_instances: int = dataclasses.field(default=1, metadata={"help": "tokenizer model instances"})
     max_queue_delay_us: int = dataclasses.field(default=1000, metadata={
@@ -147,7 +150,7 @@ def encoder_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConf
         for inp in m.input:
             inp.allow_ragged_batch = True          # requests of different token lengths merge; model.py pads
         _params(m, threads=cfg.encoder_threads, device=cfg.device, vocab_size=_vocab_size(assets),
-                max_length=assets.max_length)
+                max_length=assets.max_length, cache_bytes=int(cfg.encoder_cache_mb * 2**20))
         if cfg.backend == "torch":                 # batch sizes run once at load (CUDA context, kernel choice)
             _params(m, warmup_batches="1,64,512" if cfg.device == "cuda" else "1")
     else:

@@ -6,6 +6,7 @@ depend on those batch-mates (max |d| ~0.03 next to long texts)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import urllib.request
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from genrec.export.convert import INT8_RECIPES, to_int8
 from genrec.export.parity import batch_invariance, gate
 from genrec.index import IndexConfig, ItemIndex, build_index
 from genrec.model_repository.builder import RepositoryConfig, build_repository
-from genrec.runtime import OrtEncoder
+from genrec.runtime import CachedEncoder, OrtEncoder
 from genrec.server.launcher import running_server
 from genrec.text import item_text
 
@@ -86,7 +87,8 @@ def int8_server(artifacts, int8_index, tmp_path_factory):
     """The INT8 repository (text ensemble + id path) with a long queue delay, so concurrent requests merge."""
     repo = build_repository(artifacts.root, tmp_path_factory.mktemp("repo") / "int8",
                             RepositoryConfig(precision="int8", max_queue_delay_us=QUEUE_DELAY_US,
-                                             index=str(int8_index), recommend_instances=1))
+                                             index=str(int8_index), recommend_instances=1,
+                                             encoder_cache_mb=0))       # every text really encoded here
     with running_server(repo) as srv:
         yield srv
 
@@ -152,3 +154,56 @@ def test_index_vectors_equal_served_vectors(int8_server, int8_index, news, token
     jobs += [lambda k=k: encode(mates[k * 8: k * 8 + 8]) for k in range(6)]
     served = np.concatenate(_merged(grpcclient.InferenceServerClient(url), jobs)[:4])
     np.testing.assert_allclose(served, index.vectors[rows], atol=TOL, rtol=0)
+
+
+# ---- the text path's vector cache (correct only because INT8 encoding is batch-invariant) ----------------
+def test_cached_vectors_equal_fresh_ones(artifacts, news, tokenizer):
+    enc = OrtEncoder(artifacts.graph("int8", "encoder"), threads=2)
+    assert enc.rows_independent
+    cached = CachedEncoder(enc, 1 << 20)
+    titles = list(dict.fromkeys(item_text(n.title) for n in news.values()))[:40]
+    first = tokenizer(titles[:20])
+    np.testing.assert_array_equal(cached(first.input_ids, first.attention_mask),
+                                  enc(first.input_ids, first.attention_mask))
+    assert (cached.hits, cached.misses) == (0, 20)
+    # repeats in another order, padded wider by long new texts, one repeated twice in the same call
+    mixed = [titles[5], *long_texts(news, 3), titles[0], titles[5], titles[30]]
+    tok = tokenizer(mixed)
+    got = cached(tok.input_ids, tok.attention_mask)
+    for row, text in enumerate(mixed):                       # each equals the text encoded alone, bit for bit
+        alone = tokenizer([text])
+        np.testing.assert_array_equal(got[row], enc(alone.input_ids, alone.attention_mask)[0])
+    assert (cached.hits, cached.misses) == (3, 20 + 4)
+    with pytest.raises(ValueError, match="independent"):
+        CachedEncoder(OrtEncoder(artifacts.graph("fp32", "encoder"), threads=1), 1 << 20)
+
+
+def _cache_metrics(metrics_url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("genrec_vector_cache_"):
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{")[0]
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def test_text_path_cache_serves_repeats_and_reports_metrics(artifacts, requests_corpus, tmp_path):
+    repo = build_repository(artifacts.root, tmp_path / "repo", RepositoryConfig(precision="int8", encoder_cache_mb=8))
+    req = requests_corpus[2]
+    n_texts = len(req["history"][0]) + len(req["candidates"][0])
+    outputs = ("scores", "explanation", "topic_affinity", "category_confidence", "user_topics")
+    with running_server(repo) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        first = client.infer("genrec", text_inputs(req["history"], req["candidates"]))
+        after_first = _cache_metrics(srv.metrics_url)
+        again = client.infer("genrec", text_inputs(req["history"], req["candidates"]))
+        after_again = _cache_metrics(srv.metrics_url)
+    distinct = len(set(req["history"][0]) | set(req["candidates"][0]))
+    assert after_first["genrec_vector_cache_misses_total"] == distinct
+    assert after_first["genrec_vector_cache_hits_total"] == n_texts - distinct
+    assert after_again["genrec_vector_cache_hits_total"] - after_first["genrec_vector_cache_hits_total"] == n_texts
+    assert after_again["genrec_vector_cache_misses_total"] == distinct and after_again["genrec_vector_cache_bytes"] > 0
+    for k in outputs:                                         # cached = fresh: the same scores, bit for bit
+        np.testing.assert_array_equal(again.as_numpy(k), first.as_numpy(k), err_msg=k)

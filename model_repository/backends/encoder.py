@@ -3,13 +3,19 @@
 Triton hands ``execute`` the requests its dynamic batcher grouped. Each may have its own token length
 (``allow_ragged_batch``); valid ones are padded to the longest, concatenated and run through ONNX Runtime
 once, then split back. Invalid ones get their own INVALID_ARGUMENT and do not disturb the rest.
+
+With ``cache_bytes`` > 0 and a batch-invariant encoder (the per-text INT8 graph), texts encoded before are
+served from a content-addressed cache (``genrec.runtime.CachedEncoder``); hits, misses and cached bytes are
+Prometheus metrics next to Triton's (``genrec_vector_cache_*`` on the metrics port).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import triton_python_backend_utils as pb_utils
 
 from genrec.model_repository.backends.common import (
+    CacheMetrics,
     error,
     get_input,
     internal_error,
@@ -18,7 +24,7 @@ from genrec.model_repository.backends.common import (
     version_dir,
 )
 from genrec.requests import RequestError
-from genrec.runtime import OrtEncoder
+from genrec.runtime import CachedEncoder, OrtEncoder
 
 
 class EncoderModel:
@@ -28,6 +34,14 @@ class EncoderModel:
                                   device=p.get("device", "cpu"))
         self.vocab_size = int(p["vocab_size"])
         self.max_length = int(p["max_length"])
+        self.cache = None
+        cache_bytes = int(p.get("cache_bytes", "0"))
+        if cache_bytes > 0 and self.encoder.rows_independent:
+            self.cache = CachedEncoder(self.encoder, cache_bytes)
+            self.metrics = CacheMetrics("encoder", args.get("model_instance_name", "encoder"))
+        elif cache_bytes > 0:
+            pb_utils.Logger.log_warn("encoder: vector cache off: this encoder batches rows together, so a cached "
+                                     "vector could differ from a fresh one (export the per-text INT8 graph)")
 
     def _check(self, request) -> tuple[np.ndarray, np.ndarray]:
         ids = get_input(request, "input_ids", dtype=np.int64, ndim=2)
@@ -61,7 +75,12 @@ class EncoderModel:
                 all_mask[row: row + len(ids), : ids.shape[1]] = mask
                 row += len(ids)
             try:
-                vectors = self.encoder(all_ids, all_mask)                          # (sum N_i, D)
+                if self.cache is None:
+                    vectors = self.encoder(all_ids, all_mask)                      # (sum N_i, D)
+                else:
+                    before = (self.cache.hits, self.cache.misses)
+                    vectors = self.cache(all_ids, all_mask)                        # repeated texts from the cache
+                    self.metrics.update(self.cache, before)
             except Exception as exc:  # noqa: BLE001
                 for i, _, _ in good:
                     responses[i] = internal_error("encoder", exc)

@@ -27,4 +27,5 @@ class TorchEncoderModel(EncoderModel):
                                           threads=int(p.get("threads", "0")))
         self.vocab_size = int(p["vocab_size"])
         self.max_length = int(p["max_length"])
+        self.cache = None                          # TorchScript batches rows together: no vector cache
         self.encoder.warmup(self.max_length, batches=tuple(int(b) for b in p.get("warmup_batches", "1,64").split(",")))
