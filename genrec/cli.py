@@ -332,6 +332,23 @@ def _soak(bsub: argparse._SubParsersAction) -> None:
 
 
 @bench_command
+def _replay(bsub: argparse._SubParsersAction) -> None:
+    from genrec.benchmarks.replay import ReplayConfig
+
+    r = bsub.add_parser("replay", help="replay a MIND impression log in time order: text path with and without "
+                                       "the vector cache, id path; side by side")
+    add_dataclass_args(r, ReplayConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.benchmarks.replay import run_replay
+
+        run_replay(from_args(ReplayConfig, args))
+        return 0
+
+    r.set_defaults(handler=run)
+
+
+@bench_command
 def _quality(bsub: argparse._SubParsersAction) -> None:
     from genrec.benchmarks.quality import QualityConfig
 

@@ -49,3 +49,18 @@ def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, ti
     md = (out / "results.md").read_text()
     assert "## Targets" in md and "perf_analyzer" in md
     assert (out / "latency.png").stat().st_size > 10_000
+
+
+def test_replay_runs_the_log_in_order_and_the_cache_hits_repeats(artifacts, tiny_data, tmp_path):
+    """`genrec bench replay` on the tiny dev log: the cached text path answers every impression and finds the
+    log's repeated texts in its cache; the uncached anchor never does."""
+    from genrec.benchmarks.replay import ReplayConfig, run_replay
+
+    res = run_replay(ReplayConfig(data=str(tiny_data / "dev"), artifacts=str(artifacts.root), out=str(tmp_path),
+                                  paths=("text-uncached", "text"), limit=40, concurrency=2), log=lambda _m: None)
+    cached, base = res["paths"]["text"], res["paths"]["text-uncached"]
+    assert res["impressions"] == 40 and cached["requests"] == base["requests"] == 40
+    assert cached["errors"] == base["errors"] == 0
+    assert base["cache_hit_rate"] is None and 0.2 < cached["cache_hit_rate"] < 1.0
+    assert 0 < cached["encoder_share"] <= 1.0 and 0 < base["encoder_share"] <= 1.0      # (timings: not compared)
+    assert (tmp_path / "results.md").read_text().count("| text") == 2
