@@ -71,7 +71,8 @@ def _requests(cfg: ReplayConfig):
     return text, ids, np.asarray(times) - (times[0] if times else 0.0)
 
 
-def _cache_counters(metrics_url: str) -> dict[str, float]:
+def cache_counters(metrics_url: str) -> dict[str, float]:
+    """The genrec_vector_cache_* metrics of a server, summed over model instances."""
     out: dict[str, float] = {}
     for line in urllib.request.urlopen(metrics_url, timeout=10).read().decode().splitlines():
         if line.startswith("genrec_vector_cache_"):
@@ -144,7 +145,7 @@ def run_replay(cfg: ReplayConfig = ReplayConfig(), *, log=print) -> dict[str, An
         with running_server(repo) as srv:
             res = asyncio.run(_replay(srv.grpc_url, ids if path == "ids" else text, offsets, cfg.concurrency,
                                       cfg.speed))
-            counters = _cache_counters(srv.metrics_url)
+            counters = cache_counters(srv.metrics_url)
         hits, misses = counters.get("genrec_vector_cache_hits_total", 0.0), counters.get(
             "genrec_vector_cache_misses_total", 0.0)
         res["cache_hit_rate"] = hits / (hits + misses) if hits + misses else None

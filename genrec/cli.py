@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from genrec.cliargs import add_dataclass_args, from_args
 
@@ -310,59 +311,29 @@ def _stats_column(items) -> list | None:
 BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
-def bench_command(fn: Callable[[argparse._SubParsersAction], None]):
-    """Register a `genrec bench <name>` subcommand (the suite itself is `genrec bench` with no name)."""
-    BENCH_COMMANDS.append(fn)
-    return fn
+def _bench_subcommand(name: str, help: str, module: str, config: str, runner: str,
+                      passed: Callable[[Any], bool] = lambda _result: True) -> None:
+    """Register `genrec bench NAME` (the suite itself is `genrec bench` with no name): flags from
+    genrec.benchmarks.MODULE.CONFIG, run by its RUNNER(config); exit 1 unless ``passed(result)``."""
+
+    def add(bsub: argparse._SubParsersAction) -> None:
+        import importlib
+
+        mod = importlib.import_module(f"genrec.benchmarks.{module}")
+        p = bsub.add_parser(name, help=help)
+        add_dataclass_args(p, getattr(mod, config))
+        p.set_defaults(handler=lambda args: 0 if passed(getattr(mod, runner)(from_args(getattr(mod, config), args)))
+                       else 1)
+
+    BENCH_COMMANDS.append(add)
 
 
-@bench_command
-def _soak(bsub: argparse._SubParsersAction) -> None:
-    from genrec.benchmarks.soak import SoakConfig
-
-    s = bsub.add_parser("soak", help="mixed valid/invalid traffic for minutes: errors, latency drift, RSS growth")
-    add_dataclass_args(s, SoakConfig)
-
-    def run(args: argparse.Namespace) -> int:
-        from genrec.benchmarks.soak import run_soak
-
-        return 0 if run_soak(from_args(SoakConfig, args))["passed"] else 1
-
-    s.set_defaults(handler=run)
-
-
-@bench_command
-def _replay(bsub: argparse._SubParsersAction) -> None:
-    from genrec.benchmarks.replay import ReplayConfig
-
-    r = bsub.add_parser("replay", help="replay a MIND impression log in time order: text path with and without "
-                                       "the vector cache, id path; side by side")
-    add_dataclass_args(r, ReplayConfig)
-
-    def run(args: argparse.Namespace) -> int:
-        from genrec.benchmarks.replay import run_replay
-
-        run_replay(from_args(ReplayConfig, args))
-        return 0
-
-    r.set_defaults(handler=run)
-
-
-@bench_command
-def _quality(bsub: argparse._SubParsersAction) -> None:
-    from genrec.benchmarks.quality import QualityConfig
-
-    q = bsub.add_parser("quality", help="model-quality ablation on ml-100k and synthetic data, 3 seeds, "
-                                        "baselines alongside (make quality)")
-    add_dataclass_args(q, QualityConfig)
-
-    def run(args: argparse.Namespace) -> int:
-        from genrec.benchmarks.quality import run_quality
-
-        run_quality(from_args(QualityConfig, args))
-        return 0
-
-    q.set_defaults(handler=run)
+_bench_subcommand("soak", "mixed valid/invalid traffic for minutes: errors, latency drift, RSS growth",
+                  "soak", "SoakConfig", "run_soak", passed=lambda result: result["passed"])
+_bench_subcommand("replay", "replay a MIND impression log in time order: text path with and without the vector "
+                            "cache, id path; side by side", "replay", "ReplayConfig", "run_replay")
+_bench_subcommand("quality", "model-quality ablation on ml-100k and synthetic data, 3 seeds, baselines alongside "
+                             "(make quality)", "quality", "QualityConfig", "run_quality")
 
 
 @command

@@ -110,31 +110,23 @@ class CachedEncoder:
         if len(input_ids) == 0:
             return self.encoder(input_ids, attention_mask)
         keys = self.keys(input_ids, attention_mask)
-        rows: dict[bytes, list[int]] = {}
+        rows: dict[bytes, list[int]] = {}                    # key -> its rows in this call
         for r, k in enumerate(keys):
             rows.setdefault(k, []).append(r)
-        out: np.ndarray | None = None
-        todo = []                                             # first row of each key the cache lacks
-        found = {}
-        for k, rs in rows.items():
-            hit = self.cache.get(k)
-            if hit is None:
-                todo.append(rs[0])
-            else:
-                found[k] = hit[0]
+        found = {k: hit[0] for k in rows if (hit := self.cache.get(k)) is not None}
+        todo = [rs[0] for k, rs in rows.items() if k not in found]   # one row per key the cache lacks
         if todo:
             idx = np.asarray(todo)
             width = max(1, int(attention_mask[idx].sum(1).max()))
             fresh = self.encoder(input_ids[idx, :width], attention_mask[idx, :width])   # (misses, D)
             for r, vec in zip(todo, fresh):
                 found[keys[r]] = self.cache.put(keys[r], vec, 0, 0)[0]
+        out = np.empty((len(keys), next(iter(found.values())).shape[0]), dtype=np.float32)
         for k, rs in rows.items():
-            if out is None:
-                out = np.empty((len(keys), found[k].shape[0]), dtype=np.float32)
             out[rs] = found[k]
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        return out
 
 
 def stats_or_zeros(stats, n: int) -> np.ndarray:

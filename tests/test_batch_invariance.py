@@ -6,7 +6,6 @@ depend on those batch-mates (max |d| ~0.03 next to long texts)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import urllib.request
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import tritonclient.grpc as grpcclient
 from triton_helpers import text_inputs
 
 from genrec.artifacts import ServingAssets
+from genrec.benchmarks.replay import cache_counters
 from genrec.checkpoint import Checkpoint
 from genrec.data.mind import load_split
 from genrec.export import ParityError
@@ -178,17 +178,6 @@ def test_cached_vectors_equal_fresh_ones(artifacts, news, tokenizer):
         CachedEncoder(OrtEncoder(artifacts.graph("fp32", "encoder"), threads=1), 1 << 20)
 
 
-def _cache_metrics(metrics_url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("genrec_vector_cache_"):
-            name, value = line.rsplit(" ", 1)
-            key = name.split("{")[0]
-            out[key] = out.get(key, 0.0) + float(value)
-    return out
-
-
 def test_text_path_cache_serves_repeats_and_reports_metrics(artifacts, requests_corpus, tmp_path):
     repo = build_repository(artifacts.root, tmp_path / "repo", RepositoryConfig(precision="int8", encoder_cache_mb=8))
     req = requests_corpus[2]
@@ -197,9 +186,9 @@ def test_text_path_cache_serves_repeats_and_reports_metrics(artifacts, requests_
     with running_server(repo) as srv:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
         first = client.infer("genrec", text_inputs(req["history"], req["candidates"]))
-        after_first = _cache_metrics(srv.metrics_url)
+        after_first = cache_counters(srv.metrics_url)
         again = client.infer("genrec", text_inputs(req["history"], req["candidates"]))
-        after_again = _cache_metrics(srv.metrics_url)
+        after_again = cache_counters(srv.metrics_url)
     distinct = len(set(req["history"][0]) | set(req["candidates"][0]))
     assert after_first["genrec_vector_cache_misses_total"] == distinct
     assert after_first["genrec_vector_cache_hits_total"] == n_texts - distinct
