@@ -181,6 +181,47 @@ def test_deployment_manifests_parse():
     assert "nvcr.io/nvidia/tritonserver:" in dockerfile and ":latest" not in dockerfile
 
 
+
+def test_serving_image_holds_every_module_the_python_models_import(tmp_path):
+    """The container copies only the serving core and the backends: lay the tree out as its COPY lines do
+    and resolve the backends' imports (statically, lazy imports included) against it alone."""
+    import re
+    import shutil
+    import sys
+    from modulefinder import ModuleFinder
+
+    dockerfile = (ROOT / "server" / "Dockerfile").read_text()
+    workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, re.M).group(1)
+    assert re.search(rf"^ENV PYTHONPATH={re.escape(workdir)}$", dockerfile, re.M)
+    copies = re.findall(r"^COPY (?!\$)(\S+) (\S+)$", dockerfile, re.M)
+    assert {src for src, _ in copies} == {"genrec", "model_repository"}, copies
+    for src, dst in copies:
+        shutil.copytree(ROOT / src, tmp_path / dst, ignore=shutil.ignore_patterns("__pycache__"))
+    class GenrecFinder(ModuleFinder):              # follows genrec's own imports, notes the rest
+        third_party: set[str] = set()
+
+        def import_hook(self, name, caller=None, fromlist=None, level=-1):
+            if level == 0 and name.split(".")[0] != "genrec":
+                self.third_party.add(name.split(".")[0])
+                return None
+            return super().import_hook(name, caller, fromlist, level)
+
+    path = [str(tmp_path)] + [p for p in sys.path if p and Path(p).resolve() != ROOT]
+    finder = GenrecFinder(path=path)
+    backends = tmp_path / "genrec" / "model_repository" / "backends"
+    for name in ("tokenizer", "encoder", "heads", "recommend"):       # encoder_torch: the torch image only
+        finder.run_script(str(backends / f"{name}.py"))
+    # genrec.index imports the TorchScript encoder only inside build_index for a torch-encoded catalog:
+    # an offline build step that never runs in the served models
+    build_only = {"genrec.export.torchscript": {"genrec.index"}}
+    missing = sorted(m for m, callers in finder.badmodules.items()
+                     if m.split(".")[0] == "genrec" and set(callers) - build_only.get(m, set()))
+    assert not missing, f"the serving image lacks {missing}"
+    found = {m for m in finder.modules if m.split(".")[0] == "genrec"}
+    assert "genrec.index" in found and "genrec.runtime" in found
+    assert "torch" not in finder.third_party, "a served module imports torch"
+    assert {"numpy", "onnxruntime", "tokenizers"} <= finder.third_party
+
 def test_repository_refuses_more_history_than_the_model_was_trained_on(artifacts, tmp_path):
     """The history-length feature is scaled by the trained max_history (serving.json): more is refused."""
     assert ServingAssets.load(artifacts.assets).info["max_history"] == 50
