@@ -83,3 +83,12 @@ class EvalConfig:
     skip_bad_lines: bool = dataclasses.field(default=False, metadata={
         "help": "count and report malformed lines instead of failing on the first"})
     threads: int = dataclasses.field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    full_ranking: bool = dataclasses.field(default=False, metadata={
+        "help": "also rank the whole catalog for every impression with clicks (history excluded; Recall/NDCG@K "
+                "over its clicked items, popularity alongside): the retrieval use-case, where a service sends no "
+                "candidates; exact, in process"})
+    full_ranking_k: tuple[int, ...] = dataclasses.field(default=(10, 50), metadata={
+        "help": "cut-offs K of the full-ranking Recall@K and NDCG@K"})
+    retrieval_m: int = dataclasses.field(default=200, metadata={
+        "help": "items the first stage retrieves by user . item vector before the heads re-rank them (what the "
+                "served no-candidate path does); full ranking reports this two-stage ranking done exactly too"})

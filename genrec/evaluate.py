@@ -2,7 +2,8 @@
 
 Entry point: ``evaluate(checkpoint, data_dir, EvalConfig) -> dict``. Items are encoded with the full
 PyTorch model from the checkpoint (items unseen in training included), then every impression is
-scored with its whole candidate list.
+scored with its whole candidate list. With ``full_ranking`` every impression with clicks is also ranked
+against the whole catalog (:func:`full_ranking`): the retrieval use-case, where no candidate list exists.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig  # noqa: F401  (re-exported)
 from genrec.data.mind import load_split
 from genrec.items import ImpressionArrays, ItemTable, encode_items, score_impressions
-from genrec.metrics import ranking_metrics
+from genrec.metrics import ranking_metrics, topk_metrics
 from genrec.stats import CLICKS, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
 
 
@@ -101,6 +102,87 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
             "explanation_impressions": len(chosen)}
 
 
+@torch.no_grad()
+def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays, stats: ItemStats,
+                 ks: tuple[int, ...] = (10, 50), retrieval_m: int = 200) -> dict[str, Any]:
+    """Rank the *whole catalog* for every impression with clicks, exactly, in process; history items excluded.
+
+    Targets: the impression's clicked candidates that are not in the user's history. Systems, all on the same
+    users and catalog:
+
+    * ``model``: the full heads score (match + features) of every catalog item -- the exact full ranking;
+    * ``retrieve_then_rank``: what the served two-stage path computes, done exactly: the top ``retrieval_m``
+      items by the retrieval score ``user . item_repr`` (the heads' match term; an ANN index approximates this
+      top M), re-ranked by the full heads score. A candidate's heads score does not depend on the other
+      candidates, so this re-ranks the very scores of ``model``;
+    * ``retrieval_only``: the retrieval score alone;
+    * ``popularity``: training clicks + history users (``stats``), the same for every user.
+
+    ``heads_top10_in_retrieval_top_m`` = share of the exact full ranking's top 10 found in the retrieval top M:
+    what the first stage loses, independent of the clicks.
+    """
+    heads.eval()
+    n_items = len(table)
+    rows = torch.arange(1, n_items)                                               # catalog rows (0 is padding)
+    cat, sub = torch.from_numpy(table.category), torch.from_numpy(table.subcategory)
+    per_row = torch.from_numpy(stats.lookup(table.ids))                           # (N, S); row 0: zeros
+    per_row[0] = 0
+    item_repr = heads.item_repr(vectors[rows][None], cat[rows][None], sub[rows][None])[0]   # (N-1, D)
+    counts = per_row[rows].double()
+    popularity = (counts[:, CLICKS] + counts[:, HISTORY_USERS]).numpy()           # (N-1,)
+
+    users = []
+    skipped = 0
+    for i, cands in enumerate(imps.candidates):
+        hist = imps.history[i][imps.history[i] > 0]
+        targets = set(cands[imps.labels[i] == 1].tolist()) - set(hist.tolist())
+        if targets:
+            users.append((i, hist, targets))
+        else:
+            skipped += 1
+    k_max = max(ks)
+    m = min(retrieval_m, n_items - 1)
+    ranked: dict[str, list[np.ndarray]] = {s: [] for s in ("model", "retrieve_then_rank", "retrieval_only",
+                                                           "popularity")}
+    covered = []
+    width = imps.history.shape[1]
+    batch = max(1, 2_000_000 // ((n_items - 1) * (width + 2)))                   # bounds the (B, N, H) features
+    for start in range(0, len(users), batch):
+        part = users[start: start + batch]
+        b = len(part)
+        hist = torch.from_numpy(imps.history[[i for i, _, _ in part]])            # (B, Hmax)
+        h = max(1, int((hist > 0).sum(1).max()))
+        hist = hist[:, :h]
+        hist_stats = per_row[hist]                                                # (B, H, S)
+        cand = rows.expand(b, -1)                                                 # (B, N-1)
+        out = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cand], cat[cand], sub[cand],
+                    hist_stats, per_row[cand], explain=False)
+        score = out["click_logit"].double().numpy()                              # (B, N-1)
+        retrieval = (out["user"] @ item_repr.T).double().numpy()                 # (B, N-1)
+        for j, (_, hrows, _) in enumerate(part):
+            seen = hrows - 1                                                      # history rows -> catalog cols
+            pop = popularity.copy()
+            for arr in (score[j], retrieval[j], pop):
+                arr[seen] = -np.inf
+            full = np.argsort(-score[j], kind="stable")
+            top_m = np.argsort(-retrieval[j], kind="stable")[:m]
+            rerank = top_m[np.argsort(-score[j][top_m], kind="stable")]
+            ranked["model"].append(full[:k_max] + 1)
+            ranked["retrieve_then_rank"].append(rerank[:k_max] + 1)
+            ranked["retrieval_only"].append(top_m[:k_max] + 1)
+            ranked["popularity"].append(np.argsort(-pop, kind="stable")[:k_max] + 1)
+            covered.append(np.isin(full[:10], top_m).mean())
+    targets = [t for _, _, t in users]
+    result: dict[str, Any] = {"users": len(users), "impressions_without_new_clicks": skipped,
+                              "catalog_items": n_items - 1, "retrieval_m": m}
+    for name, lists in ranked.items():
+        metrics = topk_metrics(lists, targets, ks)
+        metrics.pop("users")
+        result[name] = metrics
+    result["heads_top10_in_retrieval_top_m"] = float(np.mean(covered)) if covered else None
+    return result
+
+
 def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: EvalConfig = EvalConfig(),
              *, progress: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -153,6 +235,9 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
     best = max(result["baselines"], key=result["baselines"].get)
     result["strongest_baseline"] = best
     result["margin_over_strongest_baseline"] = result["group_auc"] - result["baselines"][best]
+    if cfg.full_ranking:
+        result["full_ranking"] = full_ranking(model.heads, vectors, table, imps, stats, cfg.full_ranking_k,
+                                              cfg.retrieval_m)
     result.update({"truncated_texts": n_trunc, "missing_history_ids": imps.missing_history,
                    "missing_candidate_ids": imps.missing_candidates,
                    "seconds": round(time.perf_counter() - t0, 1)})

@@ -102,3 +102,27 @@ def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     if n_a == 0 or n_b == 0:
         return 1.0 if n_a == n_b else 0.0
     return concordant_minus_discordant / np.sqrt(n_a * n_b)
+
+
+def topk_metrics(ranked: Iterable[Iterable], targets: Iterable[Iterable], ks: Iterable[int]) -> dict[str, float]:
+    """Full-ranking (retrieval) metrics, averaged over users: per user, ``ranked`` is the list the system
+    returned (best first, at least max(ks) long where the catalog allows) and ``targets`` the items the user
+    clicked (history items already excluded from both).
+
+    Recall@k = |top k ∩ targets| / |targets|; NDCG@k with binary gains: sum over hits of 1 / log2(rank + 1),
+    divided by the ideal sum over min(k, |targets|) hits. Users without targets are not counted.
+    """
+    ks = sorted(set(int(k) for k in ks))
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    n = 0
+    for got, want in zip(ranked, targets):
+        want = set(want)
+        if not want:
+            continue
+        n += 1
+        hit = np.array([x in want for x in list(got)[: ks[-1]]], dtype=np.float64)
+        disc = 1.0 / np.log2(np.arange(2, ks[-1] + 2))
+        for k in ks:
+            sums[f"recall@{k}"] += hit[:k].sum() / len(want)
+            sums[f"ndcg@{k}"] += (hit[:k] * disc[: len(hit[:k])]).sum() / disc[: min(k, len(want))].sum()
+    return {**{key: (v / n if n else float("nan")) for key, v in sums.items()}, "users": n}

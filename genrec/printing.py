@@ -29,5 +29,27 @@ def print_metrics(result: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        if k != "full_ranking":
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     Console().print(table)
+    if "full_ranking" in result:
+        print_full_ranking(result["full_ranking"])
+
+
+def print_full_ranking(fr: dict) -> None:
+    """One row per system (genrec.evaluate.full_ranking), one column per metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    systems = [k for k, v in fr.items() if isinstance(v, dict)]
+    metrics = list(fr[systems[0]]) if systems else []
+    table = Table(title=f"full ranking: {fr['users']} users x {fr['catalog_items']} items, history excluded "
+                        f"(two-stage: top {fr['retrieval_m']} by user . item, then the heads)")
+    table.add_column("system")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name in systems:
+        table.add_row(name, *(f"{fr[name][m]:.4f}" for m in metrics))
+    Console().print(table)
+    Console().print(f"exact top 10 inside the retrieval top {fr['retrieval_m']}: "
+                    f"{fr['heads_top10_in_retrieval_top_m']:.3f}")
