@@ -172,7 +172,7 @@ def _repository(sub: argparse._SubParsersAction) -> None:
 
 @command
 def _index(sub: argparse._SubParsersAction) -> None:
-    from genrec.index import IndexConfig
+    from genrec.index import AddConfig, IndexConfig
 
     p = sub.add_parser("index", help="item-embedding index (the real-time id path)")
     isub = p.add_subparsers(dest="index_command", required=True)
@@ -190,6 +190,23 @@ def _index(sub: argparse._SubParsersAction) -> None:
         return 0
 
     b.set_defaults(handler=run)
+
+    a = isub.add_parser("add", help="publish new items (or known ids with new text) to a served index: a new "
+                                    "generation, switched atomically; running servers pick it up without restart")
+    a.add_argument("--catalog", required=True, help="news.tsv (MIND format) with the items to add or replace")
+    a.add_argument("--index", required=True, help="INDEX_DIR (served; from `genrec index build`)")
+    a.add_argument("--artifacts", required=True,
+                   help="ART_DIR the index was built with (its encoder hash must match the index's)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(a, AddConfig)
+
+    def run_add(args: argparse.Namespace) -> int:
+        from genrec.index import add_items
+
+        add_items(args.catalog, args.artifacts, args.index, from_args(AddConfig, args), progress=not args.quiet)
+        return 0
+
+    a.set_defaults(handler=run_add)
 
 
 @command

@@ -14,6 +14,17 @@ never sits in memory; an interrupted build resumes from the last flushed chunk. 
 build (``dedupe_mb`` of recent vectors, keyed by a hash of the text) is copied instead of encoded again:
 the encoder is a function of the text alone, so the index is the same, only cheaper where texts repeat.
 Torch-free: the serving model opens indexes with this module.
+
+Live updates (``genrec index add``): INDEX_DIR may hold generations next to (or instead of) the legacy
+top-level files::
+
+  CURRENT           "gen-000007": the served generation, replaced by write-temp + rename (the atomic switch)
+  gen-000005/       a base: a complete genrec.index/2 segment (above) + generation.json {"segments": ["gen-000005"]}
+  gen-000007/       a delta: the items added since the base (one segment) + generation.json
+                    {"segments": ["gen-000005", "gen-000007"]}; "." names the legacy top-level files as a base
+
+Without CURRENT the folder is read as before. Servers follow CURRENT with :class:`LiveIndex`; the writer
+(``add_items``) deletes generations the current and ``keep_generations`` previous ones no longer use.
 """
 
 from __future__ import annotations
@@ -21,8 +32,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,6 +114,9 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     if graph not in art.manifest["precisions"].get(cfg.precision, {}):
         raise ValueError(f"{art.root} has no {cfg.precision} {graph}")
     encoder_sha = art.sha256(cfg.precision, graph)
+    if (out / CURRENT).exists():
+        raise IndexMismatch(f"{out} holds live generations ({CURRENT}): publish items with `genrec index add`, "
+                            "or build a new index into another folder")
     fingerprint = sha256_file(catalog)
     manifest_path = out / "index.json"
     out.mkdir(parents=True, exist_ok=True)
@@ -230,14 +249,17 @@ def _write_json(path: Path, value: Any) -> None:
     tmp.replace(path)
 
 
-class ItemIndex:
-    """Read-only view of a complete index: vectorized id lookup, vectors and category ids."""
+class Segment:
+    """One complete ``genrec.index/2`` folder, memory-mapped: vectorized id lookup, vectors and category ids."""
 
     def __init__(self, folder: str | Path, *, expect_encoder_sha256: str | None = None):
         folder = Path(folder)
         path = folder / "index.json"
         if not path.is_file():
             raise IndexMismatch(f"no index at {folder} (build one with `genrec index build`)")
+        st = path.stat()
+        self.folder = folder
+        self.key = (str(folder.resolve()), st.st_ino, st.st_mtime_ns)      # what identifies this written segment
         self.manifest = m = json.loads(path.read_text())
         if m.get("format") != FORMAT:
             raise IndexMismatch(f"{path}: format {m.get('format')!r} is not {FORMAT!r}")
@@ -272,6 +294,129 @@ class ItemIndex:
         return np.where(found, self.order[pos], -1)
 
 
+class ItemIndex:
+    """Read-only view of one generation of INDEX_DIR: a legacy single folder (``index.json`` at the top), or
+    the generation ``CURRENT`` names: a base segment plus at most one delta segment of items added since.
+
+    ``rows`` gives rows in the concatenation of the segments (base first); an id in the delta shadows the
+    same id in the base (an item re-added with new text). ``take`` reads those rows without concatenating.
+    ``reuse``: segments already open (the previous generation's); one with the same folder and manifest is
+    shared instead of mapped and sorted again, so a switch costs O(delta), not O(N).
+    """
+
+    def __init__(self, folder: str | Path, *, expect_encoder_sha256: str | None = None,
+                 reuse: Sequence[Segment] = ()):
+        folder = Path(folder)
+        self.folder = folder
+        name = read_current(folder)
+        self.generation_name = name                       # None: a legacy single-folder index
+        if name is None:
+            self.generation = 0
+            names = ["."]
+            gm = None
+        else:
+            gpath = folder / name / GENERATION
+            try:
+                gm = json.loads(gpath.read_text())
+            except FileNotFoundError:
+                raise IndexMismatch(f"{folder}: CURRENT names {name}, which has no {GENERATION} "
+                                    "(removed by a newer `genrec index add`?)") from None
+            if gm.get("format") != GEN_FORMAT:
+                raise IndexMismatch(f"{gpath}: format {gm.get('format')!r} is not {GEN_FORMAT!r}")
+            self.generation = int(gm["generation"])
+            names = gm["segments"]
+        open_ = {s.key: s for s in reuse}
+        segments = []
+        for seg_name in names:
+            sf = folder / seg_name
+            try:
+                st = (sf / "index.json").stat()
+                seg = open_.get((str(sf.resolve()), st.st_ino, st.st_mtime_ns))
+            except FileNotFoundError:
+                seg = None
+            segments.append(seg if seg is not None else Segment(sf, expect_encoder_sha256=expect_encoder_sha256))
+        self.segments: list[Segment] = segments
+        first = segments[0].manifest
+        for seg in segments[1:]:
+            if (seg.manifest["encoder_sha256"], seg.dim) != (first["encoder_sha256"], segments[0].dim):
+                raise IndexMismatch(f"{folder}: segment {seg.folder} was encoded by another encoder "
+                                    f"than {segments[0].folder}")
+        self.manifest = first if gm is None else gm
+        self.dim = segments[0].dim
+        self.offsets = np.cumsum([0] + [len(s) for s in segments])[:-1].tolist()      # first global row of each
+        self._count = len(segments[0]) if gm is None else int(gm["count"])
+
+    def __len__(self) -> int:
+        """Distinct live ids (a re-added id counts once)."""
+        return self._count
+
+    def rows(self, ids: list[bytes]) -> np.ndarray:
+        """(len(ids),) global row of each id, -1 where unknown: newest segment first, so a re-added id's new row
+        wins. One binary search per segment (at most two), only over the ids still unknown."""
+        if len(self.segments) == 1:
+            return self.segments[0].rows(ids)
+        out = np.full(len(ids), -1, dtype=np.int64)
+        for seg, off in zip(reversed(self.segments), reversed(self.offsets)):
+            todo = np.flatnonzero(out < 0)
+            if not len(todo):
+                break
+            got = seg.rows([ids[i] for i in todo.tolist()])
+            hit = got >= 0
+            out[todo[hit]] = got[hit] + off
+        return out
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows (all >= 0, from :meth:`rows` of this same object) -> (vectors (K, D) float32, truncated (K,) bool,
+        category (K,) int64, subcategory (K,) int64), copied out of the maps."""
+        if len(self.segments) == 1:
+            s = self.segments[0]
+            return s.vectors[rows], s.truncated[rows], s.category[rows], s.subcategory[rows]
+        vec = np.empty((len(rows), self.dim), dtype=np.float32)
+        cut = np.empty(len(rows), dtype=bool)
+        cat = np.empty(len(rows), dtype=np.int64)
+        sub = np.empty(len(rows), dtype=np.int64)
+        for seg, off in zip(self.segments, self.offsets):
+            mask = (rows >= off) & (rows < off + len(seg))
+            if mask.any():
+                r = rows[mask] - off
+                vec[mask], cut[mask], cat[mask], sub[mask] = (seg.vectors[r], seg.truncated[r], seg.category[r],
+                                                               seg.subcategory[r])
+        return vec, cut, cat, sub
+
+    # The arrays of a single-segment index (what tools and tests read); a generation with a delta concatenates
+    # them on first use (O(N) copies: never on the serving path, which uses rows/take).
+    def _concat(self, attr: str) -> np.ndarray:
+        if len(self.segments) == 1:
+            return getattr(self.segments[0], attr)
+        cached = self.__dict__.setdefault("_concat_cache", {})
+        if attr not in cached:
+            parts = [getattr(s, attr) for s in self.segments]
+            if attr == "ids":
+                width = max(p.dtype.itemsize for p in parts)
+                parts = [np.asarray(p).astype(f"S{width}") for p in parts]
+            cached[attr] = np.concatenate(parts)
+        return cached[attr]
+
+    ids = property(lambda self: self._concat("ids"))
+    vectors = property(lambda self: self._concat("vectors"))
+    category = property(lambda self: self._concat("category"))
+    subcategory = property(lambda self: self._concat("subcategory"))
+    truncated = property(lambda self: self._concat("truncated"))
+
+    @property
+    def order(self) -> np.ndarray:
+        return self._single("order")
+
+    @property
+    def sorted_ids(self) -> np.ndarray:
+        return self._single("sorted_ids")
+
+    def _single(self, attr: str) -> np.ndarray:
+        if len(self.segments) != 1:
+            raise AttributeError(f"{attr}: generation {self.generation} has {len(self.segments)} segments")
+        return getattr(self.segments[0], attr)
+
+
 def sorted_lookup(sorted_ids: np.ndarray, ids: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Binary search of ``ids`` in ``sorted_ids`` (ascending, fixed-width S{w}): (positions, found mask).
 
@@ -286,3 +431,341 @@ def sorted_lookup(sorted_ids: np.ndarray, ids: list[bytes]) -> tuple[np.ndarray,
         return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
     return pos, fits & (sorted_ids[pos] == query)
+
+
+# ---- generations: live updates ------------------------------------------------------------------------------
+
+GEN_FORMAT = "genrec.index-generation/1"
+GENERATION = "generation.json"
+CURRENT = "CURRENT"
+PARTIAL = "add.partial"          # an `index add` in progress (resumed by the next one)
+LOCK = ".writer.lock"
+
+
+def read_current(folder: str | Path) -> str | None:
+    """The generation CURRENT names (``gen-000003``), or None for a legacy single-folder index."""
+    try:
+        name = (Path(folder) / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name.startswith("gen-") or "/" in name:
+        raise IndexMismatch(f"{folder}/{CURRENT}: {name!r} is not a generation name")
+    return name
+
+
+def generation_key(folder: str | Path) -> tuple | None:
+    """What identifies the served generation of INDEX_DIR without reading it: CURRENT's (inode, mtime), else
+    the legacy index.json's; None when there is neither. Every publish replaces CURRENT through a rename."""
+    folder = Path(folder)
+    for name in (CURRENT, "index.json"):
+        try:
+            st = os.stat(folder / name)
+        except FileNotFoundError:
+            continue
+        return name, st.st_ino, st.st_mtime_ns, st.st_size
+    return None
+
+
+@dataclasses.dataclass
+class AddConfig:
+    threads: int = dataclasses.field(default=0, metadata={"help": "ORT intra-op threads (0 = all cores)"})
+    batch_size: int = dataclasses.field(default=128, metadata={"help": "texts per encoder call"})
+    chunk_size: int = dataclasses.field(default=4096, metadata={
+        "help": "new items encoded and flushed per chunk (an interrupted add resumes from the last one)"})
+    device: str = dataclasses.field(default="cpu", metadata={
+        "help": "torchscript-built indexes only: cpu or cuda", "choices": ("cpu", "cuda")})
+    skip_bad_lines: bool = dataclasses.field(default=False, metadata={
+        "help": "count and report malformed catalog lines instead of failing"})
+    dedupe_mb: int = dataclasses.field(default=256, metadata={
+        "help": "MB of recently encoded vectors kept by text: repeated texts among the new items are encoded once"})
+    keep_generations: int = dataclasses.field(default=1, metadata={
+        "help": "previous generations kept on disk besides the current one, so a server that has not switched yet "
+                "can still open the one it is about to read; older ones are deleted (a server still mapping one "
+                "keeps its pages: Linux frees an unlinked file when its last mapping goes)"})
+    compact_ratio: float = dataclasses.field(default=0.1, metadata={
+        "help": "when the items added since the base exceed this fraction of it, write one new full base (an O(N) "
+                "copy, no encoding) instead of a delta: lookups stay two binary searches and replaced rows stop "
+                "taking space (0 = every add writes a full base)"})
+
+
+def _graph_for(art: Artifacts, precision: str, encoder_sha: str, index: Path) -> str:
+    """Which exported graph built the index (onnx ``encoder`` or TorchScript): the one whose hash it carries."""
+    graphs = art.manifest["precisions"].get(precision, {})
+    for graph in ("encoder", TORCHSCRIPT_GRAPH):
+        if graph in graphs and art.sha256(precision, graph) == encoder_sha:
+            return graph
+    raise IndexMismatch(
+        f"{index} was built by encoder {encoder_sha[:12]} ({precision}), which {art.root} does not contain: items "
+        "encoded with these artifacts would not match the indexed vectors. Add with the artifacts the index was "
+        "built (and is served) with, or rebuild the index with `genrec index build`.")
+
+
+def _widen(ids: np.ndarray, width: int) -> np.ndarray:
+    return np.asarray(ids).astype(f"S{width}")
+
+
+def _isin(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """(len(ids),) whether each fixed-width id is in ``sorted_ids`` (ascending); any widths, vectorized."""
+    if len(sorted_ids) == 0 or len(ids) == 0:
+        return np.zeros(len(ids), dtype=bool)
+    width = max(ids.dtype.itemsize, sorted_ids.dtype.itemsize)
+    a, s = _widen(ids, width), _widen(sorted_ids, width)         # null padding keeps the order
+    pos = np.minimum(np.searchsorted(s, a), len(s) - 1)
+    return s[pos] == a
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_segment(out: Path, parts: list[tuple[Segment, np.ndarray]], manifest: dict[str, Any],
+                   chunk: int = 1 << 16) -> int:
+    """Copy ``rows`` of each segment (in order) into a new complete segment folder; no encoding. Returns N."""
+    out.mkdir(parents=True)
+    n = sum(len(r) for _, r in parts)
+    width = max(seg.ids.dtype.itemsize for seg, _ in parts)
+    d = manifest["dim"]
+    arrays = {"ids.bin": np.memmap(out / "ids.bin", dtype=f"S{width}", mode="w+", shape=(n,)),
+              "category.i64": np.memmap(out / "category.i64", dtype=np.int64, mode="w+", shape=(n,)),
+              "subcategory.i64": np.memmap(out / "subcategory.i64", dtype=np.int64, mode="w+", shape=(n,)),
+              "vectors.f32": np.memmap(out / "vectors.f32", dtype=np.float32, mode="w+", shape=(n, d)),
+              "truncated.u8": np.memmap(out / "truncated.u8", dtype=np.uint8, mode="w+", shape=(n,))}
+    at = 0
+    for seg, rows in parts:
+        for i in range(0, len(rows), chunk):
+            r = rows[i:i + chunk]
+            j = slice(at, at + len(r))
+            arrays["ids.bin"][j] = seg.ids[r]
+            arrays["category.i64"][j] = seg.category[r]
+            arrays["subcategory.i64"][j] = seg.subcategory[r]
+            arrays["vectors.f32"][j] = seg.vectors[r]
+            arrays["truncated.u8"][j] = seg.truncated[r]
+            at += len(r)
+    ids = arrays["ids.bin"]
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if n > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
+        raise AssertionError("duplicate id in a merged segment")       # the merge keeps one row per id
+    np.memmap(out / "order.i64", dtype=np.int64, mode="w+", shape=(n,))[:] = order
+    for a in arrays.values():
+        a.flush()
+    del arrays, ids
+    _write_json(out / "progress.json", {"rows": n})
+    _write_json(out / "index.json", {**manifest, "count": n, "id_width": width, "complete": True,
+                                     "truncated_texts": int(np.count_nonzero(
+                                         np.fromfile(out / "truncated.u8", dtype=np.uint8)))})
+    for name in FILES:
+        if (out / name).exists():
+            _fsync(out / name)
+    return n
+
+
+def _generations(index: Path) -> dict[int, Path]:
+    out = {}
+    for p in index.glob("gen-*"):
+        if p.is_dir() and p.name[4:].isdigit():
+            out[int(p.name[4:])] = p
+    return out
+
+
+def collect_garbage(index: str | Path, keep_generations: int = 1, *, log: Callable[[str], None] = print) -> list[str]:
+    """Delete generations older than the current one and ``keep_generations`` before it, except segments a kept
+    generation still uses (a delta's base). A server still mapping a deleted file keeps reading it: Linux frees
+    an unlinked file's pages when its last mapping goes, and the server drops a generation's maps when no
+    request uses it any more. Returns the removed names."""
+    index = Path(index)
+    current = read_current(index)
+    if current is None:
+        return []
+    gens = _generations(index)
+    cur = int(current[4:])
+    kept = [g for g in sorted(gens, reverse=True) if g <= cur][:1 + max(0, keep_generations)]
+    used: set[str] = set()
+    for g in kept:
+        try:
+            used.update(json.loads((gens[g] / GENERATION).read_text())["segments"])
+        except FileNotFoundError:
+            continue
+        used.add(gens[g].name)
+    removed = []
+    for g, path in sorted(gens.items()):
+        if g < cur and path.name not in used:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if "." not in used and (index / "index.json").exists():          # a legacy base nobody uses any more
+        for name in FILES:
+            (index / name).unlink(missing_ok=True)
+        removed.append("the legacy base at the top of the folder")
+    if removed:
+        log(f"{index}: removed {', '.join(removed)}")
+    return removed
+
+
+def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg: AddConfig = AddConfig(), *,
+              progress: bool = True, log: Callable[[str], None] = print,
+              on_chunk: Callable[[int], None] | None = None) -> Path:
+    """Publish the items of ``catalog`` (news.tsv: new items, or known ids with new text) as a new generation
+    of INDEX_DIR and switch to it atomically; servers pick it up within ``index_refresh_ms``.
+
+    Only the catalog's items are encoded (resumably, under INDEX_DIR/add.partial). The new generation is the
+    current base plus one delta segment: the previous delta's rows (minus ids the catalog sends again) and the
+    new rows, copied. Past ``compact_ratio`` the generation is one new full base instead. The generation folder
+    is complete before ``CURRENT`` names it (write-temp + rename), so no reader ever sees a half-written one;
+    an interrupted add leaves the served generation as it was. Returns the new generation's folder.
+    """
+    import fcntl
+
+    catalog, index = Path(catalog), Path(index)
+    if not index.is_dir():
+        raise IndexMismatch(f"no index at {index} (build the first one with `genrec index build`)")
+    with open(index / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another `genrec index add` is writing {index}") from None
+        cur = ItemIndex(index)
+        m = cur.manifest
+        art = Artifacts.load(artifacts)
+        graph = _graph_for(art, m["precision"], m["encoder_sha256"], index)
+        work = index / PARTIAL
+        work.mkdir(exist_ok=True)
+        icfg = IndexConfig(precision=m["precision"], chunk_size=cfg.chunk_size, batch_size=cfg.batch_size,
+                           threads=cfg.threads, encoder="onnx" if graph == "encoder" else "torchscript",
+                           device=cfg.device, skip_bad_lines=cfg.skip_bad_lines, dedupe_mb=cfg.dedupe_mb)
+        t0 = time.perf_counter()
+        build_index(catalog, artifacts, work / "new", icfg, progress=progress, log=log, on_chunk=on_chunk)
+        t_encoded = time.perf_counter()
+        new = Segment(work / "new")
+        base = cur.segments[0]
+        for key in ("use_abstract", "categories_sha256", "dim"):
+            if new.manifest[key] != base.manifest[key]:
+                raise IndexMismatch(f"{catalog}: {key} of the new items ({new.manifest[key]}) differs from the "
+                                    f"index ({base.manifest[key]}): built from other artifacts")
+        delta = cur.segments[1] if len(cur.segments) > 1 else None
+        keep_delta = (np.flatnonzero(~_isin(np.asarray(delta.ids), new.sorted_ids)) if delta is not None
+                      else np.zeros(0, dtype=np.int64))
+        n_delta = len(keep_delta) + len(new)
+        number = max([cur.generation, *_generations(index)]) + 1
+        name = f"gen-{number:06d}"
+        compact = n_delta > cfg.compact_ratio * len(base)
+        parts: list[tuple[Segment, np.ndarray]] = []
+        if compact:                                    # one full base: base rows not shadowed, then the delta
+            shadow = np.sort(np.concatenate([_widen(new.sorted_ids, MAX_ID_BYTES)] + (
+                [_widen(np.asarray(delta.ids)[keep_delta], MAX_ID_BYTES)] if delta is not None else [])))
+            parts.append((base, np.flatnonzero(~_isin(np.asarray(base.ids), shadow))))
+        if delta is not None:
+            parts.append((delta, keep_delta))
+        parts.append((new, np.arange(len(new))))
+        segment_manifest = {**{k: new.manifest[k] for k in ("format", "contract_version", "encoder_sha256",
+                                                            "precision", "dim", "use_abstract", "categories_sha256")},
+                            "catalog": new.manifest["catalog"], "catalog_sha256": new.manifest["catalog_sha256"],
+                            "encoded_texts": new.manifest.get("encoded_texts"),
+                            "reused_texts": new.manifest.get("reused_texts"), "generation": number,
+                            "kind": "base" if compact else "delta",
+                            "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        staged = work / name
+        shutil.rmtree(staged, ignore_errors=True)
+        rows = _write_segment(staged, parts, segment_manifest)
+        if compact:
+            segments, count = [name], rows
+        else:
+            base_name = "." if base.folder.resolve() == index.resolve() else base.folder.name
+            segments = [base_name, name]
+            shadowed = int(np.count_nonzero(_isin(np.asarray(new.ids), base.sorted_ids)))
+            if delta is not None:
+                shadowed += int(np.count_nonzero(_isin(np.asarray(delta.ids)[keep_delta], base.sorted_ids)))
+            count = len(base) + rows - shadowed
+        replaced = int(np.count_nonzero(cur.rows([bytes(i) for i in new.ids]) >= 0))
+        _write_json(staged / GENERATION, {
+            "format": GEN_FORMAT, "generation": number, "segments": segments, "count": count,
+            "previous": cur.generation_name or ".", "added": len(new) - replaced, "replaced": replaced,
+            **{k: m[k] for k in ("encoder_sha256", "precision", "dim", "use_abstract", "categories_sha256")},
+            "created": segment_manifest["created"]})
+        _fsync(staged / GENERATION)
+        _fsync(staged)
+        staged.rename(index / name)                    # the generation appears complete ...
+        _fsync(index)
+        tmp = index / f"{CURRENT}.tmp"
+        with open(tmp, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, index / CURRENT)               # ... and CURRENT switches to it in one rename
+        _fsync(index)
+        published = time.perf_counter()
+        del new, cur, base, delta, parts
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"published {name} ({count} items: {len(segments)} segment{'s' * (len(segments) > 1)}, "
+            f"{'compacted into a new base' if compact else f'{rows} rows in the delta'}; "
+            f"{replaced} replaced ids) -- encode {t_encoded - t0:.1f} s, write + switch {published - t_encoded:.1f} s")
+        collect_garbage(index, cfg.keep_generations, log=log)
+    return index / name
+
+
+class LiveIndex:
+    """The current :class:`ItemIndex` generation of INDEX_DIR, swapped atomically when ``index add`` publishes.
+
+    Mirrors :class:`genrec.statstore.LiveStats`: ``refresh_ms`` > 0 starts a daemon thread that checks
+    CURRENT that often; a new generation is opened (sharing the unchanged base segment's maps) into a new
+    object which then replaces ``self.index`` in one reference assignment. A request reads ``live.index``
+    once, so it never mixes generations. A generation that cannot be opened (mismatched encoder, removed
+    already) is logged once and the current one stays. The old generation's maps are released when the last
+    request holding it returns (reference counting: nothing else keeps it).
+    """
+
+    def __init__(self, folder: str | Path, refresh_ms: int = 1000, *, expect_encoder_sha256: str | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.folder = Path(folder)
+        self.refresh_ms = refresh_ms
+        self.expect = expect_encoder_sha256
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.key = generation_key(self.folder)
+        self.index = ItemIndex(self.folder, expect_encoder_sha256=self.expect)      # the first open must succeed
+        self.loads, self._last_error = 1, ""
+        self._stop = threading.Event()
+        self._thread = None
+        if refresh_ms > 0:
+            self._thread = threading.Thread(target=self._run, name="genrec-index-refresh", daemon=True)
+            self._thread.start()
+
+    def check(self) -> bool:
+        """Switch to a newly published generation if there is one; True when ``index`` was replaced."""
+        key = generation_key(self.folder)
+        if key is None or key == self.key:
+            return False
+        current = self.index
+        try:
+            index = ItemIndex(self.folder, expect_encoder_sha256=self.expect, reuse=current.segments)
+            if index.dim != current.dim:
+                raise IndexMismatch(f"{self.folder}: new generation has D={index.dim}, the served one D={current.dim}")
+        except (IndexMismatch, OSError, ValueError, KeyError) as exc:
+            if str(exc) != self._last_error:
+                self._last_error = str(exc)
+                self.log(f"item index not refreshed (keeping generation {current.generation}, "
+                         f"{len(current)} items): {exc}")
+            return False
+        gone = current.generation
+        weakref.finalize(current, self.log, f"item index generation {gone} released (no request uses it)")
+        del current
+        self.index = index                                # one reference assignment: atomic for readers
+        self.key = key
+        self.loads += 1
+        self._last_error = ""
+        self.log(f"item index switched to generation {index.generation} ({len(index)} items) from {self.folder}")
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_ms / 1000.0):
+            try:
+                self.check()
+            except Exception as exc:  # noqa: BLE001 - the poller must outlive any folder state
+                self.log(f"item index refresh failed: {exc!r}")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

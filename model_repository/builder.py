@@ -95,6 +95,9 @@ class RepositoryConfig:
     stats: str = dataclasses.field(default="", metadata={
         "help": "STATS_DIR from `genrec stats build`: item statistics the `recommend` model serves by id "
                 "(needs --index; unknown ids get zeros = the prior); rebuilding it refreshes a running server"})
+    index_refresh_ms: int = dataclasses.field(default=1000, metadata={
+        "help": "how often `recommend` checks INDEX_DIR/CURRENT for a generation published by `genrec index add` "
+                "(0 = never: load once); an added item is servable by id within about this long"})
     stats_refresh_ms: int = dataclasses.field(default=1000, metadata={
         "help": "how often `recommend` checks STATS_DIR for a new generation (0 = never: load once)"})
     heads_mode: str = dataclasses.field(default="in-process", metadata={
@@ -206,7 +209,8 @@ def recommend_config(cfg: RepositoryConfig, assets: ServingAssets, encoder_sha25
     _instances(m, cfg.recommend_instances, "cpu")
     if cfg.stats:
         _params(m, stats_dir=Path(cfg.stats).resolve(), stats_refresh_ms=cfg.stats_refresh_ms)
-    _params(m, index_dir=Path(cfg.index).resolve(), encoder_sha256=encoder_sha256, lru_bytes=int(cfg.lru_mb * 2**20),
+    _params(m, index_dir=Path(cfg.index).resolve(), index_refresh_ms=cfg.index_refresh_ms,
+            encoder_sha256=encoder_sha256, lru_bytes=int(cfg.lru_mb * 2**20),
             device=heads_device(cfg), encoder_model="encoder", heads_mode=cfg.heads_mode,
             **served_params(cfg, assets).to_parameters())
     return m

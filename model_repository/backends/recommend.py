@@ -11,6 +11,12 @@ snapshot, read once per request (never half-old/half-new); a background thread s
 when ``genrec stats build`` rewrites STATS_DIR. Ids without statistics (and every id when no STATS_DIR is
 configured) get zeros: the model's prior. New items sent with text get statistics only if STATS_DIR knows
 their id.
+
+The item index is followed live the same way (:class:`genrec.index.LiveIndex`): `genrec index add` publishes a
+new generation of INDEX_DIR and switches its ``CURRENT`` pointer; a thread checks it every ``index_refresh_ms``
+and swaps in the new generation with one reference assignment. ``_one`` reads that reference once, so a request
+is answered from exactly one generation, and the old generation's maps go when the last request holding it
+returns (the writer has already unlinked its files; Linux frees them then).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 from genrec.artifacts import ServingAssets
 from genrec.contract import HEADS, ITEM_STATS
-from genrec.index import IndexMismatch, ItemIndex
+from genrec.index import IndexMismatch, LiveIndex
 from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
 from genrec.requests import Limits, RequestError, validate_ids
 from genrec.runtime import OrtHeads
@@ -37,12 +43,15 @@ class RecommendModel:
         self.assets = ServingAssets.load(vdir / "assets")
         self.tokenizer = self.assets.tokenizer()
         try:
-            self.index = ItemIndex(p["index_dir"], expect_encoder_sha256=p["encoder_sha256"])
+            self.live = LiveIndex(p["index_dir"], int(p.get("index_refresh_ms", "1000")),
+                                  expect_encoder_sha256=p["encoder_sha256"],
+                                  log=lambda m: print(f"recommend: {m}", flush=True))
         except IndexMismatch as exc:
             raise pb_utils.TritonModelException(f"recommend: {exc}") from None
-        if self.index.dim != self.assets.dim:
+        if self.live.index.dim != self.assets.dim:
+            self.live.close()
             raise pb_utils.TritonModelException(
-                f"recommend: index vectors have D={self.index.dim}, the model D={self.assets.dim}")
+                f"recommend: index vectors have D={self.live.index.dim}, the model D={self.assets.dim}")
         # "in-process" runs heads.onnx here; "bls" calls the `heads` model (kept to measure the choice)
         self.heads_mode = p.get("heads_mode", "in-process")
         self.heads = OrtHeads(vdir / "heads.onnx", threads=1, device=p.get("device", "cpu"))
@@ -60,6 +69,7 @@ class RecommendModel:
                 raise pb_utils.TritonModelException(f"recommend: {exc}") from None
 
     def finalize(self):
+        self.live.close()
         if self.stats is not None:
             self.stats.close()
 
@@ -94,20 +104,18 @@ class RecommendModel:
         ids = [*req.history_id, *req.candidate_id]
         n_hist = len(req.history_id)
         raw_ids = [i.encode("utf-8") for i in ids]
-        rows = self.index.rows(raw_ids)                                          # (N,) -1 = not indexed
+        index = self.live.index                       # one generation for the whole request: read the reference once
+        rows = index.rows(raw_ids)                                               # (N,) -1 = not indexed
         stats = (self.stats.table.lookup(raw_ids) if self.stats is not None   # one snapshot per request
                  else np.zeros((len(ids), N_STATS), dtype=np.float32))          # (N, S), zeros = the prior
         known = rows >= 0
-        vectors = np.empty((len(ids), self.index.dim), dtype=np.float32)         # (N, D)
+        vectors = np.empty((len(ids), index.dim), dtype=np.float32)              # (N, D)
         cats = np.zeros(len(ids), dtype=np.int64)
         subs = np.zeros(len(ids), dtype=np.int64)
         source = np.full(len(ids), INDEX, dtype=np.int8)
         truncated = np.zeros(len(ids), dtype=np.bool_)                            # cut at index build or now
         if known.any():
-            kr = rows[known]
-            vectors[known] = self.index.vectors[kr]
-            truncated[known] = self.index.truncated[kr]
-            cats[known], subs[known] = self.index.category[kr], self.index.subcategory[kr]
+            vectors[known], truncated[known], cats[known], subs[known] = index.take(rows[known])
         misses: dict[bytes, list[int]] = {}          # LRU key -> positions in this request
         miss_items: dict[bytes, tuple[str, str, str]] = {}
         for pos in np.flatnonzero(~known):
