@@ -524,43 +524,42 @@ def _fsync(path: Path) -> None:
 
 def _write_segment(out: Path, parts: list[tuple[Segment, np.ndarray]], manifest: dict[str, Any],
                    chunk: int = 1 << 16) -> int:
-    """Copy ``rows`` of each segment (in order) into a new complete segment folder; no encoding. Returns N."""
+    """Copy ``rows`` of each segment (in order) into a new complete segment folder; no encoding. Returns N.
+    Streams chunks with plain writes (not a writable map), so a 1M-row compaction holds one chunk in memory."""
     out.mkdir(parents=True)
     n = sum(len(r) for _, r in parts)
     width = max(seg.ids.dtype.itemsize for seg, _ in parts)
-    d = manifest["dim"]
-    arrays = {"ids.bin": np.memmap(out / "ids.bin", dtype=f"S{width}", mode="w+", shape=(n,)),
-              "category.i64": np.memmap(out / "category.i64", dtype=np.int64, mode="w+", shape=(n,)),
-              "subcategory.i64": np.memmap(out / "subcategory.i64", dtype=np.int64, mode="w+", shape=(n,)),
-              "vectors.f32": np.memmap(out / "vectors.f32", dtype=np.float32, mode="w+", shape=(n, d)),
-              "truncated.u8": np.memmap(out / "truncated.u8", dtype=np.uint8, mode="w+", shape=(n,))}
-    at = 0
-    for seg, rows in parts:
-        for i in range(0, len(rows), chunk):
-            r = rows[i:i + chunk]
-            j = slice(at, at + len(r))
-            arrays["ids.bin"][j] = seg.ids[r]
-            arrays["category.i64"][j] = seg.category[r]
-            arrays["subcategory.i64"][j] = seg.subcategory[r]
-            arrays["vectors.f32"][j] = seg.vectors[r]
-            arrays["truncated.u8"][j] = seg.truncated[r]
-            at += len(r)
-    ids = arrays["ids.bin"]
+    names = ("ids.bin", "category.i64", "subcategory.i64", "vectors.f32", "truncated.u8")
+    files = {name: open(out / name, "wb") for name in names}
+    cut = 0
+    try:
+        for seg, rows in parts:
+            for i in range(0, len(rows), chunk):
+                r = rows[i:i + chunk]
+                files["ids.bin"].write(np.asarray(seg.ids[r]).astype(f"S{width}").tobytes())
+                files["category.i64"].write(np.ascontiguousarray(seg.category[r], dtype=np.int64).tobytes())
+                files["subcategory.i64"].write(np.ascontiguousarray(seg.subcategory[r], dtype=np.int64).tobytes())
+                files["vectors.f32"].write(np.ascontiguousarray(seg.vectors[r], dtype=np.float32).tobytes())
+                t = seg.truncated[r].astype(np.uint8)
+                files["truncated.u8"].write(t.tobytes())
+                cut += int(np.count_nonzero(t))
+        for f in files.values():
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        for f in files.values():
+            f.close()
+    ids = np.fromfile(out / "ids.bin", dtype=f"S{width}")
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     if n > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
         raise AssertionError("duplicate id in a merged segment")       # the merge keeps one row per id
-    np.memmap(out / "order.i64", dtype=np.int64, mode="w+", shape=(n,))[:] = order
-    for a in arrays.values():
-        a.flush()
-    del arrays, ids
+    order.astype(np.int64).tofile(out / "order.i64")
+    _fsync(out / "order.i64")
     _write_json(out / "progress.json", {"rows": n})
     _write_json(out / "index.json", {**manifest, "count": n, "id_width": width, "complete": True,
-                                     "truncated_texts": int(np.count_nonzero(
-                                         np.fromfile(out / "truncated.u8", dtype=np.uint8)))})
-    for name in FILES:
-        if (out / name).exists():
-            _fsync(out / name)
+                                     "truncated_texts": cut})
+    _fsync(out / "index.json")
     return n
 
 
