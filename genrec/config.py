@@ -57,6 +57,12 @@ class TrainConfig:
     stats_warmup: float = dataclasses.field(default=0.0, metadata={
         "help": "earliest fraction of training impressions that only feeds item statistics (not trained on): "
                 "their as-of counts are too young to resemble the mature counts seen when serving"})
+    stats_staleness_hours: float | None = dataclasses.field(default=None, metadata={
+        "help": "how old served item statistics get before the next `genrec stats build`; each training "
+                "impression sees its counts as of a random moment up to this long before it, so items published "
+                "since are unknown in training as often as when serving (else the model never learns to rank "
+                "new items against known ones). Default: the validation window's span, the staleness validation "
+                "and a test after the log see; 0 = strictly up to each impression's time"})
     patience: int = dataclasses.field(default=2, metadata={
         "help": "epochs without a validation group-AUC gain before stopping"})
     alpha: dict[str, float] = dataclasses.field(

@@ -53,11 +53,11 @@ class ImpressionArrays:
     candidate_stats: list[np.ndarray] | None = None    # I x (C_i, S)
 
     def attach_stats_as_of(self, log: Sequence[Impression], impressions: Sequence[Impression],
-                           table: ItemTable) -> None:
+                           table: ItemTable, staleness: np.ndarray | None = None) -> None:
         """Training: impression i (built from ``impressions[i]``) sees the counts of the events of ``log``
-        strictly before its own time."""
+        strictly before its own time minus ``staleness[i]`` seconds (default 0)."""
         self.history_stats, self.candidate_stats = stats_as_of(log, impressions, self.history, self.candidates,
-                                                               table.index, len(table))
+                                                               table.index, len(table), staleness)
 
     def attach_stats(self, stats: ItemStats, table: ItemTable) -> None:
         """Evaluation and serving: one fixed set of counts (e.g. the whole training log)."""

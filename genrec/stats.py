@@ -251,13 +251,16 @@ def validate_counts(counts: np.ndarray, where: str) -> None:
 
 
 def stats_as_of(log: Sequence[Impression], impressions: Sequence[Impression], history_rows: np.ndarray,
-                candidate_rows: Sequence[np.ndarray], row_of: dict[str, int],
-                n_rows: int) -> tuple[np.ndarray, list[np.ndarray]]:
+                candidate_rows: Sequence[np.ndarray], row_of: dict[str, int], n_rows: int,
+                staleness: Sequence[float] | np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Counts of the events of ``log`` strictly before each impression's time, for its history and candidates.
 
     ``impressions[i]`` is scored with ``history_rows[i]`` (Hmax,) and ``candidate_rows[i]`` (C_i,) (rows of an
-    item table of ``n_rows`` items, 0 = padding).
-    Returns ((I, Hmax, N_STATS) float32, I x (C_i, N_STATS) float32).
+    item table of ``n_rows`` items, 0 = padding). ``staleness[i]`` (seconds, default 0) moves impression i's
+    as-of time that far back: served statistics come from the last ``genrec stats build``, so items published
+    since are unknown to them, and training must see unknown items as often as serving does.
+    An item with no event before its as-of time has no collaborative vector either (a build at that time
+    would not know it). Returns ((I, Hmax, N_STATS) float32, I x (C_i, N_STATS) float32).
     """
     ev = _events(log, row_of)
     order = np.lexsort((ev.time, ev.row))                         # by row, then time
@@ -268,7 +271,10 @@ def stats_as_of(log: Sequence[Impression], impressions: Sequence[Impression], hi
     row_start = np.searchsorted(e_row, np.arange(n_rows + 1))     # (n_rows + 1,) first event of each row
 
     # composite sort key (row, time): both non-negative, time relative to the earliest event
-    q_times = [_timestamp(i) for i in impressions] or [0]
+    lag = np.zeros(len(impressions)) if staleness is None else np.asarray(staleness, dtype=np.float64)
+    if lag.shape != (len(impressions),) or not np.isfinite(lag).all() or (lag < 0).any():
+        raise ValueError(f"staleness: expected {len(impressions)} finite seconds >= 0, got shape {lag.shape}")
+    q_times = [_timestamp(imp) - int(round(d)) for imp, d in zip(impressions, lag)] or [0]
     t0 = int(min(e_time.min() if e_time.size else 0, min(q_times)))
     span = int(max(e_time.max() if e_time.size else 0, max(q_times))) - t0 + 2
     key = e_row * span + (e_time - t0)
@@ -276,14 +282,14 @@ def stats_as_of(log: Sequence[Impression], impressions: Sequence[Impression], hi
     def before(rows: np.ndarray, t: int) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         pos = np.searchsorted(key, rows * span + (t - t0), side="left")    # events of this row with time < t
-        out = np.concatenate([cum[pos] - cum[row_start[rows]], cf[rows]], axis=-1)
-        out[rows <= 0] = 0.0                                      # padding rows
+        counts = cum[pos] - cum[row_start[rows]]
+        out = np.concatenate([counts, cf[rows]], axis=-1)
+        out[(rows <= 0) | ~counts.any(axis=-1)] = 0.0             # padding rows, items not known yet
         return out.astype(np.float32)
 
     hist = np.zeros((*history_rows.shape, N_STATS), dtype=np.float32)
     cands = []
-    for i, imp in enumerate(impressions):
-        t = _timestamp(imp)
+    for i, t in enumerate(q_times[: len(impressions)]):
         hist[i] = before(history_rows[i], t)
         cands.append(before(candidate_rows[i], t))
     return hist, cands

@@ -123,14 +123,23 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     va = ImpressionArrays.build(val_imps, table, model_cfg.max_history)
     # Item statistics without leakage: a training impression sees only events before its own time;
     # validation sees the counts of the training part frozen, as the test set sees the whole training log.
-    tr.attach_stats_as_of(train_imps, train_imps, table)
+    # Served statistics are as old as the time since the last stats build: train with that staleness.
+    stale_h = cfg.stats_staleness_hours
+    if stale_h is None:
+        stale_h = (val_imps[-1].time - val_imps[0].time).total_seconds() / 3600 if val_imps else 0.0
+    if stale_h < 0:
+        raise ValueError(f"stats_staleness_hours = {stale_h}: must be >= 0")
+    staleness = np.random.default_rng([cfg.seed, 1]).uniform(0.0, stale_h * 3600.0, len(train_imps))   # (I,) s
+    tr.attach_stats_as_of(train_imps, train_imps, table, staleness=staleness)
+    used_cfg = dataclasses.replace(cfg, stats_staleness_hours=stale_h)     # the model card records the value used
     train_stats = ItemStats.from_impressions(train_imps)
     va.attach_stats(train_stats, table)
     if tr.missing_history or tr.missing_candidates:
         log(f"warning: {tr.missing_history} history and {tr.missing_candidates} candidate ids are not in news.tsv "
             "and were dropped")
     log(f"data: {len(table) - 1} items, {len(cat_vocab)} categories, {len(sub_vocab)} subcategories, "
-        f"{len(train_imps)} train / {len(val_imps)} validation impressions")
+        f"{len(train_imps)} train / {len(val_imps)} validation impressions; item statistics up to "
+        f"{stale_h:.1f} h stale in training")
 
     lm_dir = minilm_dir()
     lm_config = json.loads((lm_dir / "config.json").read_text())
@@ -259,7 +268,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     ckpt = Checkpoint(
         model_config=model_cfg, lm_config=lm_config, state_dict=model.state_dict(),
         category_vocab=cat_vocab, subcategory_vocab=sub_vocab, tokenizer_json=tokenizer_json,
-        tokenizer_source=f"{LM_PACKAGE}:model/tokenizer.json", train_config=_jsonable(dataclasses.asdict(cfg)),
+        tokenizer_source=f"{LM_PACKAGE}:model/tokenizer.json", train_config=_jsonable(dataclasses.asdict(used_cfg)),
         metrics=metrics, parity_set=_parity_set(va, table, cat_vocab, sub_vocab, cfg.parity_impressions, rng),
         item_stats=item_stats, provenance={**provenance(), "data": str(Path(data_dir).resolve()),
                                                  "history": history},

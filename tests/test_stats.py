@@ -97,6 +97,24 @@ def test_collaborative_vectors_follow_who_clicked_not_what():
     assert np.array_equal(vec, collaborative_vectors(hist, rows, len(rows), dim=4))   # deterministic
 
 
+
+def test_stale_statistics_treat_items_first_seen_since_as_unknown():
+    """Served statistics are as old as the last stats build: with staleness, an impression sees the counts
+    as of that much earlier, and an item with no event by then is unknown (zero counts, no vector)."""
+    rows = {"a": 1, "b": 2, "c": 3, "d": 4}
+    hist = np.array([[rows[h] for h in i.history] + [0] * (2 - len(i.history)) for i in LOG])
+    cands = [np.array([rows[c] for c in i.candidates]) for i in LOG]
+    fresh_h, fresh_c = stats_as_of(LOG, LOG, hist, cands, rows, 5)
+    # impression 3 at minute 9, 4 minutes stale: as of minute 5 it sees impression 0 only
+    h, c = stats_as_of(LOG, LOG, hist, cands, rows, 5, staleness=[0, 0, 0, 240])
+    assert c[3][:, :N_COUNTS].tolist() == [[1, 1, 0], [1, 0, 0]]
+    assert np.array_equal(h[:3], fresh_h[:3]) and all(np.array_equal(x, y) for x, y in zip(c[:3], fresh_c[:3]))
+    # 10 minutes stale: nothing had happened yet -- b and c unknown, vectors included
+    _, c = stats_as_of(LOG, LOG, hist, cands, rows, 5, staleness=[0, 0, 0, 600])
+    assert not c[3].any() and fresh_c[3][:, CF].any()
+    with pytest.raises(ValueError, match="staleness"):
+        stats_as_of(LOG, LOG, hist, cands, rows, 5, staleness=[0, 0, -1, 0])
+
 def test_training_vectors_come_from_earliest_histories_serving_from_latest():
     # u1's history grows from (a,) to (a, b) inside the log: b was clicked in impression 0. Training must not
     # learn b's vector from that click (it is impression 0's label); serving may.
