@@ -12,12 +12,15 @@ in which case it is counted in a :class:`LineReport` that the caller prints.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from genrec.contract import MAX_HISTORY  # noqa: F401  (default: most recent history items kept per impression)
 from genrec.errors import UserError
+
+T = TypeVar("T")
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 
@@ -75,29 +78,40 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield lineno, line
 
 
-def iter_news(path: str | Path, *, skip_bad_lines: bool = False,
-              report: LineReport | None = None) -> Iterator[NewsItem]:
+def _parsed(path: str | Path, parse: Callable[[Path, int, str], T], skip_bad_lines: bool,
+            report: LineReport | None) -> Iterator[T]:
+    """``parse`` every non-blank line; a malformed one fails, or is counted in ``report`` and skipped."""
     path = Path(path)
     report = report if report is not None else LineReport(str(path))
     for lineno, line in _lines(path):
-        fields = line.split("\t")
         try:
-            if len(fields) < 4:
-                raise MindFormatError(f"{path}:{lineno}: expected 8 tab-separated fields "
-                                      f"(news_id, category, subcategory, title, abstract, ...), got {len(fields)}")
-            news_id, category, subcategory, title = (f.strip() for f in fields[:4])
-            abstract = fields[4].strip() if len(fields) > 4 else ""
-            if not news_id:
-                raise MindFormatError(f"{path}:{lineno}: empty news_id")
-            if not title and not abstract:
-                raise MindFormatError(f"{path}:{lineno}: news {news_id} has neither title nor abstract")
+            item = parse(path, lineno, line)
         except MindFormatError as exc:
             if not skip_bad_lines:
                 raise
             report.record(str(exc))
             continue
         report.read += 1
-        yield NewsItem(news_id, category, subcategory, title, abstract)
+        yield item
+
+
+def iter_news(path: str | Path, *, skip_bad_lines: bool = False,
+              report: LineReport | None = None) -> Iterator[NewsItem]:
+    return _parsed(path, _parse_news, skip_bad_lines, report)
+
+
+def _parse_news(path: Path, lineno: int, line: str) -> NewsItem:
+    fields = line.split("\t")
+    if len(fields) < 4:
+        raise MindFormatError(f"{path}:{lineno}: expected 8 tab-separated fields "
+                              f"(news_id, category, subcategory, title, abstract, ...), got {len(fields)}")
+    news_id, category, subcategory, title = (f.strip() for f in fields[:4])
+    abstract = fields[4].strip() if len(fields) > 4 else ""
+    if not news_id:
+        raise MindFormatError(f"{path}:{lineno}: empty news_id")
+    if not title and not abstract:
+        raise MindFormatError(f"{path}:{lineno}: news {news_id} has neither title nor abstract")
+    return NewsItem(news_id, category, subcategory, title, abstract)
 
 
 def parse_time(text: str) -> datetime:
@@ -106,18 +120,7 @@ def parse_time(text: str) -> datetime:
 
 def iter_behaviors(path: str | Path, *, skip_bad_lines: bool = False, max_history: int = MAX_HISTORY,
                    report: LineReport | None = None) -> Iterator[Impression]:
-    path = Path(path)
-    report = report if report is not None else LineReport(str(path))
-    for lineno, line in _lines(path):
-        try:
-            imp = _parse_behavior(path, lineno, line, max_history)
-        except MindFormatError as exc:
-            if not skip_bad_lines:
-                raise
-            report.record(str(exc))
-            continue
-        report.read += 1
-        yield imp
+    return _parsed(path, lambda p, n, line: _parse_behavior(p, n, line, max_history), skip_bad_lines, report)
 
 
 def _parse_behavior(path: Path, lineno: int, line: str, max_history: int) -> Impression:
