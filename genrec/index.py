@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +48,7 @@ from genrec.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
 from genrec.contract import CONTRACT_VERSION
 from genrec.data.mind import NewsItem, iter_news
 from genrec.errors import UserError
+from genrec.refresh import Refresher
 from genrec.runtime import OrtEncoder
 from genrec.text import encode_length_sorted, item_text, sha256_file
 from genrec.vcache import VectorLRU
@@ -725,11 +725,7 @@ class LiveIndex:
         self.key = generation_key(self.folder)
         self.index = ItemIndex(self.folder, expect_encoder_sha256=self.expect)      # the first open must succeed
         self.loads, self._last_error = 1, ""
-        self._stop = threading.Event()
-        self._thread = None
-        if refresh_ms > 0:
-            self._thread = threading.Thread(target=self._run, name="genrec-index-refresh", daemon=True)
-            self._thread.start()
+        self._refresher = Refresher(self.check, refresh_ms, what="item index", log=self.log)
 
     def check(self) -> bool:
         """Switch to a newly published generation if there is one; True when ``index`` was replaced."""
@@ -757,14 +753,5 @@ class LiveIndex:
         self.log(f"item index switched to generation {index.generation} ({len(index)} items) from {self.folder}")
         return True
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.refresh_ms / 1000.0):
-            try:
-                self.check()
-            except Exception as exc:  # noqa: BLE001 - the poller must outlive any folder state
-                self.log(f"item index refresh failed: {exc!r}")
-
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._refresher.close()

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from genrec.contract import ITEM_COUNTS, ITEM_STATS
 from genrec.contract import STATS_FORMAT as FORMAT
 from genrec.errors import UserError
 from genrec.index import sorted_lookup
+from genrec.refresh import Refresher
 
 N_STATS = len(ITEM_STATS)
 N_COUNTS = len(ITEM_COUNTS)
@@ -149,11 +149,7 @@ class LiveStats:
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.table = StatsTable.read(self.folder)          # the first read must succeed
         self.loads, self._last_error = 1, ""
-        self._stop = threading.Event()
-        self._thread = None
-        if refresh_ms > 0:
-            self._thread = threading.Thread(target=self._run, name="genrec-stats-refresh", daemon=True)
-            self._thread.start()
+        self._refresher = Refresher(self.check, refresh_ms, what="item statistics", log=self.log)
 
     def check(self) -> bool:
         """Load a new generation if the folder has one; True when the table was replaced."""
@@ -173,20 +169,11 @@ class LiveStats:
         self.log(f"item statistics refreshed from {self.folder}: {len(table)} items")
         return True
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.refresh_ms / 1000.0):
-            try:
-                self.check()
-            except Exception as exc:  # noqa: BLE001 - the poller must outlive any bad folder state
-                self.log(f"item statistics refresh failed: {exc!r}")
-
     def lookup(self, ids: Sequence[bytes | str]) -> np.ndarray:
         return self.table.lookup(ids)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._refresher.close()
 
 
 def build_stats(behaviors: Iterable[str | Path], out: str | Path, *, skip_bad_lines: bool = False,
