@@ -69,19 +69,21 @@ class AsyncRecommenderClient:
                         history_ids: Sequence[str] | None = None, candidate_ids: Sequence[str] | None = None,
                         new_items: dict[str, NewItem] | None = None,
                         history_stats: Sequence[Sequence[float]] | None = None,
-                        candidate_stats: Sequence[Sequence[float]] | None = None) -> Recommendations:
+                        candidate_stats: Sequence[Sequence[float]] | None = None,
+                        k: int | None = None, exclude_ids: Sequence[str] | None = None,
+                        categories: Sequence[str] | None = None, include_history: bool = False) -> Recommendations:
         return await self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
             candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
-            candidate_stats))
+            candidate_stats, k, exclude_ids, categories, include_history))
 
     async def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model
         start = time.perf_counter()
         deadline = time.monotonic() + self.timeout               # one deadline for the whole call
         served = await self.served(model, deadline)
-        user = core.prepare(req, served.limits)
-        inputs = core.encode_inputs(user, grpcclient.InferInput)
+        user = core.prepare(req, served.limits, served)
+        inputs = core.encode_inputs(user, grpcclient.InferInput, req)
         result = await self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
                                                              compression_algorithm=self.compression), deadline)
         return core.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
 from genrec.contract import CONTRACT_VERSION, ENSEMBLE, RECOMMEND, GraphSpec, ServedParams
-from genrec.requests import IdRequest, Limits, RequestError, UserRequest, validate, validate_ids
+from genrec.requests import IdRequest, Limits, RequestError, UserRequest, validate, validate_ids, validate_retrieval
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # client channel limit; requests are far smaller (texts are capped)
 CHANNEL_ARGS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -33,6 +33,7 @@ class Served:
     version: str
     limits: Limits
     categories: list[str]
+    retrieval_m: int = 0          # recommend: items retrieved before re-ranking (0 = no retrieval served)
 
 
 def status_name(exc: InferenceServerException) -> str:
@@ -115,15 +116,19 @@ def served_from_config(config: Any, version: str) -> Served:
     if "contract_version" in config.parameters and params.contract_version != CONTRACT_VERSION:
         raise ContractMismatch(f"server speaks {params.contract_version}, this client {CONTRACT_VERSION}")
     limits = Limits.from_parameters(config.parameters)
-    return Served(version, limits, list(params.categories))
+    return Served(version, limits, list(params.categories), params.retrieval_m)
 
 
 def spec_for(req: RecommendRequest) -> GraphSpec:
     return RECOMMEND if req.by_id else ENSEMBLE
 
 
-def prepare(req: RecommendRequest, limits: Limits) -> UserRequest | IdRequest:
+def prepare(req: RecommendRequest, limits: Limits, served: Served | None = None) -> UserRequest | IdRequest:
     try:
+        if req.retrieves and served is not None:       # the server's checks of k and the filters, here first
+            validate_retrieval(None if req.k is None else [req.k], req.exclude_ids, req.categories,
+                               [req.include_history], served.retrieval_m,
+                               {c: i for i, c in enumerate(served.categories) if i > 0})
         if req.by_id:
             if req.history or req.candidates:
                 raise RequestError("send either texts (history/candidates) or ids (history_ids/candidate_ids), "
@@ -134,7 +139,8 @@ def prepare(req: RecommendRequest, limits: Limits) -> UserRequest | IdRequest:
             new = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in (req.new_items or {}).items()}
             return validate_ids(list(req.history_ids or ()), list(req.candidate_ids or ()), list(new),
                                 [v[0] for v in new.values()], [v[1] if len(v) > 1 else "" for v in new.values()],
-                                [v[2] if len(v) > 2 else "" for v in new.values()], limits)
+                                [v[2] if len(v) > 2 else "" for v in new.values()], limits,
+                                retrieval=req.retrieves)
         return validate(list(req.history), list(req.candidates), req.history_categories, req.history_subcategories,
                         req.candidate_categories, req.candidate_subcategories, limits,
                         history_stats=req.history_stats, candidate_stats=req.candidate_stats)
@@ -160,8 +166,22 @@ def bytes_input(infer_input_cls, name: str, values: Sequence[str | bytes], dtype
     return inp
 
 
-def encode_inputs(user: UserRequest | IdRequest, infer_input_cls) -> list:
-    inputs = [bytes_input(infer_input_cls, name, values) for name, values in _fields(user).items()]
+def encode_inputs(user: UserRequest | IdRequest, infer_input_cls, req: RecommendRequest | None = None) -> list:
+    inputs = [bytes_input(infer_input_cls, name, values) for name, values in _fields(user).items()
+              if not (name == "candidate_id" and not values)]     # absent = retrieve (optional input)
+    if req is not None and req.retrieves:
+        if req.k is not None:
+            inp = infer_input_cls("k", [1], "INT32")
+            inp.set_data_from_numpy(np.array([req.k], dtype=np.int32))
+            inputs.append(inp)
+        if req.exclude_ids:
+            inputs.append(bytes_input(infer_input_cls, "exclude_id", list(req.exclude_ids)))
+        if req.categories is not None:
+            inputs.append(bytes_input(infer_input_cls, "restrict_category", list(req.categories)))
+        if req.include_history:
+            inp = infer_input_cls("include_history", [1], "BOOL")
+            inp.set_data_from_numpy(np.array([True]))
+            inputs.append(inp)
     if isinstance(user, UserRequest):          # optional: sent only when given (absent = zeros = the prior)
         for name in ("history_stats", "candidate_stats"):
             value = getattr(user, name)
@@ -183,6 +203,8 @@ def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, se
     topics = result.as_numpy("user_topics")                 # (K,)
     if isinstance(user, IdRequest):
         hist_ids, cand_ids = user.history_id, user.candidate_id
+        if req.retrieves:                                   # the server chose the candidates: their ids
+            cand_ids = [i.decode("utf-8") for i in result.as_numpy("item_id")]
         texts = {k: v[0] for k, v in user.new_items.items()}
         hist_text, cand_text = [texts.get(i, "") for i in hist_ids], [texts.get(i, "") for i in cand_ids]
         cand_cat = [user.new_items[i][1] if i in user.new_items else "" for i in cand_ids]

@@ -77,7 +77,9 @@ class RecommenderClient:
                   history_ids: Sequence[str] | None = None, candidate_ids: Sequence[str] | None = None,
                   new_items: dict[str, NewItem] | None = None,
                   history_stats: Sequence[Sequence[float]] | None = None,
-                  candidate_stats: Sequence[Sequence[float]] | None = None) -> Recommendations:
+                  candidate_stats: Sequence[Sequence[float]] | None = None,
+                  k: int | None = None, exclude_ids: Sequence[str] | None = None,
+                  categories: Sequence[str] | None = None, include_history: bool = False) -> Recommendations:
         """Texts (+ categories) go to the ``genrec`` ensemble; ids go to the ``recommend`` model, which reads
         indexed items' vectors and encodes only ``new_items`` (id -> text or (text, category[, subcategory])).
 
@@ -85,19 +87,24 @@ class RecommenderClient:
         raw counts, then the collaborative vector of ``genrec stats build`` (``genrec.contract.ITEM_STATS``; a row
         of the three counts alone is padded with zeros; one row per text; checked here with the server's
         messages). Left out, or an all-zero row, means "no statistics": the model uses its training prior.
-        The id path reads statistics by id from the server's stats folder."""
+        The id path reads statistics by id from the server's stats folder.
+
+        Ids without ``candidate_ids``: the server retrieves from its whole index (ANN over the user vector, then
+        the heads re-rank) and returns the best ``k`` (default 10, at most the served ``retrieval_m``), never the
+        user's history (unless ``include_history``) nor ``exclude_ids``, only ``categories`` when given; each
+        item's ``item_id`` says which. No history: the model's cold-start answer (model_repository/README.md)."""
         return self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
             candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
-            candidate_stats))
+            candidate_stats, k, exclude_ids, categories, include_history))
 
     def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model
         start = time.perf_counter()
         deadline = time.monotonic() + self.timeout               # one deadline for the whole call
         served = self.served(model, deadline)
-        user = core.prepare(req, served.limits)                  # same checks and messages as the server
-        inputs = core.encode_inputs(user, grpcclient.InferInput)
+        user = core.prepare(req, served.limits, served)                  # same checks and messages as the server
+        inputs = core.encode_inputs(user, grpcclient.InferInput, req)
         result = self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
                                                        compression_algorithm=self.compression), deadline)
         return core.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)

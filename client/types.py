@@ -68,7 +68,16 @@ class RecommendRequest:
     # no statistics = the model's prior. (The id path reads statistics from the server's stats folder.)
     history_stats: Sequence[Sequence[float]] | None = None
     candidate_stats: Sequence[Sequence[float]] | None = None
+    # id path without candidate_ids: the server retrieves from its whole index and returns the best k
+    k: int | None = None                            # None: the server's default (genrec.contract.RETRIEVAL_K)
+    exclude_ids: Sequence[str] | None = None        # never return these
+    categories: Sequence[str] | None = None         # return only items of these categories
+    include_history: bool = False                   # may return the user's own history items
 
     @property
     def by_id(self) -> bool:
         return self.candidate_ids is not None or self.history_ids is not None
+
+    @property
+    def retrieves(self) -> bool:
+        return self.by_id and not self.candidate_ids

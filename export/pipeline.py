@@ -2,6 +2,8 @@
 
 ART_DIR/
   <precision>/encoder.onnx, <precision>/heads.onnx      precision in fp32, fp16, int8
+  <precision>/retrieval.onnx                           user vector + item retrieval vectors (FP32 in every
+                                                       precision: tiny; genrec.retrieval)
   assets/tokenizer.json, assets/serving.json           what the Triton tokenizer step needs
   artifacts.json                                       manifest: files, sha256, contract version
   export_report.json, export_report.md                 parity checks, sizes, latency, INT8 choice
@@ -23,7 +25,7 @@ import torch
 
 from genrec.artifacts import ASSETS, FORMAT, MANIFEST, PRECISIONS, Artifacts, ServingAssets
 from genrec.checkpoint import Checkpoint
-from genrec.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS
+from genrec.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS, RETRIEVAL
 from genrec.export import torchscript
 from genrec.export.convert import INT8_RECIPES, to_fp16, to_int8, to_onnx
 from genrec.export.graphs import EncoderGraph, HeadsGraph, example_inputs
@@ -37,6 +39,9 @@ from genrec.export.parity import (
     prepare,
     resolve_tolerances,
 )
+from genrec.export.retrieval import RetrievalGraph
+from genrec.export.retrieval import example_inputs as retrieval_inputs
+from genrec.export.retrieval import parity as retrieval_parity
 from genrec.runtime import OrtEncoder, OrtHeads
 from genrec.text import sha256_file
 
@@ -125,7 +130,8 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                               "tolerance_overrides": dict(cfg.tolerance), "tolerances": {},
                               "precisions": {}, "threads": cfg.threads}
     manifest: dict[str, Any] = {"format": FORMAT, "contract_version": CONTRACT_VERSION,
-                                "graphs": {"encoder": dataclasses.asdict(ENCODER), "heads": dataclasses.asdict(HEADS)},
+                                "graphs": {"encoder": dataclasses.asdict(ENCODER), "heads": dataclasses.asdict(HEADS),
+                                           "retrieval": dataclasses.asdict(RETRIEVAL)},
                                 "precisions": {}, "assets": ASSETS, "weights_sha256": _weights_sha256(model)}
     _keep_other_precisions(out, manifest, report, cfg.precision, log)
     failure: ParityError | None = None
@@ -135,6 +141,8 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                                           ckpt.model_config.n_subcategories)
         fp32_enc = to_onnx(EncoderGraph(model.encoder), enc_ex, ENCODER, tmp / "encoder.onnx", cfg.opset)
         fp32_heads = to_onnx(HeadsGraph(model.heads), heads_ex, HEADS, tmp / "heads.onnx", cfg.opset)
+        fp32_retrieval = to_onnx(RetrievalGraph(model.heads), retrieval_inputs(ckpt.model_config.dim), RETRIEVAL,
+                                 tmp / "retrieval.onnx", cfg.opset)
         for prec in cfg.precision:
             t = time.perf_counter()
             pdir = out / prec
@@ -155,14 +163,17 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                 shutil.copy(fp32_heads, pdir / "heads.onnx")
                 entry["heads_note"] = ("heads stay FP32 in the INT8 artifact: they are tiny (see size) and "
                                        "quantizing them only adds error to scores and explanations")
+            shutil.copy(fp32_retrieval, pdir / "retrieval.onnx")
             stats = measure(inputs, pdir / "encoder.onnx", pdir / "heads.onnx", tokenizer, cfg.threads)
             entry["parity"] = stats
             entry["files"] = {g: {"path": f"{prec}/{g}.onnx", "bytes": (pdir / f"{g}.onnx").stat().st_size,
-                                  "sha256": sha256_file(pdir / f"{g}.onnx")} for g in ("encoder", "heads")}
+                                  "sha256": sha256_file(pdir / f"{g}.onnx")} for g in ("encoder", "heads", "retrieval")}
             report["tolerances"][prec] = tolerances[prec]
             try:
                 entry["checks"] = [dataclasses.asdict(r) | {"passed": r.passed}
                                    for r in gate(prec, stats, tolerances[prec])]
+                entry["retrieval_parity"] = retrieval_parity(model, pdir / "retrieval.onnx", inputs, prec,
+                                                             cfg.threads)
                 entry["passed"] = True
             except ParityError as err:
                 entry["passed"] = False

@@ -173,6 +173,7 @@ def _repository(sub: argparse._SubParsersAction) -> None:
 @command
 def _index(sub: argparse._SubParsersAction) -> None:
     from genrec.index import AddConfig, IndexConfig
+    from genrec.retrieval import RetrievalConfig
 
     p = sub.add_parser("index", help="item-embedding index (the real-time id path)")
     isub = p.add_subparsers(dest="index_command", required=True)
@@ -183,13 +184,38 @@ def _index(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(b, IndexConfig)
 
+    add_dataclass_args(b, RetrievalConfig, skip=("threads",))
+
+    def with_retrieval(index: str, artifacts: str, args: argparse.Namespace) -> None:
+        """Retrieval files for the segments just written, when the artifacts carry retrieval.onnx."""
+        from genrec.artifacts import Artifacts
+        from genrec.retrieval import build_index_retrieval, has_retrieval
+
+        if has_retrieval(Artifacts.load(artifacts)):
+            build_index_retrieval(index, artifacts, from_args(RetrievalConfig, args, threads=args.threads))
+
     def run(args: argparse.Namespace) -> int:
         from genrec.index import build_index
 
         build_index(args.catalog, args.artifacts, args.out, from_args(IndexConfig, args), progress=not args.quiet)
+        with_retrieval(args.out, args.artifacts, args)
         return 0
 
     b.set_defaults(handler=run)
+
+    r = isub.add_parser("retrieval", help="(re)build the retrieval files (retrieval vectors + ANN index) of the "
+                                          "served generation's segments that lack them or come from other weights")
+    r.add_argument("--index", required=True, help="INDEX_DIR")
+    r.add_argument("--artifacts", required=True, help="ART_DIR with retrieval.onnx (the served model's export)")
+    add_dataclass_args(r, RetrievalConfig)
+
+    def run_retrieval(args: argparse.Namespace) -> int:
+        from genrec.retrieval import build_index_retrieval
+
+        build_index_retrieval(args.index, args.artifacts, from_args(RetrievalConfig, args))
+        return 0
+
+    r.set_defaults(handler=run_retrieval)
 
     a = isub.add_parser("add", help="publish new items (or known ids with new text) to a served index: a new "
                                     "generation, switched atomically; running servers pick it up without restart")
@@ -204,6 +230,7 @@ def _index(sub: argparse._SubParsersAction) -> None:
         from genrec.index import add_items
 
         add_items(args.catalog, args.artifacts, args.index, from_args(AddConfig, args), progress=not args.quiet)
+        with_retrieval(args.index, args.artifacts, args)
         return 0
 
     a.set_defaults(handler=run_add)
@@ -249,13 +276,20 @@ def _serve(sub: argparse._SubParsersAction) -> None:
 
 @command
 def _recommend(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recommend", help="rank candidates for one user against a running server (gRPC)")
+    p = sub.add_parser("recommend", help="rank candidates for one user against a running server (gRPC), or "
+                                         "retrieve from its whole index (ids, no candidates)")
     p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address HOST:PORT")
     p.add_argument("--history", action="append", default=[], help="a history title (repeat, oldest first)")
     p.add_argument("--history-file", help="history items, one per line: "
                                           "text[<TAB>category[<TAB>subcategory[<TAB>exposures,clicks,history_users"
                                           "[,cf0,...]]]]")
-    p.add_argument("--candidates-file", required=True,
+    p.add_argument("--history-id", action="append", default=[],
+                   help="id path: a history item id of the server's index (repeat, oldest first); without "
+                        "--candidates-file the server retrieves the --top-k best items of its whole index")
+    p.add_argument("--exclude-id", action="append", default=[], help="retrieval: never return this id (repeat)")
+    p.add_argument("--category", action="append", default=None,
+                   help="retrieval: return only items of this category (repeat)")
+    p.add_argument("--candidates-file",
                    help="candidates, one per line: text[<TAB>category[<TAB>subcategory[<TAB>exposures,clicks,"
                         "history_users[,cf0,...]]]] (items without the statistics column get zeros = the prior; "
                         "without the collaborative vector, zeros = none)")
@@ -270,17 +304,26 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
 
         history = [(t, "", "", None) for t in args.history] + (
             _read_items(args.history_file) if args.history_file else [])
-        candidates = _read_items(args.candidates_file)
+        retrieve = not args.candidates_file
+        if retrieve and (history or not args.history_id):
+            print("genrec recommend: give --candidates-file (rank these), or --history-id without candidates "
+                  "(retrieve from the server's index)", file=sys.stderr)
+            return 2
+        candidates = [] if retrieve else _read_items(args.candidates_file)
         try:
             with RecommenderClient(args.url, timeout=args.timeout, ssl=args.ssl or bool(args.root_cert),
                                    root_certificates=args.root_cert) as client:
-                recs = client.recommend([h[0] for h in history], [c[0] for c in candidates],
-                                        history_categories=[h[1] for h in history],
-                                        history_subcategories=[h[2] for h in history],
-                                        candidate_categories=[c[1] for c in candidates],
-                                        candidate_subcategories=[c[2] for c in candidates], top_k=args.top_k,
-                                        history_stats=_stats_column(history),
-                                        candidate_stats=_stats_column(candidates))
+                if retrieve:
+                    recs = client.recommend(history_ids=args.history_id, k=args.top_k,
+                                            exclude_ids=args.exclude_id or None, categories=args.category)
+                else:
+                    recs = client.recommend([h[0] for h in history], [c[0] for c in candidates],
+                                            history_categories=[h[1] for h in history],
+                                            history_subcategories=[h[2] for h in history],
+                                            candidate_categories=[c[1] for c in candidates],
+                                            candidate_subcategories=[c[2] for c in candidates],
+                                            top_k=args.top_k, history_stats=_stats_column(history),
+                                            candidate_stats=_stats_column(candidates))
         except GenrecClientError as err:
             print(f"{type(err).__name__}: {err}", file=sys.stderr)
             return 1
@@ -349,6 +392,8 @@ _bench_subcommand("soak", "mixed valid/invalid traffic for minutes: errors, late
                   "soak", "SoakConfig", "run_soak", passed=lambda result: result["passed"])
 _bench_subcommand("replay", "replay a MIND impression log in time order: text path with and without the vector "
                             "cache, id path; side by side", "replay", "ReplayConfig", "run_replay")
+_bench_subcommand("ann", "ANN libraries for whole-catalog retrieval (faiss IVF / HNSW, usearch) against exact search: "
+                         "recall@M, latency, build time at 100k and 1M items", "ann", "AnnBenchConfig", "run_ann_bench")
 _bench_subcommand("quality", "model-quality ablation on ml-100k and synthetic data, 3 seeds, baselines alongside "
                              "(make quality)", "quality", "QualityConfig", "run_quality")
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-CONTRACT_VERSION = "genrec.contract/4"   # /2: item statistics (heads inputs, optional ensemble inputs);
+CONTRACT_VERSION = "genrec.contract/5"   # /2: item statistics (heads inputs, optional ensemble inputs);
                                          # /3: the id path reports truncated texts like the text path;
-                                         # /4: item statistics carry a collaborative vector (S = 3 + CF_DIM)
+                                         # /4: item statistics carry a collaborative vector (S = 3 + CF_DIM);
+                                         # /5: the id path retrieves from the whole index when no candidates
+                                         #     come (k, filters; item_id output); the retrieval graph
 
 # Request limits (one request = one user). Mirrored by the client with the same messages.
 MAX_HISTORY = 50            # history items per request; more is an error (send the most recent 50)
@@ -101,6 +103,22 @@ HEADS = GraphSpec(
     ),
 )
 
+# The retrieval graph (genrec.retrieval): the heads' user encoder and item representation on their own, so the
+# match term user . item_repr / sqrt(D) of the click logit can be searched over a whole catalog.
+RETRIEVAL = GraphSpec(
+    "retrieval",
+    inputs=(
+        TensorSpec("item_vectors", "FP32", ("N", "D"), "item vectors (encoder output)"),
+        TensorSpec("category", "INT64", ("N",), "their category ids (0 = unknown)"),
+        TensorSpec("subcategory", "INT64", ("N",), "their subcategory ids (0 = unknown)"),
+    ),
+    outputs=(
+        TensorSpec("item_repr", "FP32", ("N", "D"), "retrieval vectors of the N items (the heads' item repr)"),
+        TensorSpec("user_vector", "FP32", ("D",),
+                   "user vector of a user whose history is the N items (N = 0: a cold user's prior)"),
+    ),
+)
+
 # ---- Triton-side models around the two graphs -------------------------------------------------
 
 _TEXT_INPUTS = (
@@ -158,14 +176,25 @@ RECOMMEND = GraphSpec(
     "recommend",
     inputs=(
         TensorSpec("history_id", "BYTES", ("H",), "ids of the user's history items, oldest first (0..50)"),
-        TensorSpec("candidate_id", "BYTES", ("C",), "ids of the candidates to rank (1..max_candidates)"),
+        TensorSpec("candidate_id", "BYTES", ("C",),
+                   "ids of the candidates to rank (1..max_candidates); absent or empty: retrieve from the whole "
+                   "index (k)", optional=True),
         TensorSpec("new_item_id", "BYTES", ("M",), "ids of items the index may not know (0..H + C)"),
         TensorSpec("new_item_text", "BYTES", ("M",), "their texts"),
         TensorSpec("new_item_category", "BYTES", ("M",), "their categories ('' = unknown)"),
         TensorSpec("new_item_subcategory", "BYTES", ("M",), "their subcategories ('' = unknown)"),
+        TensorSpec("k", "INT32", (1,), "retrieval: items to return (1..retrieval_m; default 10)", optional=True),
+        TensorSpec("exclude_id", "BYTES", ("E",), "retrieval: ids never to return", optional=True),
+        TensorSpec("restrict_category", "BYTES", ("R",),
+                   "retrieval: return only items of these categories (names the model knows)", optional=True),
+        TensorSpec("include_history", "BOOL", (1,), "retrieval: may return the user's history items (default "
+                   "false)", optional=True),
     ),
-    outputs=(*HEADS.outputs, ITEM_SOURCE, TRUNCATED),
+    outputs=(*HEADS.outputs, ITEM_SOURCE, TRUNCATED,
+             TensorSpec("item_id", "BYTES", ("C",), "ids of the C ranked items: the candidates as sent, or the "
+                        "k retrieved items best first")),
 )
+RETRIEVAL_K = 10        # k when a retrieval request sends none
 
 
 # ---- what a served model advertises in its Triton config `parameters` --------------------------------------
@@ -184,6 +213,7 @@ class ServedParams:
     max_length: int = 0                    # tokens per text the encoder sees (longer texts are cut)
     dim: int = 0                           # item/user vector size D
     categories: tuple[str, ...] = ()       # names of the user_topics entries; "" (unknown) first
+    retrieval_m: int = 0                   # recommend: items retrieved before re-ranking (0 = no retrieval index)
 
     def to_parameters(self) -> dict[str, str]:
         return {f.name: json.dumps(list(v)) if isinstance(v := getattr(self, f.name), tuple) else str(v)

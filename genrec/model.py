@@ -180,6 +180,20 @@ class RecommenderHeads(nn.Module):
         # vec (B, N, D), cat/sub (B, N) -> (B, N, D)
         return self.item_norm(self.dropout(vec) + self.cat_emb(cat) + self.sub_emb(sub))
 
+    def user_encoder(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
+                     hist_sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hist_* (B, H[, D]) with hist_mask (B, H) bool -> (user (B, D), attention weights (B, 1+H), history
+        representations (B, 1+H, D)), the sentinel slot first. The user vector of the click logit's match term
+        ``user . item_repr / sqrt(D)``: also what retrieval searches with (genrec.retrieval)."""
+        b, _, d = hist_vec.shape
+        # prepend the sentinel slot: index 0 of the history axis
+        sentinel = self.sentinel.to(hist_vec.dtype).expand(b, 1, d)               # (B, 1, D)
+        always = torch.ones_like(sentinel[..., 0], dtype=torch.bool)              # (B, 1); H may be 0
+        attn_mask = torch.cat([always, hist_mask], 1)                             # (B, 1+H)
+        hist = torch.cat([sentinel, self.item_repr(hist_vec, hist_cat, hist_sub)], dim=1)  # (B, 1+H, D)
+        weights = self.attention(hist, attn_mask)                                 # (B, 1+H)
+        return (weights.unsqueeze(-1) * hist).sum(1), weights, hist
+
     def features(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                  hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor, cand_sub: torch.Tensor,
                  hist_stats: torch.Tensor, cand_stats: torch.Tensor,
@@ -267,17 +281,9 @@ class RecommenderHeads(nn.Module):
         ``explanation`` (B, C, H): how much candidate c's click logit would fall if history item h were not
         in the history (exact leave-one-out, not an approximation); ``explain=False`` skips it (training).
         """
-        b, _, d = cand_vec.shape
-        # prepend the sentinel slot: index 0 of the history axis
-        sentinel = self.sentinel.to(cand_vec.dtype).expand(b, 1, d)               # (B, 1, D)
-        always = torch.ones_like(cand_cat[:, :1], dtype=torch.bool)               # (B, 1); C >= 1, H may be 0
-        attn_mask = torch.cat([always, hist_mask], 1)                             # (B, 1+H)
-
-        hist = torch.cat([sentinel, self.item_repr(hist_vec, hist_cat, hist_sub)], dim=1)  # (B, 1+H, D)
+        d = cand_vec.shape[-1]
+        user, weights, hist = self.user_encoder(hist_vec, hist_mask, hist_cat, hist_sub)  # (B, D), (B, 1+H), ..
         cand = self.item_repr(cand_vec, cand_cat, cand_sub)                       # (B, C, D)
-
-        weights = self.attention(hist, attn_mask)                                 # (B, 1+H)
-        user = (weights.unsqueeze(-1) * hist).sum(1)                              # (B, D)
         pair = cand @ hist.transpose(1, 2) / math.sqrt(d)                         # (B, C, 1+H)
         contrib = pair * weights.unsqueeze(1)                                     # (B, C, 1+H)
         match = contrib.sum(-1)                                                   # (B, C) == user . cand / sqrt(D)

@@ -57,8 +57,8 @@ class UserRequest:
     candidate_stats: Any = None          # (C, S) float32 numpy array, or None
 
 
-def _check_counts(n_history: int, n_candidates: int, kind: str, limits: Limits) -> None:
-    if n_candidates == 0:
+def _check_counts(n_history: int, n_candidates: int, kind: str, limits: Limits, retrieval: bool = False) -> None:
+    if n_candidates == 0 and not retrieval:
         raise RequestError(f"candidate_{kind} is empty; send 1 to {limits.max_candidates} candidates")
     if n_candidates > limits.max_candidates:
         raise RequestError(f"candidate_{kind} has {n_candidates} items; the limit is {limits.max_candidates}")
@@ -185,10 +185,11 @@ def validate_ids(history_id: Sequence[bytes | str], candidate_id: Sequence[bytes
                  new_item_id: Sequence[bytes | str] = (), new_item_text: Sequence[bytes | str] = (),
                  new_item_category: Sequence[bytes | str] | None = None,
                  new_item_subcategory: Sequence[bytes | str] | None = None,
-                 limits: Limits = Limits()) -> IdRequest:
+                 limits: Limits = Limits(), *, retrieval: bool = False) -> IdRequest:
     """The id path's checks: counts as for texts, ids non-empty UTF-8 of at most MAX_ID_BYTES, and
-    new_item_* lists aligned (one text, category, subcategory per new id, no id twice)."""
-    _check_counts(len(history_id), len(candidate_id), "id", limits)
+    new_item_* lists aligned (one text, category, subcategory per new id, no id twice). ``retrieval``: the
+    server retrieves candidates itself, so candidate_id may be empty."""
+    _check_counts(len(history_id), len(candidate_id), "id", limits, retrieval)
     if len(new_item_id) > len(history_id) + len(candidate_id):
         raise RequestError(f"new_item_id has {len(new_item_id)} items, more than the request's "
                            f"{len(history_id) + len(candidate_id)} history and candidate ids")
@@ -209,3 +210,44 @@ def validate_ids(history_id: Sequence[bytes | str], candidate_id: Sequence[bytes
             raise RequestError(f"new_item_id[{i}] {item_id!r} appears twice")
         new_items[item_id] = (texts[i], cats[i], subs[i])
     return IdRequest(_ids(history_id, "history_id"), _ids(candidate_id, "candidate_id"), new_items)
+
+
+@dataclasses.dataclass
+class RetrievalRequest:
+    k: int
+    exclude_id: list[str]
+    restrict_category: list[int] | None      # category ids; None = every category
+    include_history: bool
+
+
+def validate_retrieval(k: Sequence[int] | None, exclude_id: Sequence[bytes | str] | None,
+                       restrict_category: Sequence[bytes | str] | None, include_history: Sequence[bool] | None,
+                       retrieval_m: int, category_ids: dict[str, int]) -> RetrievalRequest:
+    """A no-candidate request's options: 1 <= k <= retrieval_m (default RETRIEVAL_K, capped at retrieval_m),
+    exclude_id ids as candidate ids are, restrict_category names the model knows (``category_ids``: name -> id)."""
+    from genrec.contract import RETRIEVAL_K
+
+    if retrieval_m <= 0:
+        raise RequestError("candidate_id is empty and this server has no retrieval index: send candidates, or "
+                           "serve an index with retrieval files (genrec index retrieval)")
+    if k is not None and len(k) != 1:
+        raise RequestError(f"k must hold one value, got {len(k)}")
+    value = min(RETRIEVAL_K, retrieval_m) if k is None else int(k[0])
+    if not 1 <= value <= retrieval_m:
+        raise RequestError(f"k is {value}; send 1 to {retrieval_m} (the items this server retrieves before "
+                           "re-ranking)")
+    cats = None
+    if restrict_category is not None:
+        names = _decode(restrict_category, "restrict_category", text=False, limits=Limits())
+        if not names:
+            raise RequestError("restrict_category is empty; leave it out to allow every category")
+        cats = []
+        for i, name in enumerate(names):
+            key = name.strip().lower()                  # as the vocabulary stores them
+            if key not in category_ids:
+                raise RequestError(f"restrict_category[{i}] {name!r} is not a category of this model")
+            cats.append(category_ids[key])
+    if include_history is not None and len(include_history) != 1:
+        raise RequestError(f"include_history must hold one value, got {len(include_history)}")
+    return RetrievalRequest(value, _ids(exclude_id or (), "exclude_id"), cats,
+                            bool(include_history[0]) if include_history is not None else False)

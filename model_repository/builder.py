@@ -103,6 +103,12 @@ class RepositoryConfig:
     heads_mode: str = dataclasses.field(default="in-process", metadata={
         "help": "how `recommend` runs the heads: in-process ONNX Runtime, or a BLS call to the heads model",
         "choices": ("in-process", "bls")})
+    retrieval_m: int = dataclasses.field(default=200, metadata={
+        "help": "requests without candidates: items `recommend` retrieves from the whole index (ANN) before the "
+                "heads re-rank them and return the best k <= this; 0 = no retrieval. Needs retrieval files in the "
+                "index (`genrec index build` writes them from artifacts that have retrieval.onnx)"})
+    retrieval_nprobe: int = dataclasses.field(default=0, metadata={
+        "help": "IVF lists searched per retrieval (0 = what the index was built with, 64)"})
 
 
 def _tensor(spec: TensorSpec, msg, *, drop_batch: bool, fixed: dict[str, int]):
@@ -203,7 +209,8 @@ _WIRING = {
 }
 
 
-def recommend_config(cfg: RepositoryConfig, assets: ServingAssets, encoder_sha256: str) -> mc.ModelConfig:
+def recommend_config(cfg: RepositoryConfig, assets: ServingAssets, encoder_sha256: str,
+                     retrieval_sha256: str | None = None) -> mc.ModelConfig:
     m = mc.ModelConfig(name=RECOMMEND.name, backend="python", max_batch_size=0)
     _io(m, RECOMMEND, batched=False, fixed={"D": assets.dim, "K": len(assets.category_vocab), "S": N_STATS})
     _instances(m, cfg.recommend_instances, "cpu")
@@ -212,14 +219,16 @@ def recommend_config(cfg: RepositoryConfig, assets: ServingAssets, encoder_sha25
     _params(m, index_dir=Path(cfg.index).resolve(), index_refresh_ms=cfg.index_refresh_ms,
             encoder_sha256=encoder_sha256, lru_bytes=int(cfg.lru_mb * 2**20),
             device=heads_device(cfg), encoder_model="encoder", heads_mode=cfg.heads_mode,
-            **served_params(cfg, assets).to_parameters())
+            **served_params(cfg, assets, retrieval_m=cfg.retrieval_m if retrieval_sha256 else 0).to_parameters())
+    if retrieval_sha256:
+        _params(m, retrieval_sha256=retrieval_sha256, retrieval_nprobe=cfg.retrieval_nprobe)
     return m
 
 
-def served_params(cfg: RepositoryConfig, assets: ServingAssets) -> ServedParams:
+def served_params(cfg: RepositoryConfig, assets: ServingAssets, retrieval_m: int = 0) -> ServedParams:
     """What clients read from the served configs (the typed side of the string ``parameters``)."""
     return ServedParams(CONTRACT_VERSION, cfg.max_history, cfg.max_candidates, cfg.max_text_bytes, assets.max_length,
-                        assets.dim, ("", *assets.category_vocab.to_list()))
+                        assets.dim, ("", *assets.category_vocab.to_list()), retrieval_m)
 
 
 def ensemble_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConfig:
@@ -316,10 +325,16 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
 
         encoder_sha = art.sha256(cfg.precision, graph)
         ItemIndex(cfg.index, expect_encoder_sha256=encoder_sha)         # fail at build time, not at load
+        from genrec.retrieval import has_retrieval
+
+        retr_prec = has_retrieval(art) if cfg.retrieval_m > 0 else None
+        retrieval_sha = art.sha256(retr_prec, "retrieval") if retr_prec else None
         rec = out / RECOMMEND.name
-        write_config(rec, recommend_config(cfg, assets, encoder_sha))
+        write_config(rec, recommend_config(cfg, assets, encoder_sha, retrieval_sha))
         shutil.copytree(art.assets, rec / "1" / "assets")
         shutil.copy(heads_src, rec / "1" / "heads.onnx")
+        if retr_prec:
+            shutil.copy(art.graph(retr_prec, "retrieval"), rec / "1" / "retrieval.onnx")
         _thin_model_py(rec / "1" / "model.py", "genrec.model_repository.backends.recommend", "RecommendModel")
 
     write_config(out / ENSEMBLE.name, ensemble_config(cfg, assets))

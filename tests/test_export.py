@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from genrec.checkpoint import Checkpoint
-from genrec.contract import ENCODER, HEADS, ITEM_STATS
+from genrec.contract import ENCODER, HEADS, ITEM_STATS, RETRIEVAL
 from genrec.export import ExportConfig, ParityError, export
 from genrec.export.graphs import HeadsGraph, example_inputs
 from genrec.export.parity import UNKNOWN_EVERY, gate, measure, prepare, resolve_tolerances
@@ -42,7 +42,7 @@ def test_fp16_report_says_it_was_gated_on_cpu(artifacts):
 
 
 def test_graph_contract_names_and_opset(artifacts):
-    for spec in (ENCODER, HEADS):
+    for spec in (ENCODER, HEADS, RETRIEVAL):
         model = onnx.load(str(artifacts.graph("fp32", spec.name)))
         onnx.checker.check_model(model)
         assert [i.name for i in model.graph.input] == spec.input_names

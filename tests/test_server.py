@@ -220,7 +220,9 @@ def test_serving_image_holds_every_module_the_python_models_import(tmp_path):
     found = {m for m in finder.modules if m.split(".")[0] == "genrec"}
     assert "genrec.index" in found and "genrec.runtime" in found
     assert "torch" not in finder.third_party, "a served module imports torch"
-    assert {"numpy", "onnxruntime", "tokenizers"} <= finder.third_party
+    assert {"numpy", "onnxruntime", "tokenizers", "faiss"} <= finder.third_party      # faiss: retrieval
+    installed = re.search(r"^RUN pip install .*?(?<!\\)$", dockerfile, re.M | re.S).group(0)
+    assert all(pkg in installed for pkg in ("numpy", "onnxruntime", "tokenizers", "faiss-cpu")), installed
 
 def test_repository_refuses_more_history_than_the_model_was_trained_on(artifacts, tmp_path):
     """The history-length feature is scaled by the trained max_history (serving.json): more is refused."""

@@ -17,6 +17,13 @@ new generation of INDEX_DIR and switches its ``CURRENT`` pointer; a thread check
 and swaps in the new generation with one reference assignment. ``_one`` reads that reference once, so a request
 is answered from exactly one generation, and the old generation's maps go when the last request holding it
 returns (the writer has already unlinked its files; Linux frees them then).
+
+Retrieval (a request without candidates, when the index has retrieval files: ``genrec.retrieval``): the history's
+vectors -> ``retrieval.onnx`` user vector -> ANN top ``retrieval_m`` over the generation's segments (history,
+``exclude_id`` and shadowed rows left out, ``restrict_category`` applied) -> the heads re-rank those items with
+features, item statistics and explanations -> the best ``k``, best first, their ids in ``item_id``. A cold user
+(no history) retrieves with the model's learned cold-start vector (the sentinel) and the heads' cold-user and
+popularity features re-rank: the model's own cold-start answer, documented in model_repository/README.md.
 """
 
 from __future__ import annotations
@@ -27,8 +34,15 @@ import triton_python_backend_utils as pb_utils
 from genrec.artifacts import ServingAssets
 from genrec.contract import HEADS, ITEM_STATS
 from genrec.index import IndexMismatch, LiveIndex
-from genrec.model_repository.backends.common import get_input, model_params, per_request, response, version_dir
-from genrec.requests import Limits, RequestError, validate_ids
+from genrec.model_repository.backends.common import (
+    get_input,
+    get_optional,
+    model_params,
+    per_request,
+    response,
+    version_dir,
+)
+from genrec.requests import Limits, RequestError, validate_ids, validate_retrieval
 from genrec.runtime import OrtHeads
 from genrec.vcache import VectorLRU
 
@@ -58,6 +72,17 @@ class RecommendModel:
         self.cache = VectorLRU(int(p["lru_bytes"]))
         self.encoder_model = p.get("encoder_model", "encoder")
         self.limits = Limits.from_parameters(p)
+        self.retriever, self.retrieval_m = None, int(p.get("retrieval_m", "0"))
+        if self.retrieval_m > 0:
+            from genrec.retrieval import Retriever
+
+            self.retriever = Retriever(vdir / "retrieval.onnx", p["retrieval_sha256"],
+                                       nprobe=int(p.get("retrieval_nprobe", "0")), threads=1,
+                                       log=lambda m: print(f"recommend: {m}", flush=True))
+            for seg in self.live.index.segments:          # open (and check) the served segments' ANN now
+                self.retriever.searcher(seg)
+            tokens = self.assets.category_vocab.tokens
+            self.category_ids = {t: i for i, t in enumerate(tokens) if i > 0}
         self.stats = None
         if p.get("stats_dir"):
             from genrec.statstore import LiveStats, StatsLoadError
@@ -98,13 +123,28 @@ class RecommendModel:
 
     def _one(self, request):
         raw = {name: get_input(request, name, ndim=1).tolist() for name in (
-            "history_id", "candidate_id", "new_item_id", "new_item_text", "new_item_category", "new_item_subcategory")}
+            "history_id", "new_item_id", "new_item_text", "new_item_category", "new_item_subcategory")}
+        cand = get_optional(request, "candidate_id", ndim=1)
+        raw["candidate_id"] = [] if cand is None else cand.tolist()
+        retrieval = None
+        if not raw["candidate_id"]:             # no candidates: retrieve them from the whole index
+            opt = {name: get_optional(request, name, ndim=1) for name in (
+                "k", "exclude_id", "restrict_category", "include_history")}
+            retrieval = validate_retrieval(*(None if v is None else v.tolist() for v in opt.values()),
+                                           self.retrieval_m, getattr(self, "category_ids", {}))
         req = validate_ids(raw["history_id"], raw["candidate_id"], raw["new_item_id"], raw["new_item_text"],
-                           raw["new_item_category"], raw["new_item_subcategory"], self.limits)
+                           raw["new_item_category"], raw["new_item_subcategory"], self.limits,
+                           retrieval=retrieval is not None)
+        index = self.live.index                       # one generation for the whole request: read the reference once
+        if retrieval is not None:
+            return self._retrieve(req, retrieval, index)
+        return self._rank(req, index)
+
+    def _rank(self, req, index, retrieved: np.ndarray | None = None):
+        """Score ``req``'s candidates, or (``retrieved``: global rows of ``index``) the retrieved items."""
         ids = [*req.history_id, *req.candidate_id]
         n_hist = len(req.history_id)
         raw_ids = [i.encode("utf-8") for i in ids]
-        index = self.live.index                       # one generation for the whole request: read the reference once
         rows = index.rows(raw_ids)                                               # (N,) -1 = not indexed
         stats = (self.stats.table.lookup(raw_ids) if self.stats is not None   # one snapshot per request
                  else np.zeros((len(ids), N_STATS), dtype=np.float32))          # (N, S), zeros = the prior
@@ -142,8 +182,49 @@ class RecommendModel:
                 for pos in misses[key]:
                     vectors[pos], cats[pos], subs[pos], truncated[pos] = value
                     source[pos] = ENCODED
-        feeds = (vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:], stats[:n_hist], stats[n_hist:])
+        if retrieved is None:
+            feeds = (vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:], stats[:n_hist],
+                     stats[n_hist:])
+            out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
+            out["item_source"] = source
+            out["truncated"] = truncated
+            out["item_id"] = np.array([i.encode("utf-8") for i in req.candidate_id], dtype=np.object_)
+            return response(out)
+        return vectors, cats, subs, truncated, source, stats
+
+    def _retrieve(self, req, opts, index):
+        """No candidates: user vector -> ANN top M -> heads re-rank -> best k (see the module doc)."""
+        vectors, cats, subs, truncated, source, hist_stats = self._rank(req, index, retrieved=np.zeros(0))
+        n_hist = len(req.history_id)
+        user = self.retriever.user_vector(vectors, cats, subs)                    # (D,)
+        exclude = index.rows([i.encode("utf-8") for i in opts.exclude_id]) if opts.exclude_id else np.zeros(0, int)
+        if not opts.include_history and n_hist:
+            exclude = np.concatenate([exclude, index.rows([i.encode("utf-8") for i in req.history_id])])
+        cats_allowed = None if opts.restrict_category is None else np.asarray(opts.restrict_category, np.int64)
+        rows, _ = self.retriever.search(index, user, self.retrieval_m, np.asarray(exclude, np.int64), cats_allowed)
+        c_vec, c_cut, c_cat, c_sub = index.take(rows)
+        c_ids = _ids_of(index, rows)
+        c_stats = (self.stats.table.lookup(c_ids) if self.stats is not None
+                   else np.zeros((len(rows), N_STATS), dtype=np.float32))
+        if not len(rows):                 # nothing left after the filters: an empty, well-formed answer
+            k = len(self.assets.category_vocab)
+            return response({"scores": np.zeros(0, np.float32), "topic_affinity": np.zeros(0, np.float32),
+                             "category_confidence": np.zeros(0, np.float32),
+                             "explanation": np.zeros((0, n_hist), np.float32),
+                             "user_topics": np.full(k, 1.0 / k, np.float32), "item_source": source,
+                             "truncated": truncated, "item_id": np.zeros(0, dtype=np.object_)})
+        feeds = (np.concatenate([vectors, c_vec]), cats, subs, c_cat, c_sub, hist_stats, c_stats)
         out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
-        out["item_source"] = source
-        out["truncated"] = truncated
+        best = np.argsort(-out["scores"], kind="stable")[: opts.k]
+        for name in ("scores", "topic_affinity", "category_confidence", "explanation"):
+            out[name] = np.ascontiguousarray(out[name][best])
+        out["item_source"] = np.concatenate([source, np.full(len(best), INDEX, np.int8)])
+        out["truncated"] = np.concatenate([truncated, c_cut[best]])
+        out["item_id"] = np.array([c_ids[i] for i in best.tolist()], dtype=np.object_)
         return response(out)
+
+
+def _ids_of(index, rows: np.ndarray) -> list[bytes]:
+    from genrec.retrieval import _ids_of as ids_of
+
+    return ids_of(index, rows)

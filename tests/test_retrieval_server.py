@@ -1,0 +1,163 @@
+"""Whole-catalog retrieval through a real tritonserver: no candidates in the request, the `recommend` model
+retrieves from the index (IVF over retrieval vectors) and re-ranks with the heads.
+
+Compared with the exact full ranking done in process with the same graphs (heads.onnx over *every* indexed item),
+on the tiny project-generated data; bad input gets INVALID_ARGUMENT naming what is wrong, the server stays up.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from triton_helpers import bytes_input
+from tritonclient.utils import InferenceServerException
+
+from genrec.client import InvalidRequest, RecommenderClient
+
+M = 200
+
+
+@pytest.fixture(scope="module")
+def retrieval_index(fp32_index, artifacts, tmp_path_factory):
+    """A copy of the tiny fp32 index with retrieval files; IVF forced (exact_below=0) so the ANN path runs."""
+    from genrec.retrieval import RetrievalConfig, build_index_retrieval
+
+    folder = tmp_path_factory.mktemp("retrieval-index") / "index"
+    shutil.copytree(fp32_index, folder)
+    built = build_index_retrieval(folder, artifacts.root, RetrievalConfig(nprobe=32, exact_below=0, threads=2),
+                                  log=lambda _m: None)
+    assert len(built) == 1
+    return folder
+
+
+@pytest.fixture(scope="module")
+def retrieval_server(artifacts, retrieval_index, item_stats_dir, tmp_path_factory):
+    from genrec.model_repository.builder import RepositoryConfig, build_repository
+    from genrec.server.launcher import running_server
+
+    repo = build_repository(artifacts.root, tmp_path_factory.mktemp("retrieval-repo") / "repo",
+                            RepositoryConfig(precision="fp32", index=str(retrieval_index), recommend_instances=1,
+                                             stats=str(item_stats_dir), retrieval_m=M))
+    with running_server(repo) as srv:
+        yield srv
+
+
+def _users(tiny_data, index, n=150):
+    """Dev impressions as (indexed history ids, clicked indexed ids outside the history), with a target."""
+    from genrec.data.mind import load_split
+
+    split = load_split(tiny_data / "dev")
+    out = []
+    for imp in split.impressions:
+        hist = [h for h in imp.history[-50:] if index.rows([h.encode()])[0] >= 0]
+        targets = {c for c, y in zip(imp.candidates, imp.labels) if y == 1 and c not in hist
+                   and index.rows([c.encode()])[0] >= 0}
+        if targets:
+            out.append((hist, targets))
+        if len(out) == n:
+            break
+    return out
+
+
+def test_served_retrieval_recall_matches_the_exact_full_ranking(retrieval_server, retrieval_index, artifacts,
+                                                                 item_stats_dir, tiny_data):
+    from genrec.index import ItemIndex
+    from genrec.metrics import topk_metrics
+    from genrec.runtime import OrtHeads
+    from genrec.statstore import StatsTable
+
+    index = ItemIndex(retrieval_index)
+    users = _users(tiny_data, index)
+    assert len(users) >= 50
+    heads = OrtHeads(artifacts.graph("fp32", "heads"), threads=2)
+    stats = StatsTable.read(item_stats_dir)
+    all_ids = [bytes(i).decode() for i in index.ids]
+    all_stats = stats.lookup(all_ids)
+    client = RecommenderClient(retrieval_server.grpc_url, timeout=30)
+    exact, served, overlap = [], [], []
+    for hist, _ in users:
+        rows = index.rows([h.encode() for h in hist])
+        hv, _, hc, hs = index.take(rows)
+        cand = np.setdiff1d(np.arange(len(index)), rows)                         # every indexed item but the history
+        out = heads(np.concatenate([hv, index.vectors[cand]]), hc, hs, index.category[cand],
+                    index.subcategory[cand], all_stats[rows], all_stats[cand])
+        top = cand[np.argsort(-out["scores"], kind="stable")[:10]]
+        exact.append([all_ids[r] for r in top])
+        recs = client.recommend(history_ids=hist, k=10)
+        got = [it.item_id for it in recs.items]
+        assert len(got) == 10 and not set(got) & set(hist)
+        assert all(it.source == "index" for it in recs.items)
+        served.append(got)
+        overlap.append(len(set(got) & set(exact[-1])) / 10)
+    targets = [t for _, t in users]
+    r_exact = topk_metrics(exact, targets, (10,))["recall@10"]
+    r_served = topk_metrics(served, targets, (10,))["recall@10"]
+    print(f"\nrecall@10 exact {r_exact:.4f} served {r_served:.4f}, top-10 overlap {np.mean(overlap):.3f} "
+          f"({len(users)} users, {len(index)} items)")
+    assert r_exact > 0.02
+    assert abs(r_served - r_exact) <= 0.02 * r_exact + 1e-9
+    assert np.mean(overlap) >= 0.9
+
+
+def test_retrieval_filters_and_the_cold_user(retrieval_server, retrieval_index, tiny_data):
+    from genrec.index import ItemIndex
+
+    index = ItemIndex(retrieval_index)
+    hist, _ = _users(tiny_data, index, 1)[0]
+    client = RecommenderClient(retrieval_server.grpc_url, timeout=30)
+    first = [it.item_id for it in client.recommend(history_ids=hist, k=20).items]
+    again = client.recommend(history_ids=hist, k=20, exclude_ids=first[:5])
+    assert not set(first[:5]) & {it.item_id for it in again.items} and len(again.items) == 20
+    cats = sorted({c for c in (it.category for it in again.items)} - {""})
+    names = client.served(client.index_model).categories
+    wanted = names[int(index.category[index.rows([first[0].encode()])[0]])]
+    only = client.recommend(history_ids=hist, k=5, categories=[wanted.upper()])   # names are case-insensitive
+    got_cats = index.category[index.rows([it.item_id.encode() for it in only.items])]
+    assert len(only.items) == 5 and {names[int(c)] for c in got_cats} == {wanted}, cats
+    with_hist = client.recommend(history_ids=hist, k=M, include_history=True)
+    assert set(hist) & {it.item_id for it in with_hist.items}       # the history is retrievable when asked
+    cold = client.recommend(history_ids=[], k=10)                    # documented: the model's cold-start answer
+    assert len(cold.items) == 10 and len({it.item_id for it in cold.items}) == 10
+    assert all(not it.because for it in cold.items)
+
+
+def test_bad_retrieval_input_is_invalid_argument_and_the_server_stays_up(retrieval_server, retrieval_index,
+                                                                          tiny_data):
+    from genrec.index import ItemIndex
+
+    hist = _users(tiny_data, ItemIndex(retrieval_index), 1)[0][0]
+    raw = grpcclient.InferenceServerClient(retrieval_server.grpc_url)
+
+    def infer(**extra):
+        inputs = [bytes_input("history_id", hist),
+                  *(bytes_input(n, []) for n in ("new_item_id", "new_item_text", "new_item_category",
+                                                  "new_item_subcategory"))]
+        for name, (dtype, value) in extra.items():
+            if dtype == "BYTES":
+                inputs.append(bytes_input(name, value))
+            else:
+                inp = grpcclient.InferInput(name, [len(value)], dtype)
+                inp.set_data_from_numpy(np.asarray(value, dtype={"INT32": np.int32, "BOOL": bool}[dtype]))
+                inputs.append(inp)
+        with pytest.raises(InferenceServerException) as err:
+            raw.infer("recommend", inputs)
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        return err.value.message()
+
+    assert "k is 0; send 1 to 200" in infer(k=("INT32", [0]))
+    assert "k is 201; send 1 to 200" in infer(k=("INT32", [201]))
+    msg = infer(k=("INT32", [3, 4]))                  # Triton checks the declared shape [1] itself
+    assert "input 'k'" in msg and "Expected [1], got [2]" in msg
+    known = RecommenderClient(retrieval_server.grpc_url).served("recommend").categories[1]
+    assert "restrict_category[1] 'no-such-topic' is not a category" in infer(
+        restrict_category=("BYTES", [known, "no-such-topic"]))
+    assert "restrict_category is empty" in infer(restrict_category=("BYTES", []))
+    assert "exclude_id[0]" in infer(exclude_id=("BYTES", [""]))
+    client = RecommenderClient(retrieval_server.grpc_url, timeout=30)
+    with pytest.raises(InvalidRequest, match="k is 0"):           # the client checks first, same message
+        client.recommend(history_ids=hist, k=0)
+    assert raw.is_server_ready()
+    assert len(client.recommend(history_ids=hist, k=3).items) == 3
