@@ -164,3 +164,39 @@ def process_memory(pid: int) -> dict[str, float]:
     except psutil.NoSuchProcess:
         pass
     return {k: round(v, 1) for k, v in out.items()}
+
+
+def ann_recall(artifacts: Path, index_dir: Path, workload, m: int, queries: int = 50) -> dict[str, Any]:
+    """The served index's ANN against exact search, in process, for the users of ``workload``: tie-aware
+    recall@M (an item counts when its exact score reaches the exact M-th score) and one-query latency of each."""
+    import time
+
+    import numpy as np
+
+    from genrec.artifacts import Artifacts
+    from genrec.index import ItemIndex
+    from genrec.retrieval import OrtRetrieval, SegmentSearcher, has_retrieval
+
+    art = Artifacts.load(artifacts)
+    graph = OrtRetrieval(art.graph(has_retrieval(art), "retrieval"), threads=1)
+    index = ItemIndex(index_dir)
+    seg = index.segments[0]
+    ann = SegmentSearcher(seg.folder)
+    vectors = np.asarray(ann.vectors)                              # (N, D) the exact search reads it all
+    hits, t_ann, t_exact = [], [], []
+    for i in range(queries):
+        rows = index.rows([h.encode() for h in workload(i).history_ids])
+        hv, _, hc, hs = index.take(rows[rows >= 0])
+        user = graph.user_vector(hv, hc, hs)
+        t = time.perf_counter()
+        found, _ = ann.search(user, m)
+        t_ann.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        s = vectors @ user
+        kth = np.partition(-s, m - 1)[m - 1] * -1
+        t_exact.append(time.perf_counter() - t)
+        hits.append(min(m, int((s[found] >= kth - 1e-5).sum())) / m)
+    return {"items": len(vectors), "m": m, "queries": queries, "kind": ann.manifest["kind"],
+            "nlist": ann.manifest.get("nlist"), "nprobe": ann.manifest.get("nprobe"),
+            "recall_at_m": float(np.mean(hits)), "recall_at_m_min": float(np.min(hits)),
+            "ann_p50_ms": float(np.median(t_ann) * 1e3), "exact_p50_ms": float(np.median(t_exact) * 1e3)}

@@ -6,6 +6,8 @@ A scenario is a request shape (history H, candidates C), a precision, a serving 
   text   -- the `genrec` ensemble: every text encoded per request (a cold request)
   ids    -- the `recommend` model: indexed items read from the item index; a fraction `unknown` of the
             candidates are new items (fresh ids + texts every request), encoded through the encoder
+  retrieve -- the `recommend` model without candidates: user vector -> ANN top M over the whole index -> heads
+            re-rank -> best k (RETRIEVE_K of RETRIEVE_M); the ANN's recall@M against exact search in the same run
 Each served scenario is swept over a concurrency range; in-process anchors run the same requests.
 """
 
@@ -22,13 +24,15 @@ class Scenario:
     candidates: int                # C: candidate texts per request
     precision: str                 # fp32 | int8 | fp16
     target: str = "ours"           # ours | naive
-    mode: str = "text"             # text | ids
+    mode: str = "text"             # text | ids | retrieve
     unknown: float = 0.0           # ids: fraction of candidates the index does not know
     concurrency: tuple[int, ...] | None = None   # None: the suite's sweep
     catalog: int = 0               # ids: items in the index (0 = the benchmark catalog as is, ~3k)
 
     @property
     def name(self) -> str:
+        if self.mode == "retrieve":
+            return f"retrieve-h{self.history}-k{RETRIEVE_K}-m{RETRIEVE_M}-{self.precision}-n{self.catalog}"
         if self.mode == "ids":
             scale = f"-n{self.catalog}" if self.catalog else ""
             return f"ids-h{self.history}-c{self.candidates}-{self.precision}-u{self.unknown * 100:g}{scale}"
@@ -49,6 +53,8 @@ HIT_RATE_SWEEP = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)      # unknown fractions, at c
 # repeated under new ids, so the build encodes each distinct text once; see genrec.index's dedupe).
 SCALE_ITEMS = 1_000_000
 QUICK_SCALE_ITEMS = 20_000      # the same scenario in the CI smoke run, small enough for seconds
+RETRIEVAL_ITEMS = (100_000, SCALE_ITEMS)    # whole-catalog retrieval (mode "retrieve") at these index sizes
+RETRIEVE_K, RETRIEVE_M = 10, 200            # items returned, items retrieved before the heads re-rank
 
 
 def suite(name: str, device: str = "cpu") -> list[Scenario]:
@@ -58,7 +64,8 @@ def suite(name: str, device: str = "cpu") -> list[Scenario]:
     if name == "quick":
         return [Scenario(h, c, fast), Scenario(h, c, "fp32"), Scenario(h, c, "fp32", "naive"),
                 Scenario(h, c, fast, mode="ids"), Scenario(h, c, fast, mode="ids", unknown=0.1),
-                Scenario(h, c, fast, mode="ids", catalog=QUICK_SCALE_ITEMS)]
+                Scenario(h, c, fast, mode="ids", catalog=QUICK_SCALE_ITEMS),
+                Scenario(h, 0, fast, mode="retrieve", catalog=QUICK_SCALE_ITEMS)]
     if name == "full":
         shapes = [(hh, cc) for hh in (10, 50) for cc in (20, 100, 300)]
         return ([Scenario(hh, cc, p) for hh, cc in shapes for p in precisions]
@@ -66,5 +73,6 @@ def suite(name: str, device: str = "cpu") -> list[Scenario]:
                 + [Scenario(h, c, fast, mode="ids", unknown=u) for u in (0.0, 0.1, 0.5)]
                 + [Scenario(h, c, fast, mode="ids", unknown=u, concurrency=(1, 16))
                    for u in HIT_RATE_SWEEP if u not in (0.0, 0.1, 0.5)]
-                + [Scenario(h, c, fast, mode="ids", catalog=SCALE_ITEMS, concurrency=(1, 16))])
+                + [Scenario(h, c, fast, mode="ids", catalog=SCALE_ITEMS, concurrency=(1, 16))]
+                + [Scenario(h, 0, fast, mode="retrieve", catalog=n, concurrency=(1, 16)) for n in RETRIEVAL_ITEMS])
     raise ValueError(f"unknown suite {name!r} (quick, full)")

@@ -15,7 +15,7 @@ from typing import Any
 from genrec.benchmarks import anchors
 from genrec.benchmarks.loadgen import Timing, served_point, timed_loop
 from genrec.benchmarks.report import targets, write_report
-from genrec.benchmarks.scenarios import CONCURRENCY, REFERENCE, Scenario, suite
+from genrec.benchmarks.scenarios import CONCURRENCY, REFERENCE, RETRIEVE_M, Scenario, suite
 from genrec.benchmarks.workload import IdWorkload, load_catalog, make_requests, perf_analyzer_json
 
 
@@ -189,10 +189,11 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
         index_builds[f"{m['count']}-{p}"] = {"items": m["count"], "seconds": round(time.perf_counter() - t0, 1),
                                              "encoded_texts": m.get("encoded_texts"), "peak_rss_mb": None,
                                              "note": "in the suite's process (cached when built before)"}
-    for n in sorted({s.catalog for s in scenarios if s.mode == "ids" and s.catalog}):
+    indexed = ("ids", "retrieve")
+    for n in sorted({s.catalog for s in scenarios if s.mode in indexed and s.catalog}):
         scaled = _scaled_catalog(news_tsv, n, work)
         catalogs[n] = load_catalog(scaled)
-        for p in sorted({s.precision for s in scenarios if s.mode == "ids" and s.catalog == n}):
+        for p in sorted({s.precision for s in scenarios if s.mode in indexed and s.catalog == n}):
             folder = work / f"index-{p}-n{n}"
             if folder.exists():
                 shutil.rmtree(folder)                   # timed from scratch every run
@@ -242,11 +243,16 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
                 for c in sc.concurrency or cfg.concurrency:
                     bar.set_postfix_str(f"{sc.name} c={c}")
                     work_ = (IdWorkload(catalogs[sc.catalog], sc.history, sc.candidates, sc.unknown, seed=c)
-                             if sc.mode == "ids"
+                             if sc.mode in indexed           # retrieve: no candidates, k = the server's default
                              else reqs[(sc.history, sc.candidates)])
                     points.append(served_point(server.grpc_url, work_, c, timing))
                     bar.update(1)
                 results["scenarios"][sc.name] = {"scenario": dataclasses.asdict(sc), "points": points}
+                if sc.mode == "retrieve":
+                    bar.set_postfix_str(f"{sc.name}: ANN recall vs exact")
+                    results["scenarios"][sc.name]["ann"] = anchors.ann_recall(
+                        art, indexes[(precision, size)], IdWorkload(catalogs[sc.catalog], sc.history, 0, 0.0, seed=99),
+                        RETRIEVE_M)
             results["memory"][f"{target}-{precision}" + (f"-n{size}" if size else "")] = \
                 anchors.process_memory(server.proc.pid)
             ref = next((s for s in members if (s.history, s.candidates) == REFERENCE and s.mode == "text"), None)

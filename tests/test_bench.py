@@ -19,12 +19,13 @@ def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, ti
     assert saved["machine"]["cores"] and saved["machine"]["packages"]["onnxruntime"]
     assert saved["server_version"].startswith("2.")
     assert set(res["scenarios"]) == {"ours-h50-c100-int8", "ours-h50-c100-fp32", "naive-h50-c100-fp32",
-                                     "ids-h50-c100-int8-u0", "ids-h50-c100-int8-u10", "ids-h50-c100-int8-u0-n20000"}
+                                     "ids-h50-c100-int8-u0", "ids-h50-c100-int8-u10", "ids-h50-c100-int8-u0-n20000",
+                                     "retrieve-h50-k10-m200-int8-n20000"}
     for name, sc in res["scenarios"].items():
         assert [p["concurrency"] for p in sc["points"]] == [1, 4]
         for p in sc["points"]:
             assert p["throughput_rps"] > 0 and p["errors"] == 0 and p["latency_ms"]["p99"] >= p["latency_ms"]["p50"]
-            if "-u0" not in name:               # the warm id path never calls the encoder (any catalog size)
+            if "-u0" not in name and not name.startswith("retrieve"):   # the warm id path never calls the encoder
                 assert p["server"]["encoder"]["requests"] > 0 and p["server"]["encoder"]["compute_ms"] > 0
     assert set(res["in_process"]) == {"h50-c100-int8", "h50-c100-fp32"} and "h50-c100" in res["torch_eager"]
     pa = res["perf_analyzer"]
@@ -34,6 +35,8 @@ def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, ti
     assert any("naive" in n for n in names) and any("perf_analyzer" in n for n in names)
     measured = [t for t in res["targets"] if "concurrency 16" not in t["target"]]    # quick stops at 4
     assert all(t["value"] is not None for t in measured), measured
+    ann = res["scenarios"]["retrieve-h50-k10-m200-int8-n20000"]["ann"]      # retrieval: its ANN vs exact, same run
+    assert ann["items"] == 20000 and ann["kind"] == "ivf_flat" and ann["recall_at_m"] >= 0.9, ann
     ids = res["scenarios"]["ids-h50-c100-int8-u10"]["points"][0]
     assert ids["server"]["recommend"]["requests"] > 0 and ids["server"]["encoder"]["requests"] > 0
     assert {"tritonserver", "stub:encoder", "stub:tokenizer", "stub:heads"} <= set(res["memory"]["ours-int8"])
