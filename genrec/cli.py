@@ -192,7 +192,9 @@ def _index(sub: argparse._SubParsersAction) -> None:
         from genrec.retrieval import build_index_retrieval, has_retrieval
 
         if has_retrieval(Artifacts.load(artifacts)):
-            build_index_retrieval(index, artifacts, from_args(RetrievalConfig, args, threads=args.threads))
+            # the index step's --threads (a flag given only when set: argparse.SUPPRESS defaults)
+            threads = getattr(args, "threads", RetrievalConfig.threads)
+            build_index_retrieval(index, artifacts, from_args(RetrievalConfig, args, threads=threads))
 
     def run(args: argparse.Namespace) -> int:
         from genrec.index import build_index
