@@ -229,10 +229,19 @@ def _index(sub: argparse._SubParsersAction) -> None:
     add_dataclass_args(a, AddConfig)
 
     def run_add(args: argparse.Namespace) -> int:
+        from genrec.artifacts import Artifacts
         from genrec.index import add_items
+        from genrec.retrieval import has_retrieval, segment_retrieval_builder
 
-        add_items(args.catalog, args.artifacts, args.index, from_args(AddConfig, args), progress=not args.quiet)
-        with_retrieval(args.index, args.artifacts, args)
+        hook = None
+        if has_retrieval(Artifacts.load(args.artifacts)):
+            # the new segment's retrieval files are written before CURRENT switches: a server never sees a
+            # generation (a compacted base above all) without its ANN index
+            threads = getattr(args, "threads", RetrievalConfig.threads)
+            hook = segment_retrieval_builder(args.artifacts, from_args(RetrievalConfig, args, threads=threads))
+        add_items(args.catalog, args.artifacts, args.index, from_args(AddConfig, args), progress=not args.quiet,
+                  before_publish=hook)
+        with_retrieval(args.index, args.artifacts, args)     # segments from before retrieval existed, if any
         return 0
 
     a.set_defaults(handler=run_add)

@@ -100,7 +100,8 @@ def _chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
 
 def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg: IndexConfig = IndexConfig(),
                 *, progress: bool = True, log: Callable[[str], None] = print,
-                on_chunk: Callable[[int], None] | None = None) -> Path:
+                on_chunk: Callable[[int], None] | None = None,
+              before_publish: Callable[[Path], object] | None = None) -> Path:
     """Encode every item of ``catalog`` (news.tsv) with the exported encoder; resume if interrupted.
 
     ``on_chunk(rows_done)`` is called after each flushed chunk (progress hooks, tests).
@@ -606,7 +607,8 @@ def collect_garbage(index: str | Path, keep_generations: int = 1, *, log: Callab
 
 def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg: AddConfig = AddConfig(), *,
               progress: bool = True, log: Callable[[str], None] = print,
-              on_chunk: Callable[[int], None] | None = None) -> Path:
+              on_chunk: Callable[[int], None] | None = None,
+              before_publish: Callable[[Path], object] | None = None) -> Path:
     """Publish the items of ``catalog`` (news.tsv: new items, or known ids with new text) as a new generation
     of INDEX_DIR and switch to it atomically; servers pick it up within ``index_refresh_ms``.
 
@@ -669,6 +671,8 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
         staged = work / name
         shutil.rmtree(staged, ignore_errors=True)
         rows = _write_segment(staged, parts, segment_manifest)
+        if before_publish is not None:      # e.g. the segment's retrieval files: complete before it goes live
+            before_publish(staged)
         if compact:
             segments, count = [name], rows
         else:

@@ -173,13 +173,12 @@ def _valid(folder: Path, encoder_sha256: str, retrieval_sha256: str) -> bool:
             and m.get("retrieval_sha256") == retrieval_sha256)
 
 
-def build_index_retrieval(index: str | Path, artifacts: str | Path, cfg: RetrievalConfig = RetrievalConfig(), *,
-                          log: Callable[[str], None] = print) -> list[str]:
-    """Retrieval vectors (+ IVF) for every segment of INDEX_DIR's current generation that lacks them or has them
-    from other weights: after ``index build`` and after each ``index add`` (a new delta, or a new base when
-    compacted). Returns the segment folders built."""
+def segment_retrieval_builder(artifacts: str | Path, cfg: RetrievalConfig = RetrievalConfig(), *,
+                              log: Callable[[str], None] = print) -> Callable[[Path], bool]:
+    """A function that writes one index segment folder's retrieval files (retrieval vectors + IVF) unless they
+    are there already from these weights; True when it built them."""
     from genrec.artifacts import Artifacts
-    from genrec.index import ItemIndex
+    from genrec.index import Segment
 
     art = Artifacts.load(artifacts)
     precision = has_retrieval(art)
@@ -187,18 +186,31 @@ def build_index_retrieval(index: str | Path, artifacts: str | Path, cfg: Retriev
         raise ValueError(f"{art.root} has no retrieval.onnx: re-export the model (genrec export) to serve retrieval")
     graph_sha = art.sha256(precision, "retrieval")
     ort = OrtRetrieval(art.graph(precision, "retrieval"), cfg.threads)
-    built = []
-    for seg in ItemIndex(index).segments:
+
+    def build(folder: Path) -> bool:
+        seg = Segment(folder)
         enc = seg.manifest["encoder_sha256"]
         if _valid(seg.folder, enc, graph_sha):
-            continue
+            return False
         vectors = ort.item_repr(np.asarray(seg.vectors), np.asarray(seg.category), np.asarray(seg.subcategory))
         m = build_ann(seg.folder, vectors, encoder_sha256=enc, retrieval_sha256=graph_sha, nprobe=cfg.nprobe,
                       exact_below=cfg.exact_below, threads=cfg.threads)
         log(f"retrieval: {seg.folder}: {m['count']} items, {m['kind']}"
             + (f" (nlist {m['nlist']}, nprobe {m['nprobe']})" if m["kind"] == "ivf_flat" else ""))
-        built.append(str(seg.folder))
-    return built
+        return True
+
+    return build
+
+
+def build_index_retrieval(index: str | Path, artifacts: str | Path, cfg: RetrievalConfig = RetrievalConfig(), *,
+                          log: Callable[[str], None] = print) -> list[str]:
+    """Retrieval vectors (+ IVF) for every segment of INDEX_DIR's current generation that lacks them or has them
+    from other weights (after ``index build``; ``index add`` builds its new segment's before it switches).
+    Returns the segment folders built."""
+    from genrec.index import ItemIndex
+
+    build = segment_retrieval_builder(artifacts, cfg, log=log)
+    return [str(seg.folder) for seg in ItemIndex(index).segments if build(seg.folder)]
 
 
 class Retriever:

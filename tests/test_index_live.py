@@ -334,3 +334,35 @@ def test_index_add_under_load_switches_generations_without_failures(artifacts, t
             assert str(index / "vectors.f32") in got and str(index / "gen-000003" / "vectors.f32") in got
         assert srv.stub_processes() == stubs and srv.failure() is None      # no restart
     assert (index / CURRENT).read_text().strip() == "gen-000003"
+
+
+def test_index_add_writes_the_new_segments_retrieval_files_before_it_switches(artifacts, tiny_data, fp32_index,
+                                                                            tmp_path, monkeypatch):
+    """A compacted base is a new segment: a server that sees it before its ANN index exists would search
+    it exactly. `genrec index add` builds the retrieval files of the staged segment, then switches."""
+    import genrec.retrieval as retrieval
+    from genrec.cli import main
+
+    lines = _lines(tiny_data)
+    index = _copy_index(fp32_index, tmp_path)
+    seen: list[tuple[str, str | None]] = []
+    builder = retrieval.segment_retrieval_builder
+
+    def spying_builder(*args, **kwargs):
+        build = builder(*args, **kwargs)
+
+        def run(folder):
+            seen.append((folder.name, read_current(index)))        # what was served while it was built
+            return build(folder)
+        return run
+
+    monkeypatch.setattr(retrieval, "segment_retrieval_builder", spying_builder)
+    monkeypatch.setattr(retrieval, "build_index_retrieval", lambda *a, **k: [])   # only the pre-switch build
+    add = _catalog(tmp_path / "add.tsv", [_item(lines[300], "LIVE-R", lines[300][3])])
+    assert main(["index", "add", "--catalog", str(add), "--index", str(index), "--artifacts", str(artifacts.root),
+                 "--compact-ratio", "0", "--quiet"]) == 0
+    live = ItemIndex(index)
+    assert live.generation == 1 and seen == [("gen-000001", None)]   # built while nothing new was current
+    for seg in live.segments:
+        manifest = json.loads((seg.folder / retrieval.ANN_MANIFEST).read_text())
+        assert manifest["encoder_sha256"] == seg.manifest["encoder_sha256"] and manifest["count"] == len(seg)
