@@ -176,11 +176,19 @@ def known_ids(served: Served, n: int = 4096) -> list[str]:
     return [bytes(i).decode() for i in ids[: min(n, len(ids))]]
 
 
-def _id_inputs(history: list[Any], candidates: list[Any], new: dict[str, tuple[str, str]]) -> list:
+def _id_inputs(history: list[Any], candidates: list[Any], new: dict[str, tuple[str, str]],
+               k: int | None = None) -> list:
+    """The id path's inputs: the required ones, the candidates, and ``k`` (retrieval) when given; the other
+    optional retrieval inputs are left out (their defaults)."""
     values = {"history_id": history, "candidate_id": candidates, "new_item_id": list(new),
               "new_item_text": [t for t, _ in new.values()], "new_item_category": [c for _, c in new.values()],
               "new_item_subcategory": [""] * len(new)}
-    return [_bytes_input(name, values[name]) for name in ID_INPUTS]
+    inputs = [_bytes_input(name, values[name]) for name in ID_INPUTS if name in values]
+    if k is not None:
+        inp = grpcclient.InferInput("k", [1], "INT32")
+        inp.set_data_from_numpy(np.array([k], dtype=np.int32))
+        inputs.append(inp)
+    return inputs
 
 
 def valid_id_request(rng: np.random.Generator, cfg: SoakConfig, served: Served, ids: list[str],
@@ -197,7 +205,7 @@ def valid_id_request(rng: np.random.Generator, cfg: SoakConfig, served: Served, 
 def invalid_id_requests(ids: list[str]) -> dict[str, tuple[str, list]]:
     return {
         "ids_unknown_without_text": ("recommend", _id_inputs(ids[:1], [ids[0], "soak-no-such-item"], {})),
-        "ids_no_candidates": ("recommend", _id_inputs(ids[:1], [], {})),
+        "ids_retrieval_k_zero": ("recommend", _id_inputs(ids[:1], [], {}, k=0)),
         "ids_id_over_64_bytes": ("recommend", _id_inputs([], ["x" * 65], {})),
     }
 
