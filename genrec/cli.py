@@ -230,7 +230,7 @@ def _index(sub: argparse._SubParsersAction) -> None:
 
     def run_add(args: argparse.Namespace) -> int:
         from genrec.artifacts import Artifacts
-        from genrec.index import add_items
+        from genrec.index import ItemIndex, add_items
         from genrec.retrieval import has_retrieval, segment_retrieval_builder
 
         hook = None
@@ -241,7 +241,9 @@ def _index(sub: argparse._SubParsersAction) -> None:
             hook = segment_retrieval_builder(args.artifacts, from_args(RetrievalConfig, args, threads=threads))
         add_items(args.catalog, args.artifacts, args.index, from_args(AddConfig, args), progress=not args.quiet,
                   before_publish=hook)
-        with_retrieval(args.index, args.artifacts, args)     # segments from before retrieval existed, if any
+        if hook is not None:                                   # segments from before retrieval existed, if any
+            for seg in ItemIndex(args.index).segments:
+                hook(seg.folder)
         return 0
 
     a.set_defaults(handler=run_add)
