@@ -181,6 +181,61 @@ def test_deployment_manifests_parse():
     assert "nvcr.io/nvidia/tritonserver:" in dockerfile and ":latest" not in dockerfile
 
 
+K8S_VERSION = "1.30"          # the oldest Kubernetes the manifests are meant for (autoscaling/v2, policy/v1)
+
+
+def test_manifests_match_the_kubernetes_schema_and_each_other():
+    """Every built-in resource in server/k8s validates (strictly: an unknown or misspelt field fails) against the
+    Kubernetes API schema; the scaling resources point at the Deployment and its pods (issue 15)."""
+    import jsonschema
+    import kubernetes_validate
+
+    docs = {}
+    for path in sorted((ROOT / "server" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            docs[(doc["kind"], doc["metadata"]["name"])] = doc
+            if doc["apiVersion"].startswith("serving.kserve.io/"):
+                continue                                   # a CRD: no schema in the Kubernetes API
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as err:
+                where = "/".join(map(str, getattr(err, "path", ())))
+                pytest.fail(f"{path.name}: {doc['kind']} {doc['metadata']['name']}: {err.message} at {where}")
+    deploy = docs[("Deployment", "genrec")]
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    port_names = {p["name"] for p in container["ports"]}
+
+    def selects_pods(selector: dict) -> bool:
+        return bool(selector) and selector.items() <= pod_labels.items()
+
+    headless = docs[("Service", "genrec-headless")]["spec"]
+    assert headless["clusterIP"] == "None" and selects_pods(headless["selector"])
+    assert not headless.get("publishNotReadyAddresses", False)          # DNS lists ready pods only
+    assert {(p["port"], p["targetPort"]) for p in headless["ports"]} == {(8001, "grpc")} and "grpc" in port_names
+    hpa = docs[("HorizontalPodAutoscaler", "genrec")]["spec"]
+    assert (hpa["scaleTargetRef"]["kind"], hpa["scaleTargetRef"]["name"]) == ("Deployment", "genrec")
+    assert 2 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+    assert "replicas" not in deploy["spec"], "the HPA owns the replica count; a fixed one resets it on every apply"
+    (metric,) = hpa["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "genrec_queue_us_per_request"
+    pdb = docs[("PodDisruptionBudget", "genrec")]["spec"]
+    assert selects_pods(pdb["selector"]["matchLabels"])
+    # a drain must be able to evict a pod at the HPA's minimum, and leave one serving
+    available = hpa["minReplicas"] - pdb["maxUnavailable"] if "maxUnavailable" in pdb else pdb["minAvailable"]
+    assert 1 <= available < hpa["minReplicas"], (pdb, hpa["minReplicas"])
+    # the adapter rule the HPA's metric comes from (its names are checked against live Triton in test_replicas.py)
+    rules = yaml.safe_load(docs[("ConfigMap", "genrec-adapter-config")]["data"]["config.yaml"])["rules"]
+    assert [r["name"]["as"] for r in rules] == [metric["pods"]["metric"]["name"]]
+    # connections age out, so clients balancing over the headless Service find pods added by a scale-out
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    assert 0 < int(args["grpc-max-connection-age"]) and 0 < int(args["grpc-max-connection-age-grace"])
+    grace = deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert int(args["grpc-max-connection-age-grace"]) / 1000 < grace
+
+
 
 def test_serving_image_holds_every_module_the_python_models_import(tmp_path):
     """The container copies only the serving core and the backends: lay the tree out as its COPY lines do
