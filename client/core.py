@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
 import random
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +25,10 @@ CHANNEL_ARGS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 # reconnect quickly after a server restart (gRPC's default backoff grows to 120 s)
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000)]
+# gRPC target schemes (grpc/doc/naming.md); a target with one is handed to gRPC as written
+GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
+TRITON_SERVICE = "inference.GRPCInferenceService"
+GRPC_MAX_ATTEMPTS = 5                    # gRPC clamps a retry policy's maxAttempts to 5
 EXPLAIN_TOP = 3                          # history items listed per candidate in ``because``
 TASK_OUTPUTS = ("topic_affinity", "category_confidence")
 
@@ -34,6 +41,78 @@ class Served:
     limits: Limits
     categories: list[str]
     retrieval_m: int = 0          # recommend: items retrieved before re-ranking (0 = no retrieval served)
+
+
+def grpc_target(url: str | Sequence[str]) -> str:
+    """One gRPC target for one server or several replicas.
+
+    * a target with a scheme passes as written: ``dns:///genrec-headless:8001`` (every address the name resolves
+      to, re-resolved when a connection drops), ``ipv4:10.0.0.1:8001,10.0.0.2:8001``, ``unix:/path``;
+    * ``host:port`` passes as written (gRPC's default resolver is DNS: a name with several addresses is several
+      replicas);
+    * several endpoints, as a list or comma-separated (``"10.0.0.1:8001,10.0.0.2:8001"``), become one static
+      ``ipv4:``/``ipv6:`` target; host names among them are resolved here, once (use ``dns:///NAME:PORT`` for a
+      set of replicas that changes).
+    gRPC balances the target's addresses itself (``round_robin``, see :func:`channel_args`)."""
+    if isinstance(url, str):
+        if url.split(":", 1)[0] in GRPC_SCHEMES:
+            return url
+        parts = url.split(",")
+    else:
+        parts = list(url)
+    parts = [p.strip() for p in parts if p and p.strip()]
+    if not parts:
+        raise ValueError("no server address given (expected host:port, several of them, or a gRPC target such as "
+                         "dns:///genrec-headless:8001)")
+    if len(parts) == 1:
+        return parts[0]
+    v4: list[str] = []
+    v6: list[str] = []
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{part!r}: expected host:port (IPv6 as [addr]:port)")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            ips = [ipaddress.ip_address(host)]
+        except ValueError:                         # a name: every address it has now
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise ValueError(f"{part!r}: cannot resolve {host!r}: {exc.strerror}") from None
+            ips = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+            ips = [ip for ip in ips if ip.version == 4] or ips     # a name with both families (localhost): IPv4
+        for ip in ips:
+            (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+    if v4 and v6:
+        raise ValueError(f"{parts}: a gRPC target holds IPv4 or IPv6 addresses, not both; give addresses of one "
+                         "family or a dns:/// name")
+    return f"ipv4:{','.join(dict.fromkeys(v4))}" if v4 else f"ipv6:{','.join(dict.fromkeys(v6))}"
+
+
+def service_config(retries: int, backoff_s: float, max_backoff_s: float) -> dict:
+    """gRPC service config: ``round_robin`` over every address of the target (a connection per replica; requests
+    go only to connected ones, a dropped one is reconnected in the background and gets traffic again once up),
+    and gRPC's own retry of UNAVAILABLE, which picks again and so lands on another replica. Throttled (gRPC's
+    token bucket) so that a fleet in trouble does not get a retry storm; the client's own retry loop
+    (:class:`RetryPolicy`) still covers what gRPC does not retry, within the call's deadline."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retries > 0:
+        config["methodConfig"] = [{
+            "name": [{"service": TRITON_SERVICE}],
+            "retryPolicy": {"maxAttempts": min(GRPC_MAX_ATTEMPTS, retries + 1),
+                            "initialBackoff": f"{max(backoff_s, 0.001):.3f}s",
+                            "maxBackoff": f"{max(max_backoff_s, backoff_s, 0.001):.3f}s",
+                            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]
+        config["retryThrottling"] = {"maxTokens": 100, "tokenRatio": 0.1}
+    return config
+
+
+def channel_args(retries: int, backoff_s: float, max_backoff_s: float) -> list[tuple[str, Any]]:
+    """The client channel's arguments: message limits, quick reconnects, round-robin and retries (see
+    :func:`service_config`)."""
+    return [*CHANNEL_ARGS, ("grpc.lb_policy_name", "round_robin"), ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(service_config(retries, backoff_s, max_backoff_s)))]
 
 
 def status_name(exc: InferenceServerException) -> str:

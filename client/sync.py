@@ -23,22 +23,28 @@ class RecommenderClient:
     UNAVAILABLE only (server down, restarting, overloaded connection), with exponential backoff
     (``backoff_s`` doubling, capped at ``max_backoff_s``) and full jitter. ``ssl``/``root_certificates``
     (a PEM file path) enable TLS; ``compression`` is "gzip" or "deflate".
+
+    Several replicas: ``url`` may be a list of ``host:port``, a comma-separated string of them, or a gRPC target
+    (``dns:///genrec-headless:8001`` for a Kubernetes headless Service, ``ipv4:10.0.0.1:8001,10.0.0.2:8001``).
+    gRPC itself balances them (``round_robin``: one connection per replica, requests only to connected ones) and
+    retries UNAVAILABLE on another replica (its retry policy), so a replica that dies costs no failed call while
+    another is up; it gets traffic again once it is back (see :func:`genrec.client.core.grpc_target`).
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
+    def __init__(self, url: str | Sequence[str], *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
                  root_certificates: str | None = None, compression: str | None = None, model: str = "genrec",
                  index_model: str = "recommend",
                  backoff_s: float = 0.1, max_backoff_s: float = 2.0, private_key: str | None = None,
                  certificate_chain: str | None = None):
-        self.url, self.model, self.index_model = url, model, index_model
+        self.url, self.model, self.index_model = core.grpc_target(url), model, index_model
         self.timeout, self.retries = timeout, retries
         self.compression = compression
-        self._grpc = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
+        self._grpc = grpcclient.InferenceServerClient(self.url, ssl=ssl, root_certificates=root_certificates,
                                                       private_key=private_key, certificate_chain=certificate_chain,
-                                                      channel_args=core.CHANNEL_ARGS)
+                                                      channel_args=core.channel_args(retries, backoff_s, max_backoff_s))
         self._served: dict[str, core.Served] = {}
         self._lock = threading.Lock()
-        self._retry = core.RetryPolicy(url, timeout, retries, backoff_s, max_backoff_s)
+        self._retry = core.RetryPolicy(self.url, timeout, retries, backoff_s, max_backoff_s)
 
     # ---- plumbing -------------------------------------------------------------------------------
     def _call(self, fn, deadline: float):

@@ -88,6 +88,10 @@ class ServerConfig:
         "help": "PEM CA bundle for mutual TLS (clients must present a certificate it signed)"})
     log_file: str = dataclasses.field(default="", metadata={
         "help": "where the server log goes (default: a temporary file, printed on failure)"})
+    grpc_max_connection_age_ms: int = dataclasses.field(default=0, metadata={
+        "help": "close each gRPC client connection after this many ms (in-flight calls get half as long again to "
+                "finish): clients balancing over a DNS name of several replicas re-resolve it then and find new "
+                "ones (0 = connections live on)"})
     max_restarts: int = dataclasses.field(default=5, metadata={
         "help": "restarts within 10 minutes when tritonserver exits or a python-backend stub dies (Triton 2.51 "
                 "never restarts a dead stub); then the supervisor gives up (0 = never restart)"})
@@ -252,6 +256,9 @@ class TritonServer:
                "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
                f"--exit-timeout-secs={c.exit_timeout_s}", f"--log-verbose={c.log_verbose}",
                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
+        if c.grpc_max_connection_age_ms > 0:
+            cmd += [f"--grpc-max-connection-age={c.grpc_max_connection_age_ms}",
+                    f"--grpc-max-connection-age-grace={c.grpc_max_connection_age_ms // 2}"]
         if c.grpc_ssl_cert or c.grpc_ssl_key:
             if not (c.grpc_ssl_cert and c.grpc_ssl_key):
                 raise ServerError("TLS needs both --grpc-ssl-cert and --grpc-ssl-key")
