@@ -33,7 +33,8 @@ from genrec.data.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news
 from genrec.llm import DEFAULT_SPEC, LLMBackend, LLMError, Messages, backend_from_spec, chat_many
 
 ITEMS_TASK = "items"
-# Bump when the prompt, the parser or the generation settings change: old cache lines are then ignored.
+# Bump when the prompt or the generation settings change: old cache lines are then ignored. (The parser runs
+# on the cached raw answers at every run: changing it needs no bump and no new LLM calls.)
 ITEMS_PROMPT_VERSION = "items-v1"
 CACHE_FILE = "enrich_cache.jsonl"
 REPORT_FILE = "enrich_report.json"
@@ -86,17 +87,31 @@ def _clip(text: str, words: int) -> str:
 
 
 _PREFIX = re.compile(r"^\s*(?:\**\s*)?(?:new\s+|rewritten\s+|improved\s+|revised\s+)?title\s*:\s*", re.I)
+# 'The title is "X"', 'Rewrite the title to: "X"', 'The new title should be "X"': the answer is X
+_WRAPPED = re.compile(r"^(?:the\s+)?(?:new\s+|rewritten\s+|revised\s+)?title\s+(?:is|should\s+be|could\s+be)\s*:?\s*"
+                      r"[\"“](.+?)[\"”]\.?$"
+                      r"|^rewrite\s+(?:this|the)\s+title\s+(?:to|as)\s*:?\s*[\"“](.+?)[\"”]\.?$", re.I)
 _REFUSAL = re.compile(r"\b(i'm sorry|i am sorry|i cannot|i can't|as an ai|language model|here is|here's|"
                       r"sure[,!]|certainly)\b", re.I)
 _WORD = re.compile(r"[^\W_]+", re.U)
+_STOP = frozenset("the and for with from into about this that its his her their our your are was were has have "
+                  "les der die das del los las".split())
 
 
 def parse_item_title(answer: str, item: NewsItem) -> tuple[str | None, str]:
-    """(the enriched title, "ok") for a usable answer, else (None, why it is unusable)."""
+    """(the enriched title, "ok") for a usable answer, else (None, why it is unusable). Pure and cheap: it is
+    applied to the cached raw answers at every run, so a better parser needs no new LLM calls."""
     lines = [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
     if not lines:
         return None, "empty"
-    text = _PREFIX.sub("", lines[0]).strip().strip("*").strip().strip('"').strip("'").strip()
+    text = lines[0]
+    wrapped = _WRAPPED.match(text)
+    if wrapped:
+        text = wrapped.group(1) or wrapped.group(2)
+    text = _PREFIX.sub("", text).strip().strip("*").strip()
+    if text[:1] in "\"“" and sum(text.count(q) for q in "\"“”") == 2:      # '"Fargo (1996)" (Crime, Drama)'
+        text = text.translate({ord(q): None for q in "\"“”"})
+    text = text.strip('"').strip("'").strip()
     if _REFUSAL.search(text):
         return None, "refusal or chat"
     words = _WORD.findall(text.lower())
@@ -104,17 +119,15 @@ def parse_item_title(answer: str, item: NewsItem) -> tuple[str | None, str]:
         return None, "too short"
     if len(words) > 40:
         return None, "too long"
-    own = {w for w in _WORD.findall(item.title.lower()) if len(w) > 2 and not w.isdigit()} or set(
-        _WORD.findall(item.title.lower()))
+    title_words = _WORD.findall(item.title.lower())
+    own = {w for w in title_words if len(w) > 2 and not w.isdigit() and w not in _STOP} or set(title_words)
     if own and not own & set(words):
         return None, "does not name the item"
     if text.lower() in {item.category.lower(), item.subcategory.lower()}:
         return None, "only the category"
-    if " ".join(words) == " ".join(_WORD.findall(item.title.lower())):
+    if words == title_words:
         return None, "unchanged"
-    if "\t" in text:
-        text = " ".join(text.split())
-    return text, "ok"
+    return " ".join(text.split()), "ok"
 
 
 class EnrichCache:
@@ -216,20 +229,20 @@ def enrich_items(data: str | Path, cfg: EnrichConfig = EnrichConfig(), *, backen
     seconds = time.perf_counter() - t0
     if failed and len(failed) == len(todo):
         raise LLMError(f"every LLM request failed; first: {failed[0]}")
-    # the outputs: every usable cached answer for an item as it is now
+    # the outputs: every cached answer for an item as it is now, parsed again (so a parser fix needs no LLM)
     written = {}
     for path in files:
         written[str(path.with_name(ENRICHED_NEWS))] = _write_enriched(path, cache, backend.model_id)
-    usable = sum(1 for it in todo_all if (rec := cache.get(ITEMS_TASK, ITEMS_PROMPT_VERSION, backend.model_id,
-                                                           hashes[it.news_id])) and rec.get("title"))
-    cached_reasons = Counter(rec["why"] for it in todo_all
-                             if (rec := cache.get(ITEMS_TASK, ITEMS_PROMPT_VERSION, backend.model_id,
-                                                  hashes[it.news_id])))
+    verdicts = Counter()
+    for it in todo_all:
+        rec = cache.get(ITEMS_TASK, ITEMS_PROMPT_VERSION, backend.model_id, hashes[it.news_id])
+        verdicts[parse_item_title(rec["answer"], it)[1] if rec else "request failed"] += 1
+    usable = verdicts["ok"]
     report = {
         "task": ITEMS_TASK, "prompt_version": ITEMS_PROMPT_VERSION, "model": backend.model_id,
         "items": len(todo_all), "asked": len(todo), "from_cache": len(todo_all) - len(todo),
         "enriched": usable, "fallbacks": len(todo_all) - usable,
-        "fallback_reasons": {k: v for k, v in cached_reasons.items() if k != "ok"},
+        "fallback_reasons": {k: v for k, v in verdicts.items() if k != "ok"},
         "failed_requests": len(failed), "first_failures": failed[:5],
         "seconds": round(seconds, 2), "model_load_seconds": round(load_s, 2),
         "items_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
@@ -253,8 +266,9 @@ def _write_enriched(news: Path, cache: EnrichCache, model_id: str) -> int:
         for it in iter_news(news, enriched=False):
             h = content_hash(it)
             rec = cache.get(ITEMS_TASK, ITEMS_PROMPT_VERSION, model_id, h)
-            if rec and rec.get("title"):
-                fh.write(f"{it.news_id}\t{h}\t{rec['title']}\n")
+            title = parse_item_title(rec["answer"], it)[0] if rec else None
+            if title:
+                fh.write(f"{it.news_id}\t{h}\t{title}\n")
                 n += 1
     if n:
         os.replace(tmp, out)

@@ -65,6 +65,12 @@ def test_parser_keeps_usable_titles_and_names_why_others_fall_back():
     assert parse_item_title('New title: "Toy Story: toys come to life in a 1995 animated comedy"', toy) == (
         "Toy Story: toys come to life in a 1995 animated comedy", "ok")
     assert parse_item_title("**Toy Story** Animated Adventure\nExplanation: ...", toy)[1] == "ok"
+    assert parse_item_title('The title is "Toy Story: a cowboy doll meets a space ranger".', toy) == (
+        "Toy Story: a cowboy doll meets a space ranger", "ok")
+    assert parse_item_title('"Toy Story (1995)" (Animation, Comedy)', toy) == ("Toy Story (1995) (Animation, Comedy)",
+                                                                             "ok")
+    assert parse_item_title("Toy Story (1995)", toy) == (None, "unchanged")
+    assert parse_item_title("The 1995 film is the best of the year", toy) == (None, "does not name the item")
     assert parse_item_title("", toy) == (None, "empty")
     assert parse_item_title("Toy Story", toy) == (None, "too short")
     assert parse_item_title("I'm sorry, I cannot rewrite Toy Story titles.", toy) == (None, "refusal or chat")
