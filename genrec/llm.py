@@ -69,16 +69,27 @@ def chat_many(backend: LLMBackend, requests: Sequence[Messages], max_tokens: int
             except LLMError as exc:
                 yield i, exc
         return
+    window = 4 * backend.concurrency              # futures in existence at once: a 1M-item catalog is not queued whole
     with cf.ThreadPoolExecutor(max_workers=backend.concurrency) as pool:
-        futures = {pool.submit(backend.chat, msgs, max_tokens): i for i, msgs in enumerate(requests)}
+        pending: dict[cf.Future, int] = {}
+        queue = iter(enumerate(requests))
         try:
-            for fut in cf.as_completed(futures):
-                exc = fut.exception()
-                if exc is not None and not isinstance(exc, LLMError):
-                    raise exc
-                yield futures[fut], exc if exc is not None else fut.result()
+            while True:
+                for i, msgs in queue:
+                    pending[pool.submit(backend.chat, msgs, max_tokens)] = i
+                    if len(pending) >= window:
+                        break
+                if not pending:
+                    return
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None and not isinstance(exc, LLMError):
+                        raise exc
+                    yield i, exc if exc is not None else fut.result()
         finally:
-            for fut in futures:
+            for fut in pending:
                 fut.cancel()
 
 
