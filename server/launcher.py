@@ -220,12 +220,17 @@ class TritonServer:
 
     @staticmethod
     def _draw_ports(cfg: ServerConfig) -> ServerConfig:
-        return dataclasses.replace(
-            cfg,
-            grpc_port=cfg.grpc_port or _free_port(cfg.host),
-            http_port=cfg.http_port or _free_port(cfg.host),
-            metrics_port=cfg.metrics_port or _free_port(cfg.host),
-        )
+        """Free ports for the automatic (0) ones, distinct from each other and the given ones: probing one at a time
+        can return a port twice (seen: "cannot listen to HTTP requests and GRPC requests at the same address")."""
+        taken = {cfg.grpc_port, cfg.http_port, cfg.metrics_port} - {0}
+        ports = {}
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            port = getattr(cfg, name)
+            while not port or (port in taken and not getattr(cfg, name)):
+                port = _free_port(cfg.host)
+            taken.add(port)
+            ports[name] = port
+        return dataclasses.replace(cfg, **ports)
 
     # ---- addresses ------------------------------------------------------------------------------
     @property
