@@ -85,6 +85,15 @@ class IndexConfig:
         "help": "MB of recently encoded vectors kept by text: an item whose text was encoded earlier in this "
                 "build (product variants, syndicated stories, repeated creatives) reuses that vector instead of "
                 "running the encoder again (0 = encode every row)"})
+    ray: str = dataclasses.field(default="", metadata={
+        "help": "Ray cluster address (auto = the cluster this machine has joined, or HOST:PORT of its head): the "
+                "catalog's chunks are encoded by actors across the cluster, each holding an ONNX Runtime session; "
+                "the same index, byte for byte with a batch-invariant encoder (per-text INT8). Empty = this process"})
+    ray_cpus_per_worker: int = dataclasses.field(default=1, metadata={
+        "help": "with --ray: CPUs each encoder actor reserves and uses as ORT threads (1 = a core per actor: the "
+                "per-text INT8 encoder runs each text single-threaded anyway)"})
+    ray_workers: int = dataclasses.field(default=0, metadata={
+        "help": "with --ray: encoder actors (0 = as many as the cluster's CPUs hold at --ray-cpus-per-worker)"})
 
 
 def _chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
@@ -176,6 +185,14 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     if done:
         log(f"{out}: resuming at row {done} of {n}")
 
+    if cfg.ray:
+        if cfg.encoder != "onnx":
+            raise ValueError("--ray encodes with the ONNX encoder (actors hold ONNX Runtime sessions); drop "
+                             "--encoder torchscript or --ray")
+        from genrec.index_ray import encode_on_ray
+
+        return encode_on_ray(catalog, art.graph(cfg.precision, graph), assets, out, manifest, done, cfg,
+                             progress=progress, log=log, on_chunk=on_chunk)
     if cfg.encoder == "torchscript":
         from genrec.export.torchscript import TorchScriptEncoder
 
@@ -215,9 +232,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
                 first[key] = j
         todo = np.fromiter(first.values(), dtype=np.int64, count=len(first))
         if len(todo):
-            tok = tokenizer([texts[j] for j in todo], pad_to=tokenizer.max_length)
-            out_vec[todo] = encode_length_sorted(encoder, tok, cfg.batch_size)
-            out_cut[todo] = tok.truncated
+            out_vec[todo], out_cut[todo] = encode_texts(encoder, tokenizer, [texts[j] for j in todo], cfg.batch_size)
             encoded_texts += len(todo)
             for j in todo.tolist():
                 seen.put(keys[j], out_vec[j], 0, 0, bool(out_cut[j]))        # a copy; not kept when dedupe is off
@@ -242,6 +257,13 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     log(f"indexed {n} items into {out} ({manifest['seconds']} s for this run; {encoded_texts} texts encoded, "
         f"{reused} repeated texts reused; {truncated} texts cut to {tokenizer.max_length} tokens)")
     return out
+
+
+def encode_texts(encoder, tokenizer, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors (n, D) float32, truncated (n,) bool) of ``texts``: the one encoding step of a build, in this
+    process or in a Ray actor (genrec.index_ray)."""
+    tok = tokenizer(texts, pad_to=tokenizer.max_length)
+    return encode_length_sorted(encoder, tok, batch_size), tok.truncated
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -1,0 +1,174 @@
+"""``genrec index build --ray``: the catalog's chunks encoded by Ray actors, written by the driver.
+
+The driver does what the single-process build does around the encoder: it streams news.tsv, keeps the text
+dedupe (an in-chunk repeat or a text whose vector came back earlier is copied, not sent), writes each chunk's rows
+into the same memory-mapped files and records the resume point. Only the encoding moves: each actor holds an ONNX
+Runtime session of the same encoder graph (shipped through Ray's object store, so worker nodes need genrec
+installed but not the artifacts folder) and runs :func:`genrec.index.encode_texts`, the single-process build's
+encoding step. With a batch-invariant encoder (the per-text INT8 graph) the index is byte-identical to the
+single-process one, whatever the chunk order or worker count (tested).
+
+Resume: chunks finish out of order, so progress.json holds ``rows`` (every row below is written: what the
+single-process build reads) plus ``chunks`` (starts of finished chunks above it, for this ``chunk_size``). An
+interrupted build resumes with or without --ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genrec.artifacts import ServingAssets
+from genrec.data.mind import iter_news
+from genrec.index import IndexConfig, _chunks, _write_json, encode_texts
+from genrec.raymap import connected, map_chunks, worker_count
+from genrec.text import item_text
+from genrec.vcache import VectorLRU
+
+
+class ChunkEncoder:
+    """A Ray actor: one ONNX Runtime session of the index's encoder and the tokenizer; encodes lists of texts."""
+
+    def __init__(self, graph: bytes, tokenizer_json: str, max_length: int, threads: int, batch_size: int):
+        from genrec.runtime import OrtEncoder
+        from genrec.text import TextTokenizer
+
+        fd, path = tempfile.mkstemp(suffix=".onnx", prefix="genrec-encoder-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(graph)
+            self.encoder = OrtEncoder(path, threads=threads)      # the model is in memory once loaded
+        finally:
+            os.unlink(path)
+        self.tokenizer = TextTokenizer(tokenizer_json, max_length=max_length)
+        self.batch_size = batch_size
+        self.texts = self.seconds = 0
+
+    def run(self, key: int, texts: list[str]) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+        t0 = time.perf_counter()
+        vectors, truncated = encode_texts(self.encoder, self.tokenizer, texts, self.batch_size)
+        self.texts += len(texts)
+        self.seconds += time.perf_counter() - t0
+        return key, (vectors, truncated)
+
+    def describe(self) -> dict[str, Any]:
+        import socket
+
+        return {"host": socket.gethostname(), "pid": os.getpid(), "texts": self.texts,
+                "seconds": round(self.seconds, 2)}
+
+
+def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: Path, manifest: dict[str, Any],
+                  done: int, cfg: IndexConfig, *, progress: bool, log: Callable[[str], None],
+                  on_chunk: Callable[[int], None] | None) -> Path:
+    """Encode rows ``done..count`` of the index at ``out`` (files laid out by ``build_index``) on the Ray cluster
+    at ``cfg.ray``; mark the index complete."""
+    n, dim = manifest["count"], manifest["dim"]
+    state = json.loads((out / "progress.json").read_text())
+    finished = set(state.get("chunks", [])) if state.get("chunk_size") == cfg.chunk_size else set()
+    finished = {s for s in finished if s >= done}
+    vectors = np.memmap(out / "vectors.f32", dtype=np.float32, mode="r+", shape=(n, dim))
+    cut = np.memmap(out / "truncated.u8", dtype=np.uint8, mode="r+", shape=(n,))
+    seen = VectorLRU(cfg.dedupe_mb * 2**20)        # vectors back from the workers, by text key
+    plans: dict[int, dict[str, Any]] = {}          # chunk start -> what to fill in when its vectors come back
+    counts = {"encoded": 0, "reused": 0, "rows": done + sum(min(cfg.chunk_size, n - s) for s in finished)}
+    prefix = [done]
+    if finished:
+        log(f"{out}: resuming with {counts['rows']} of {n} rows written (rows below {done} and {len(finished)} "
+            f"chunks of {cfg.chunk_size} above)")
+    bar = None
+    if progress:
+        from genrec.progress import progress as progress_bar
+        bar = progress_bar(total=n, initial=counts["rows"], desc="indexing (ray)", unit="item", mininterval=1.0)
+
+    def write(start: int, out_vec: np.ndarray, out_cut: np.ndarray) -> None:
+        stop = start + len(out_vec)
+        vectors[start:stop] = out_vec
+        cut[start:stop] = out_cut
+        cut.flush()
+        vectors.flush()
+        finished.add(start)
+        while prefix[0] in finished:                               # rows below prefix are all on disk
+            finished.discard(prefix[0])
+            prefix[0] = min(n, prefix[0] + cfg.chunk_size)
+        _write_json(out / "progress.json", {"rows": prefix[0], "chunk_size": cfg.chunk_size,
+                                            "chunks": sorted(finished)})    # only after the rows are on disk
+        counts["rows"] += len(out_vec)
+        if bar is not None:
+            bar.update(len(out_vec))
+        if on_chunk is not None:
+            on_chunk(counts["rows"])
+
+    def tasks() -> Iterator[tuple[int, list[str]]]:
+        row = 0
+        for chunk in _chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
+            start, row = row, row + len(chunk)
+            if row <= done or start in finished:
+                continue                                           # on disk before the interruption
+            texts = [item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk]
+            keys = ([VectorLRU.key("", t, "", "") for t in texts] if cfg.dedupe_mb
+                    else [j.to_bytes(8, "little") for j in range(len(texts))])
+            out_vec = np.empty((len(chunk), dim), dtype=np.float32)
+            out_cut = np.zeros(len(chunk), dtype=np.uint8)
+            first: dict[bytes, int] = {}
+            copies: list[tuple[int, int]] = []
+            for j, key in enumerate(keys):
+                hit = seen.get(key)
+                if hit is not None:
+                    out_vec[j], _, _, out_cut[j] = hit
+                    counts["reused"] += 1
+                elif key in first:
+                    copies.append((j, first[key]))
+                else:
+                    first[key] = j
+            todo = list(first.values())
+            plan = {"keys": keys, "vec": out_vec, "cut": out_cut, "todo": todo, "copies": copies}
+            if todo:
+                plans[start] = plan
+                yield start, [texts[j] for j in todo]
+            else:
+                finish(start, plan, None)
+
+    def finish(row: int, plan: dict[str, Any], result: tuple[np.ndarray, np.ndarray] | None) -> None:
+        out_vec, out_cut, todo = plan["vec"], plan["cut"], plan["todo"]
+        if result is not None:
+            out_vec[todo], out_cut[todo] = result
+            counts["encoded"] += len(todo)
+            for j in todo:
+                seen.put(plan["keys"][j], out_vec[j], 0, 0, bool(out_cut[j]))
+        for j, src in plan["copies"]:
+            out_vec[j], out_cut[j] = out_vec[src], out_cut[src]
+            counts["reused"] += 1
+        write(row, out_vec, out_cut)
+
+    t0 = time.perf_counter()
+    with connected(cfg.ray) as ray:
+        workers = worker_count(ray, cfg.ray_cpus_per_worker, cfg.ray_workers, log)
+        graph = ray.put(Path(graph_path).read_bytes())
+        log(f"ray: {workers} encoder workers of {cfg.ray_cpus_per_worker} CPU(s) on "
+            f"{len([nd for nd in ray.nodes() if nd.get('Alive')])} node(s); rows {done}..{n} in chunks of "
+            f"{cfg.chunk_size}")
+        described = map_chunks(ray, ChunkEncoder, (graph, assets.tokenizer_json, assets.max_length,
+                                                   cfg.ray_cpus_per_worker, cfg.batch_size),
+                               tasks(), lambda row, result: finish(row, plans.pop(row), result),
+                               workers=workers, cpus_per_worker=cfg.ray_cpus_per_worker)
+    if bar is not None:
+        bar.close()
+    if prefix[0] != n:
+        raise RuntimeError(f"{out}: rows {prefix[0]}..{n} were not written (chunks {sorted(finished)[:5]}...)")
+    truncated = int(np.count_nonzero(cut))
+    manifest.update(complete=True, seconds=round(time.perf_counter() - t0, 1), truncated_texts=truncated,
+                    encoded_texts=counts["encoded"], reused_texts=counts["reused"])
+    _write_json(out / "index.json", manifest)
+    per_worker = ", ".join(f"{d['host']}:{d['pid']} {d['texts']} texts" for d in described)
+    log(f"indexed {n} items into {out} on Ray ({manifest['seconds']} s for this run; {counts['encoded']} texts "
+        f"encoded by {workers} workers [{per_worker}], {counts['reused']} repeated texts reused; {truncated} texts "
+        f"cut to {assets.max_length} tokens)")
+    return out
