@@ -490,7 +490,7 @@ def test_every_listening_socket_is_loopback_by_default(server):
 
 # ---- soak ------------------------------------------------------------------------------------------
 def test_30_second_soak(fp32_repository, tmp_path):
-    from genrec.benchmarks.soak import SoakConfig, run_soak
+    from genrec.server.soak import SoakConfig, run_soak
 
     cfg = SoakConfig(repository=str(fp32_repository), concurrency=32, minutes=0.5, warmup_s=5, windows=3,
                      history_items=10, candidate_items=20, out=str(tmp_path / "soak.json"), max_rss_growth=0.5)
