@@ -98,3 +98,6 @@ class EvalConfig:
     retrieval_m: int = dataclasses.field(default=200, metadata={
         "help": "items the first stage retrieves by user . item vector before the heads re-rank them (what the "
                 "served no-candidate path does); full ranking reports this two-stage ranking done exactly too"})
+    retrieval_popular: int = dataclasses.field(default=50, metadata={
+        "help": "the most popular items (training clicks + history users) the two-stage ranking re-ranks besides "
+                "the retrieved ones, as the served path does (`repository build --retrieval-popular`)"})

@@ -104,7 +104,7 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
 
 @torch.no_grad()
 def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays, stats: ItemStats,
-                 ks: tuple[int, ...] = (10, 50), retrieval_m: int = 200) -> dict[str, Any]:
+                 ks: tuple[int, ...] = (10, 50), retrieval_m: int = 200, popular_m: int = 0) -> dict[str, Any]:
     """Rank the *whole catalog* for every impression with clicks, exactly, in process; history items excluded.
 
     Targets: the impression's clicked candidates that are not in the user's history. Systems, all on the same
@@ -113,8 +113,8 @@ def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: Impressio
     * ``model``: the full heads score (match + features) of every catalog item -- the exact full ranking;
     * ``retrieve_then_rank``: what the served two-stage path computes, done exactly: the top ``retrieval_m``
       items by the retrieval score ``user . item_repr`` (the heads' match term; an ANN index approximates this
-      top M), re-ranked by the full heads score. A candidate's heads score does not depend on the other
-      candidates, so this re-ranks the very scores of ``model``;
+      top M) and the ``popular_m`` most popular items, re-ranked by the full heads score. A candidate's heads
+      score does not depend on the other candidates, so this re-ranks the very scores of ``model``;
     * ``retrieval_only``: the retrieval score alone;
     * ``popularity``: training clicks + history users (``stats``), the same for every user.
 
@@ -166,15 +166,17 @@ def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: Impressio
                 arr[seen] = -np.inf
             full = np.argsort(-score[j], kind="stable")
             top_m = np.argsort(-retrieval[j], kind="stable")[:m]
-            rerank = top_m[np.argsort(-score[j][top_m], kind="stable")]
+            by_pop = np.argsort(-pop, kind="stable")
+            pool = np.union1d(top_m, by_pop[:popular_m]) if popular_m else top_m
+            rerank = pool[np.argsort(-score[j][pool], kind="stable")]
             ranked["model"].append(full[:k_max] + 1)
             ranked["retrieve_then_rank"].append(rerank[:k_max] + 1)
             ranked["retrieval_only"].append(top_m[:k_max] + 1)
-            ranked["popularity"].append(np.argsort(-pop, kind="stable")[:k_max] + 1)
-            covered.append(np.isin(full[:10], top_m).mean())
+            ranked["popularity"].append(by_pop[:k_max] + 1)
+            covered.append(np.isin(full[:10], pool).mean())
     targets = [t for _, _, t in users]
     result: dict[str, Any] = {"users": len(users), "impressions_without_new_clicks": skipped,
-                              "catalog_items": n_items - 1, "retrieval_m": m}
+                              "catalog_items": n_items - 1, "retrieval_m": m, "retrieval_popular": popular_m}
     for name, lists in ranked.items():
         metrics = topk_metrics(lists, targets, ks)
         metrics.pop("users")
@@ -237,7 +239,7 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
     result["margin_over_strongest_baseline"] = result["group_auc"] - result["baselines"][best]
     if cfg.full_ranking:
         result["full_ranking"] = full_ranking(model.heads, vectors, table, imps, stats, cfg.full_ranking_k,
-                                              cfg.retrieval_m)
+                                              cfg.retrieval_m, cfg.retrieval_popular)
     result.update({"truncated_texts": n_trunc, "missing_history_ids": imps.missing_history,
                    "missing_candidate_ids": imps.missing_candidates,
                    "seconds": round(time.perf_counter() - t0, 1)})

@@ -283,6 +283,29 @@ class Retriever:
         return rows_a[order], scores_a[order]
 
 
+@dataclasses.dataclass(frozen=True)
+class PopularPool:
+    """The second candidate source of retrieval: the most popular items of one stats generation that one index
+    generation holds, most popular first. Built once per (stats, index) pair; per request only filtered."""
+
+    rows: np.ndarray          # (P,) global rows of the index
+    category: np.ndarray      # (P,) their category ids (for restrict_category)
+
+    @classmethod
+    def build(cls, index, stats_table, n: int) -> PopularPool:
+        ids = stats_table.most_popular(n)
+        rows = index.rows([bytes(i) for i in ids]) if len(ids) else np.zeros(0, np.int64)
+        rows = np.asarray(rows[rows >= 0], dtype=np.int64)        # items the stats know but the index lacks: out
+        return cls(rows, index.take(rows)[2] if len(rows) else np.zeros(0, np.int64))
+
+    def pick(self, n: int, exclude_rows: np.ndarray, categories: np.ndarray | None = None) -> np.ndarray:
+        """Up to ``n`` rows, most popular first, not in ``exclude_rows``, in ``categories`` when given."""
+        keep = ~np.isin(self.rows, exclude_rows)
+        if categories is not None:
+            keep &= np.isin(self.category, categories)
+        return self.rows[keep][:n]
+
+
 def _ids_of(index, rows: np.ndarray) -> list[bytes]:
     out: list[bytes] = [b""] * len(rows)
     for seg, off in zip(index.segments, index.offsets):

@@ -122,6 +122,16 @@ class StatsTable:
     def __len__(self) -> int:
         return len(self.sorted_ids)
 
+    def most_popular(self, n: int) -> np.ndarray:
+        """The ids (bytes) of the ``n`` most popular items, most popular first: clicks + history users, the
+        popularity of ``genrec evaluate``'s baseline; ties by id."""
+        if n <= 0 or not len(self.sorted_ids):
+            return self.sorted_ids[:0]
+        pop = self.counts[:, ITEM_COUNTS.index("clicks")] + self.counts[:, ITEM_COUNTS.index("history_users")]
+        top = np.argpartition(-pop, n - 1)[:n] if n < len(pop) else np.arange(len(pop))
+        top = top[np.lexsort((top, -pop[top]))]                   # by popularity, then by id (rows are id-sorted)
+        return self.sorted_ids[top]
+
     def lookup(self, ids: Sequence[bytes | str]) -> np.ndarray:
         """(len(ids), S) float32 raw counts; ids without statistics get zeros (the model's prior)."""
         raw = [i if isinstance(i, bytes) else i.encode("utf-8") for i in ids]

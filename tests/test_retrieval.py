@@ -110,3 +110,34 @@ def test_ivf_index_finds_what_exact_search_finds(tmp_path):
     assert ex.ivf is None and rows.tolist() == want.tolist() and np.all(np.diff(scores) <= 0)
     with pytest.raises(ValueError, match="rebuild the index"):
         SegmentSearcher(small, expect_retrieval_sha256="x" * 64)
+
+
+
+def test_popular_pool_orders_by_popularity_and_applies_the_filters(fp32_index):
+    """StatsTable.most_popular: clicks + history users, ties by id; PopularPool keeps indexed items only and
+    picks under exclusion and category filters, most popular first."""
+    from genrec.contract import ITEM_STATS
+    from genrec.index import ItemIndex
+    from genrec.retrieval import PopularPool
+    from genrec.statstore import StatsTable
+
+    counts = np.zeros((6, len(ITEM_STATS)), np.float32)
+    counts[:, 1] = [5, 1, 9, 0, 3, 3]          # clicks
+    counts[:, 2] = [0, 1, 0, 7, 2, 2]          # history users -> popularity 5, 2, 9, 7, 5, 5
+    index = ItemIndex(fp32_index)
+    a, b, c, d, e = (bytes(i).decode() for i in index.ids[:5])    # five indexed ids, in id order
+    table = StatsTable.from_ids([e, b, a, "not-indexed", d, c], counts)
+    assert [i.decode() for i in table.most_popular(6)] == [a, "not-indexed", c, d, e, b]
+    assert [i.decode() for i in table.most_popular(2)] == [a, "not-indexed"]
+    assert len(table.most_popular(0)) == 0 and len(StatsTable.empty().most_popular(3)) == 0
+
+    pool = PopularPool.build(index, table, 10)
+    rows = index.rows([x.encode() for x in (a, c, d, e, b)]).tolist()
+    assert pool.rows.tolist() == rows                               # "not-indexed" is left out
+    assert pool.category.tolist() == index.category[rows].tolist()
+    assert pool.pick(2, np.zeros(0, np.int64)).tolist() == rows[:2]
+    assert pool.pick(2, np.array([rows[0]])).tolist() == rows[1:3]
+    cat = int(pool.category[1])
+    same = [r for r in rows if int(index.category[r]) == cat]
+    assert pool.pick(9, np.zeros(0, np.int64), np.array([cat])).tolist() == same
+    assert pool.pick(9, np.array([same[0]]), np.array([cat])).tolist() == same[1:]

@@ -161,3 +161,41 @@ def test_bad_retrieval_input_is_invalid_argument_and_the_server_stays_up(retriev
         client.recommend(history_ids=hist, k=0)
     assert raw.is_server_ready()
     assert len(client.recommend(history_ids=hist, k=3).items) == 3
+
+
+def test_served_retrieval_is_the_ann_items_plus_the_popular_ones_reranked(retrieval_server, retrieval_index,
+                                                                          artifacts, item_stats_dir, tiny_data):
+    """What the server answers = the heads' best k of (ANN top M + the most popular items not among them), the
+    same files and graphs computed in process; and the popular source changes answers (else this proves nothing)."""
+    from genrec.artifacts import Artifacts
+    from genrec.index import ItemIndex
+    from genrec.retrieval import PopularPool, Retriever, has_retrieval
+    from genrec.runtime import OrtHeads
+    from genrec.statstore import StatsTable
+
+    art = Artifacts.load(artifacts.root)
+    prec = has_retrieval(art)
+    retriever = Retriever(art.graph(prec, "retrieval"), art.sha256(prec, "retrieval"), log=lambda _m: None)
+    index = ItemIndex(retrieval_index)
+    heads = OrtHeads(artifacts.graph("fp32", "heads"), threads=2)
+    stats = StatsTable.read(item_stats_dir)
+    pool = PopularPool.build(index, stats, 1024)
+    client = RecommenderClient(retrieval_server.grpc_url, timeout=30)
+    popular_in_top, users = 0, [h for h, _ in _users(tiny_data, index, 40)] + [[]]
+    for hist in users:
+        rows = index.rows([h.encode() for h in hist]) if hist else np.zeros(0, np.int64)
+        hv, _, hc, hs = index.take(rows)
+        user = retriever.user_vector(hv, hc, hs)
+        ann, _ = retriever.search(index, user, M, rows)
+        extra = pool.pick(50, np.concatenate([rows, ann]))
+        cand = np.concatenate([ann, extra])
+        cv, _, cc, cs = index.take(cand)
+        ids = [bytes(i) for i in index.ids[cand]]
+        out = heads(np.concatenate([hv, cv]), hc, hs, cc, cs, stats.lookup([bytes(i) for i in index.ids[rows]]),
+                    stats.lookup(ids))
+        best = np.argsort(-out["scores"], kind="stable")[:10]
+        expected = [ids[i].decode() for i in best]
+        got = [it.item_id for it in client.recommend(history_ids=hist, k=10).items]
+        assert got == expected, (hist[:3], got, expected)
+        popular_in_top += int((best >= len(ann)).any())
+    assert popular_in_top >= 3, "no answer used a popular item: the second source is not exercised"

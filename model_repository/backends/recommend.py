@@ -20,10 +20,12 @@ returns (the writer has already unlinked its files; Linux frees them then).
 
 Retrieval (a request without candidates, when the index has retrieval files: ``genrec.retrieval``): the history's
 vectors -> ``retrieval.onnx`` user vector -> ANN top ``retrieval_m`` over the generation's segments (history,
-``exclude_id`` and shadowed rows left out, ``restrict_category`` applied) -> the heads re-rank those items with
-features, item statistics and explanations -> the best ``k``, best first, their ids in ``item_id``. A cold user
-(no history) retrieves with the model's learned cold-start vector (the sentinel) and the heads' cold-user and
-popularity features re-rank: the model's own cold-start answer, documented in model_repository/README.md.
+``exclude_id`` and shadowed rows left out, ``restrict_category`` applied), plus the ``retrieval_popular`` most
+popular items under the same filters when item statistics are served (``genrec.retrieval.PopularPool``) -> the
+heads re-rank those items with features, item statistics and explanations -> the best ``k``, best first, their
+ids in ``item_id``. A cold user (no history) retrieves with the model's learned cold-start vector (the sentinel)
+and the popular items, and the heads' cold-user and popularity features re-rank: the model's own cold-start
+answer, documented in model_repository/README.md.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from genrec.runtime import OrtHeads
 from genrec.vcache import VectorLRU
 
 INDEX, CACHE, ENCODED = 0, 1, 2      # item_source values
+POPULAR_POOL = 1024                  # popular items kept per stats/index generation for retrieval's second source;
+                                     # filters pick from these, so a rare category may get fewer than asked
 N_STATS = len(ITEM_STATS)
 
 
@@ -81,6 +85,8 @@ class RecommendModel:
                                        log=lambda m: print(f"recommend: {m}", flush=True))
             for seg in self.live.index.segments:          # open (and check) the served segments' ANN now
                 self.retriever.searcher(seg)
+            self.retrieval_popular = int(p.get("retrieval_popular", "0"))
+            self._popular: tuple = (None, None, None)        # (stats table, index, PopularPool) it was built from
             tokens = self.assets.category_vocab.tokens
             self.category_ids = {t: i for i, t in enumerate(tokens) if i > 0}
         self.stats = None
@@ -201,7 +207,12 @@ class RecommendModel:
         if not opts.include_history and n_hist:
             exclude = np.concatenate([exclude, index.rows([i.encode("utf-8") for i in req.history_id])])
         cats_allowed = None if opts.restrict_category is None else np.asarray(opts.restrict_category, np.int64)
-        rows, _ = self.retriever.search(index, user, self.retrieval_m, np.asarray(exclude, np.int64), cats_allowed)
+        exclude = np.asarray(exclude, np.int64)
+        rows, _ = self.retriever.search(index, user, self.retrieval_m, exclude, cats_allowed)
+        if self.retrieval_popular > 0 and self.stats is not None:    # second source: the most popular items
+            extra = self._popular_pool(index).pick(self.retrieval_popular, np.concatenate([exclude, rows]),
+                                                   cats_allowed)
+            rows = np.concatenate([rows, extra])
         c_vec, c_cut, c_cat, c_sub = index.take(rows)
         c_ids = _ids_of(index, rows)
         c_stats = (self.stats.table.lookup(c_ids) if self.stats is not None
@@ -222,6 +233,18 @@ class RecommendModel:
         out["truncated"] = np.concatenate([truncated, c_cut[best]])
         out["item_id"] = np.array([c_ids[i] for i in best.tolist()], dtype=np.object_)
         return response(out)
+
+
+    def _popular_pool(self, index):
+        """The PopularPool of the served stats and index generations, rebuilt when either switches."""
+        from genrec.retrieval import PopularPool
+
+        table = self.stats.table
+        built_table, built_index, pool = self._popular
+        if built_table is not table or built_index is not index:
+            pool = PopularPool.build(index, table, max(POPULAR_POOL, 8 * self.retrieval_popular))
+            self._popular = (table, index, pool)
+        return pool
 
 
 def _ids_of(index, rows: np.ndarray) -> list[bytes]:
