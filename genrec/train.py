@@ -28,7 +28,7 @@ from genrec.config import (
     TrainConfig,  # noqa: F401  (re-exported)
 )
 from genrec.data.mind import load_split
-from genrec.items import ImpressionArrays, ItemTable, encode_lower, score_impressions, upper_in_batches
+from genrec.items import ImpressionArrays, ItemTable, encode_lower, score_impressions, upper_in_batches, upper_rows
 from genrec.metrics import ranking_metrics
 from genrec.model import GenRec, load_pretrained_lm
 from genrec.stats import N_STATS, ItemStats
@@ -211,7 +211,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             cands = torch.from_numpy(rows[sel])                                        # (B, 1+K)
             b, h = hist.shape
             uniq, inv = torch.unique(torch.cat([hist.reshape(-1), cands.reshape(-1)]), return_inverse=True)
-            vec = model.encoder.upper(cache[uniq].float(), None if cache_mask is None else cache_mask[uniq])  # (U, D)
+            vec = upper_rows(model.encoder, cache, cache_mask, uniq)                   # (U, D)
             hist_vec = vec[inv[: b * h]].view(b, h, -1)                                # (B, H, D)
             cand_vec = vec[inv[b * h:]].view(b, cands.shape[1], -1)                    # (B, 1+K, D)
             hist_stats = torch.from_numpy(tr.history_stats[imp_idx[sel], :h])             # (B, H, S)
