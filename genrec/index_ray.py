@@ -34,24 +34,37 @@ from genrec.vcache import VectorLRU
 
 
 class ChunkEncoder:
-    """A Ray actor: one ONNX Runtime session of the index's encoder and the tokenizer; encodes lists of texts."""
+    """A Ray actor: one ONNX Runtime session of the index's encoder and the tokenizer; encodes lists of texts.
 
-    def __init__(self, graph: bytes, tokenizer_json: str, max_length: int, threads: int, batch_size: int):
+    The encoder's bytes and tokenizer.json come with each task as ``[ObjectRef]`` (a reference, not the data) and
+    are loaded on the first task, also after Ray restarted the actor: an object-store constructor argument would
+    do the same but Ray warns that restarts then depend on it (ray-project/ray#53727)."""
+
+    def __init__(self, max_length: int, threads: int, batch_size: int):
+        self.max_length, self.threads, self.batch_size = max_length, threads, batch_size
+        self.encoder = self.tokenizer = None
+        self.texts = self.seconds = 0
+
+    def _load(self, shipped) -> None:
+        import ray
+
         from genrec.runtime import OrtEncoder
         from genrec.text import TextTokenizer
 
+        graph, tokenizer_json = ray.get(shipped)
         fd, path = tempfile.mkstemp(suffix=".onnx", prefix="genrec-encoder-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(graph)
-            self.encoder = OrtEncoder(path, threads=threads)      # the model is in memory once loaded
+            self.encoder = OrtEncoder(path, threads=self.threads)      # the model is in memory once loaded
         finally:
             os.unlink(path)
-        self.tokenizer = TextTokenizer(tokenizer_json, max_length=max_length)
-        self.batch_size = batch_size
-        self.texts = self.seconds = 0
+        self.tokenizer = TextTokenizer(tokenizer_json, max_length=self.max_length)
 
-    def run(self, key: int, texts: list[str]) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+    def run(self, key: int, payload: tuple[list[str], list]) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+        texts, (shipped,) = payload
+        if self.encoder is None:
+            self._load(shipped)
         t0 = time.perf_counter()
         vectors, truncated = encode_texts(self.encoder, self.tokenizer, texts, self.batch_size)
         self.texts += len(texts)
@@ -132,7 +145,7 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
             plan = {"keys": keys, "vec": out_vec, "cut": out_cut, "todo": todo, "copies": copies}
             if todo:
                 plans[start] = plan
-                yield start, [texts[j] for j in todo]
+                yield start, ([texts[j] for j in todo], [shipped])
             else:
                 finish(start, plan, None)
 
@@ -151,12 +164,11 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
     t0 = time.perf_counter()
     with connected(cfg.ray) as ray:
         workers = worker_count(ray, cfg.ray_cpus_per_worker, cfg.ray_workers, log)
-        graph = ray.put(Path(graph_path).read_bytes())
+        shipped = ray.put((Path(graph_path).read_bytes(), assets.tokenizer_json))
         log(f"ray: {workers} encoder workers of {cfg.ray_cpus_per_worker} CPU(s) on "
             f"{len([nd for nd in ray.nodes() if nd.get('Alive')])} node(s); rows {done}..{n} in chunks of "
             f"{cfg.chunk_size}")
-        described = map_chunks(ray, ChunkEncoder, (graph, assets.tokenizer_json, assets.max_length,
-                                                   cfg.ray_cpus_per_worker, cfg.batch_size),
+        described = map_chunks(ray, ChunkEncoder, (assets.max_length, cfg.ray_cpus_per_worker, cfg.batch_size),
                                tasks(), lambda row, result: finish(row, plans.pop(row), result),
                                workers=workers, cpus_per_worker=cfg.ray_cpus_per_worker)
     if bar is not None:
@@ -167,7 +179,7 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
     manifest.update(complete=True, seconds=round(time.perf_counter() - t0, 1), truncated_texts=truncated,
                     encoded_texts=counts["encoded"], reused_texts=counts["reused"])
     _write_json(out / "index.json", manifest)
-    per_worker = ", ".join(f"{d['host']}:{d['pid']} {d['texts']} texts" for d in described)
+    per_worker = ", ".join(f"{d['host']}:{d['pid']} {d['texts']} texts in {d['seconds']} s" for d in described)
     log(f"indexed {n} items into {out} on Ray ({manifest['seconds']} s for this run; {counts['encoded']} texts "
         f"encoded by {workers} workers [{per_worker}], {counts['reused']} repeated texts reused; {truncated} texts "
         f"cut to {assets.max_length} tokens)")

@@ -16,7 +16,7 @@ from genrec.index import FILES, IndexConfig, build_index
 
 pytest.importorskip("ray", reason="genrec[ray] is not installed")
 
-from ray_cluster import LocalRayCluster  # noqa: E402  (after the skip: it needs the ray CLI)
+from genrec.localray import LocalRayCluster  # noqa: E402  (after the skip: it needs the ray CLI)
 
 DATA_FILES = [f for f in FILES if f not in ("index.json", "progress.json")]
 VOLATILE = {"seconds", "created", "encoded_texts", "reused_texts"}      # facts of the run, not of the index
@@ -127,3 +127,31 @@ def test_unreachable_cluster_is_a_clear_error(catalog, artifacts, tmp_path):
     with pytest.raises(RayUnavailable, match="cannot connect to a Ray cluster at '127.0.0.1:1'"):
         build_index(catalog, artifacts.root, tmp_path / "x", IndexConfig(precision="int8", ray="127.0.0.1:1"),
                     progress=False, log=lambda _m: None)
+
+
+def test_a_worker_killed_mid_build_is_restarted_and_its_chunk_encoded_again(cluster, catalog, artifacts, reference,
+                                                                             tmp_path):
+    """Ray restarts a dead actor and retries the chunk it held (a lost node's worker dies the same way)."""
+    import os
+    import signal
+
+    import psutil
+
+    killed: list[int] = []
+
+    def kill_one_worker(rows: int) -> None:
+        if killed:
+            return
+        for proc in psutil.process_iter(["cmdline"]):
+            if (proc.info["cmdline"] or [""])[0].startswith("ray::ChunkEncoder"):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+    out = tmp_path / "ray"
+    said: list[str] = []
+    build_index(catalog, artifacts.root, out, IndexConfig(precision="int8", chunk_size=CHUNK, ray=cluster.address),
+                progress=False, log=said.append, on_chunk=kill_one_worker)
+    assert killed, "no ChunkEncoder process found to kill"
+    assert_same_index(out, reference)
+    # the restarted actor is a new process: the final report names one the killed one is not
+    assert str(killed[0]) not in said[-1] and len(re.findall(r":\d+ \d+ texts", said[-1])) == 2, said[-1]

@@ -1,5 +1,5 @@
-"""A real local Ray cluster for tests and the benchmark: a head and worker nodes, each a ``ray start --block``
-process of its own, on this machine.
+"""A real Ray cluster on this machine, for the tests, the benchmark (benchmarks/ray_index.py) and trying
+``--ray`` on one box: a head and worker nodes, each a ``ray start --block`` process of its own.
 
 Each node runs in its own process session, so stopping it (SIGTERM, then SIGKILL of its process group) ends
 exactly the processes it started (GCS, raylet, workers) and nothing else of the machine's. Used as a context
