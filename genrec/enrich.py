@@ -87,10 +87,9 @@ def _clip(text: str, words: int) -> str:
 
 
 _PREFIX = re.compile(r"^\s*(?:\**\s*)?(?:new\s+|rewritten\s+|improved\s+|revised\s+)?title\s*:\s*", re.I)
-# 'The title is "X"', 'Rewrite the title to: "X"', 'The new title should be "X"': the answer is X
-_WRAPPED = re.compile(r"^(?:the\s+)?(?:new\s+|rewritten\s+|revised\s+)?title\s+(?:is|should\s+be|could\s+be)\s*:?\s*"
-                      r"[\"“](.+?)[\"”]\.?$"
-                      r"|^rewrite\s+(?:this|the)\s+title\s+(?:to|as)\s*:?\s*[\"“](.+?)[\"”]\.?$", re.I)
+# 'The title is "X"', 'Rewrite the title to: "X" (Drama)', 'The new title should be X': the answer is what follows
+_META = re.compile(r"^(?:(?:the\s+)?(?:new\s+|rewritten\s+|revised\s+)?title\s+(?:is|should\s+be|could\s+be)"
+                   r"|rewrite\s+(?:this|the)\s+title\s+(?:to|as))\s*:?\s*", re.I)
 _REFUSAL = re.compile(r"\b(i'm sorry|i am sorry|i cannot|i can't|as an ai|language model|here is|here's|"
                       r"sure[,!]|certainly)\b", re.I)
 _WORD = re.compile(r"[^\W_]+", re.U)
@@ -104,11 +103,9 @@ def parse_item_title(answer: str, item: NewsItem) -> tuple[str | None, str]:
     lines = [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
     if not lines:
         return None, "empty"
-    text = lines[0]
-    wrapped = _WRAPPED.match(text)
-    if wrapped:
-        text = wrapped.group(1) or wrapped.group(2)
-    text = _PREFIX.sub("", text).strip().strip("*").strip()
+    text = _PREFIX.sub("", _META.sub("", lines[0])).strip().strip("*").strip()
+    if text.endswith('".') and text.count('"') == 2:
+        text = text[:-1]
     if text[:1] in "\"“" and sum(text.count(q) for q in "\"“”") == 2:      # '"Fargo (1996)" (Crime, Drama)'
         text = text.translate({ord(q): None for q in "\"“”"})
     text = text.strip('"').strip("'").strip()
@@ -119,6 +116,9 @@ def parse_item_title(answer: str, item: NewsItem) -> tuple[str | None, str]:
         return None, "too short"
     if len(words) > 40:
         return None, "too long"
+    trigrams = list(zip(words, words[1:], words[2:]))
+    if len(trigrams) - len(set(trigrams)) >= 2:                    # "a (1950) who is a (1950) who is a ..."
+        return None, "repeats itself"
     title_words = _WORD.findall(item.title.lower())
     own = {w for w in title_words if len(w) > 2 and not w.isdigit() and w not in _STOP} or set(title_words)
     if own and not own & set(words):

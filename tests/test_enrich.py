@@ -71,6 +71,10 @@ def test_parser_keeps_usable_titles_and_names_why_others_fall_back():
                                                                              "ok")
     assert parse_item_title("Toy Story (1995)", toy) == (None, "unchanged")
     assert parse_item_title("The 1995 film is the best of the year", toy) == (None, "does not name the item")
+    assert parse_item_title('Rewrite the title to: "Toy Story (1995)" (Animation, Comedy)', toy)[0] == (
+        "Toy Story (1995) (Animation, Comedy)")
+    assert parse_item_title("Toy Story is a film who is a toy who is a toy who is a toy", toy) == (
+        None, "repeats itself")
     assert parse_item_title("", toy) == (None, "empty")
     assert parse_item_title("Toy Story", toy) == (None, "too short")
     assert parse_item_title("I'm sorry, I cannot rewrite Toy Story titles.", toy) == (None, "refusal or chat")
