@@ -3,8 +3,9 @@
 Each impression is one request -- the user's history and that impression's candidates -- sent in time
 order by ``concurrency`` closed-loop clients (or paced at ``speed`` x the log's own clock). Paths:
 
-* ``text-uncached``: texts to the ``genrec`` ensemble, vector cache off -- the anchor, every text encoded;
-* ``text``: the same requests with the encoder's content-addressed vector cache on (the default);
+* ``text-uncached``: texts to the ``genrec`` ensemble, caches off -- the anchor, every text tokenized and encoded;
+* ``text``: the same requests with the encoder's content-addressed vector cache and the tokenizer's token-id
+  cache on (the defaults);
 * ``ids``: ids to the ``recommend`` model over an item index of the log's catalog.
 
 Every path runs on its own freshly started server (an empty cache at the start of the log), side by side
@@ -41,6 +42,8 @@ class ReplayConfig:
         "help": "pace at this multiple of the log's clock (0 = as fast as the server answers)"})
     limit: int = dataclasses.field(default=0, metadata={"help": "replay only the first N impressions (0 = all)"})
     cache_mb: float = dataclasses.field(default=64.0, metadata={"help": "vector cache per encoder instance (MB)"})
+    token_cache_mb: float = dataclasses.field(default=8.0, metadata={
+        "help": "token-id cache per tokenizer instance (MB) on the cached paths"})
     precision: str = dataclasses.field(default="int8", metadata={"help": "served precision"})
 
 
@@ -72,10 +75,10 @@ def _requests(cfg: ReplayConfig):
 
 
 def cache_counters(metrics_url: str) -> dict[str, float]:
-    """The genrec_vector_cache_* metrics of a server, summed over model instances."""
+    """The genrec_vector_cache_* and genrec_token_cache_* metrics of a server, summed over model instances."""
     out: dict[str, float] = {}
     for line in urllib.request.urlopen(metrics_url, timeout=10).read().decode().splitlines():
-        if line.startswith("genrec_vector_cache_"):
+        if line.startswith(("genrec_vector_cache_", "genrec_token_cache_")):
             name, value = line.rsplit(" ", 1)
             out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
     return out
@@ -135,8 +138,9 @@ def run_replay(cfg: ReplayConfig = ReplayConfig(), *, log=print) -> dict[str, An
         + (f", {cfg.speed}x the log's clock" if cfg.speed else ", as fast as served"))
     results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "impressions": len(text), "paths": {}}
     for path in cfg.paths:
-        repo_cfg = RepositoryConfig(precision=cfg.precision, encoder_cache_mb=0 if path == "text-uncached"
-                                    else cfg.cache_mb)
+        uncached = path == "text-uncached"          # the anchor: every text tokenized and encoded
+        repo_cfg = RepositoryConfig(precision=cfg.precision, encoder_cache_mb=0 if uncached else cfg.cache_mb,
+                                    tokenizer_cache_mb=0 if uncached else cfg.token_cache_mb)
         if path == "ids":
             index = build_index(Path(cfg.data) / "news.tsv", cfg.artifacts, out / "index",
                                 IndexConfig(precision=cfg.precision), progress=False, log=lambda _m: None)
@@ -149,6 +153,8 @@ def run_replay(cfg: ReplayConfig = ReplayConfig(), *, log=print) -> dict[str, An
         hits, misses = counters.get("genrec_vector_cache_hits_total", 0.0), counters.get(
             "genrec_vector_cache_misses_total", 0.0)
         res["cache_hit_rate"] = hits / (hits + misses) if hits + misses else None
+        t_hits, t_misses = (counters.get(f"genrec_token_cache_{k}_total", 0.0) for k in ("hits", "misses"))
+        res["token_cache_hit_rate"] = t_hits / (t_hits + t_misses) if t_hits + t_misses else None
         results["paths"][path] = res
         lat = res["latency_ms"]
         log(f"  {path:14s} {res['throughput_rps']:8.1f} req/s {res['items_per_s']:9.0f} items/s  p50 {lat['p50']:7.1f} "

@@ -98,6 +98,10 @@ class CachedEncoder:
         self.cache = VectorLRU(capacity_bytes)
         self.hits = self.misses = 0
 
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes
+
     @staticmethod
     def keys(input_ids: np.ndarray, attention_mask: np.ndarray) -> list[bytes]:
         import hashlib

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,24 +88,87 @@ class TextTokenizer:
 
     def __call__(self, texts: list[str], *, pad_to: int | None = None) -> Tokenized:
         """Tokenize ``texts``; pad to the longest (rounded up to ``pad_to_multiple_of``) or ``pad_to``."""
+        return self.pad(self.encode(texts), pad_to=pad_to)
+
+    def encode(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        """Per text: its token ids (special tokens included, cut to ``max_length``) and whether it was cut."""
         encs = self._tok.encode_batch(list(texts), add_special_tokens=True) if texts else []
-        lengths = [len(e.ids) for e in encs]
-        longest = max(lengths, default=1)
+        return [(e.ids, bool(e.overflowing)) for e in encs]
+
+    def pad(self, rows: Sequence[tuple[Sequence[int], bool]], *, pad_to: int | None = None) -> Tokenized:
+        """Rows of ``encode`` -> padded (N, L) arrays: to the longest (rounded up to ``pad_to_multiple_of``) or
+        to ``pad_to``."""
+        longest = max((len(ids) for ids, _ in rows), default=1)
         if pad_to is not None:
             width = pad_to
         else:
             m = self.pad_to_multiple_of
             width = min(self.max_length, -(-longest // m) * m) if m > 1 else longest
             width = max(width, longest)
-        ids = np.full((len(encs), width), self.pad_id, dtype=np.int64)    # (N, L)
-        mask = np.zeros((len(encs), width), dtype=np.int64)               # (N, L)
-        truncated = np.zeros(len(encs), dtype=bool)                       # (N,)
-        for i, e in enumerate(encs):
-            n = len(e.ids)
-            ids[i, :n] = e.ids
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)    # (N, L)
+        mask = np.zeros((len(rows), width), dtype=np.int64)               # (N, L)
+        truncated = np.zeros(len(rows), dtype=bool)                       # (N,)
+        for i, (row, cut) in enumerate(rows):
+            n = len(row)
+            ids[i, :n] = row
             mask[i, :n] = 1
-            truncated[i] = bool(e.overflowing)
+            truncated[i] = cut
         return Tokenized(ids, mask, truncated)
+
+
+class CachedTokenizer:
+    """A TextTokenizer with a least-recently-used map text -> token ids in front, bounded in bytes.
+
+    On the text path most titles repeat across requests, and WordPiece with BERT normalization costs ~20 us a
+    title (1.4 ms for a request's 60 on 2 cores: three quarters of the tokenizer model's time once the encoder's
+    vector cache serves the vectors). Token ids are a function of the text and this tokenizer alone, so a cached
+    row equals a fresh one and scores cannot change. ``hits``/``misses`` count texts; ``nbytes`` is what the
+    entries hold (text, ids, bookkeeping estimate).
+    """
+
+    ENTRY_OVERHEAD = 160      # bytes per entry besides the text and the ids: key object, tuple, OrderedDict node
+
+    def __init__(self, tokenizer: TextTokenizer, capacity_bytes: int):
+        self.tokenizer = tokenizer
+        self.max_length = tokenizer.max_length
+        self.capacity_bytes = int(capacity_bytes)
+        self.nbytes = 0
+        self.hits = self.misses = 0
+        self._data: OrderedDict[str, tuple[tuple[int, ...], bool]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _cost(self, text: str, ids: tuple[int, ...]) -> int:
+        return len(text) + 8 * len(ids) + self.ENTRY_OVERHEAD
+
+    def __call__(self, texts: list[str], *, pad_to: int | None = None) -> Tokenized:
+        rows: list[tuple[tuple[int, ...], bool] | None] = []
+        todo: list[int] = []
+        for i, text in enumerate(texts):
+            hit = self._data.get(text)
+            if hit is None:
+                todo.append(i)
+            else:
+                self._data.move_to_end(text)
+            rows.append(hit)
+        if todo:
+            for i, (ids, cut) in zip(todo, self.tokenizer.encode([texts[i] for i in todo])):
+                rows[i] = self._put(texts[i], (tuple(ids), cut))
+        self.misses += len(todo)
+        self.hits += len(texts) - len(todo)
+        return self.tokenizer.pad(rows, pad_to=pad_to)
+
+    def _put(self, text: str, value: tuple[tuple[int, ...], bool]) -> tuple[tuple[int, ...], bool]:
+        cost = self._cost(text, value[0])
+        if cost > self.capacity_bytes or text in self._data:
+            return value
+        self._data[text] = value
+        self.nbytes += cost
+        while self.nbytes > self.capacity_bytes:
+            old_text, old = self._data.popitem(last=False)
+            self.nbytes -= self._cost(old_text, old[0])
+        return value
 
 
 def length_sorted_batches(attention_mask: np.ndarray, batch_size: int) -> list[tuple[np.ndarray, int]]:

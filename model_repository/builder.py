@@ -66,6 +66,9 @@ class RepositoryConfig:
     encoder_cache_mb: float = dataclasses.field(default=64.0, metadata={
         "help": "per encoder instance: MB of a content-addressed cache of item vectors for texts seen before "
                 "(text path); only with a batch-invariant encoder (per-text INT8), else off with a warning; 0 = off"})
+    tokenizer_cache_mb: float = dataclasses.field(default=8.0, metadata={
+        "help": "per tokenizer instance: MB of an LRU of token ids by text, so repeated titles skip WordPiece "
+                "(~20 us a title); token ids depend on the text alone, so scores cannot change; 0 = off"})
     heads_instances: int = dataclasses.field(default=1, metadata={"help": "heads model instances"})
     tokenizer_instances: int = dataclasses.field(default=1, metadata={"help": "tokenizer model instances"})
     max_queue_delay_us: int = dataclasses.field(default=1000, metadata={
@@ -148,6 +151,7 @@ def tokenizer_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelCo
     _instances(m, cfg.tokenizer_instances, "cpu")
     fixed = cfg.fixed_padding or (cfg.backend == "onnxruntime" and cfg.pad_to_multiple_of == 1)
     _params(m, assets_dir="assets", pad_to=assets.max_length if fixed else 0, pad_to_multiple_of=cfg.pad_to_multiple_of,
+            cache_bytes=int(cfg.tokenizer_cache_mb * 2**20),
             **served_params(cfg, assets).to_parameters())
     return m
 

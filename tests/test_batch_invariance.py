@@ -196,3 +196,8 @@ def test_text_path_cache_serves_repeats_and_reports_metrics(artifacts, requests_
     assert after_again["genrec_vector_cache_misses_total"] == distinct and after_again["genrec_vector_cache_bytes"] > 0
     for k in outputs:                                         # cached = fresh: the same scores, bit for bit
         np.testing.assert_array_equal(again.as_numpy(k), first.as_numpy(k), err_msg=k)
+    # the tokenizer's token-id cache: each distinct text tokenized once, the repeat all hits
+    assert after_first["genrec_token_cache_misses_total"] == distinct
+    assert after_first["genrec_token_cache_hits_total"] == n_texts - distinct
+    assert after_again["genrec_token_cache_hits_total"] - after_first["genrec_token_cache_hits_total"] == n_texts
+    assert after_again["genrec_token_cache_bytes"] > 0

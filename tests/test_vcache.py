@@ -39,3 +39,32 @@ def test_an_id_that_arrives_with_new_text_is_a_new_entry():
     cache = VectorLRU(capacity_bytes=10 * COST)
     cache.put(old, np.ones(D, np.float32), 0, 0)
     assert cache.get(new) is None                            # re-encoded, never the stale vector
+
+
+def test_cached_tokenizer_equals_the_tokenizer_and_stays_within_its_bytes():
+    """Token ids from the cache equal fresh ones whatever the padding and batch-mates; repeats are hits;
+    the LRU holds at most its bytes and evicts the least recently used text."""
+    from genrec.text import CachedTokenizer, TextTokenizer
+    from genrec.train import minilm_dir
+
+    plain = TextTokenizer((minilm_dir() / "tokenizer.json").read_text(), max_length=16)
+    cached = CachedTokenizer(plain, 1 << 20)
+    long = "a title much longer than sixteen word piece tokens goes on and on and on and on"
+    batches = [["Heat (1995)", "Fargo (1996)", long], ["Fargo (1996)", "Up", "Fargo (1996)", long], ["Up"]]
+    for texts in batches:
+        for pad_to in (None, 16):
+            got, want = cached(texts, pad_to=pad_to), plain(texts, pad_to=pad_to)
+            np.testing.assert_array_equal(got.input_ids, want.input_ids)
+            np.testing.assert_array_equal(got.attention_mask, want.attention_mask)
+            np.testing.assert_array_equal(got.truncated, want.truncated)
+    assert cached(batches[0]).truncated.tolist() == [False, False, True]
+    assert (cached.misses, cached.hits) == (4, 15)      # 4 distinct texts tokenized once; 19 lookups in all
+    assert len(cached) == 4
+    one = cached._cost("Heat (1995)", tuple(plain.encode(["Heat (1995)"])[0][0]))
+    small = CachedTokenizer(plain, 2 * one + 10)         # room for two entries of this size
+    small(["Heat (1995)"])
+    small(["Heat (1996)"])
+    small(["Heat (1995)"])                               # touch: 1996 is now the least recently used
+    small(["Heat (1997)"])
+    assert small.nbytes <= small.capacity_bytes and len(small) == 2
+    assert "Heat (1995)" in small._data and "Heat (1996)" not in small._data

@@ -70,31 +70,33 @@ def response(outputs: dict[str, np.ndarray]) -> pb_utils.InferenceResponse:
 
 
 class CacheMetrics:
-    """Prometheus counters of a model instance's vector cache (served on Triton's metrics port): hits and
-    misses in items, and the bytes it holds."""
+    """Prometheus counters of a model instance's cache (served on Triton's metrics port): hits and misses in
+    items, and the bytes it holds. ``prefix`` names the families: ``genrec_vector_cache`` (the encoder's item
+    vectors) or ``genrec_token_cache`` (the tokenizer's token ids)."""
 
-    def __init__(self, model: str, instance: str):
+    def __init__(self, model: str, instance: str, prefix: str = "genrec_vector_cache", what: str = "item vectors"):
         counter = getattr(pb_utils.MetricFamily, "COUNTER", getattr(pb_utils, "COUNTER", None))
         gauge = getattr(pb_utils.MetricFamily, "GAUGE", getattr(pb_utils, "GAUGE", None))
         labels = {"model": model, "instance": instance}
+        self.prefix = prefix
         # the families must outlive their metrics (Triton deletes a metric whose family is gone)
         self.families = [
-            pb_utils.MetricFamily(name="genrec_vector_cache_hits_total", kind=counter,
-                                  description="items served from the vector cache"),
-            pb_utils.MetricFamily(name="genrec_vector_cache_misses_total", kind=counter,
-                                  description="items the vector cache lacked (encoded)"),
-            pb_utils.MetricFamily(name="genrec_vector_cache_bytes", kind=gauge,
-                                  description="bytes held by the vector cache")]
+            pb_utils.MetricFamily(name=f"{prefix}_hits_total", kind=counter,
+                                  description=f"items whose {what} came from the cache"),
+            pb_utils.MetricFamily(name=f"{prefix}_misses_total", kind=counter,
+                                  description=f"items whose {what} the cache lacked (computed)"),
+            pb_utils.MetricFamily(name=f"{prefix}_bytes", kind=gauge,
+                                  description=f"bytes held by the cache of {what}")]
         self.hits, self.misses, self.bytes = (f.Metric(labels=labels) for f in self.families)
 
     def update(self, cache, before: tuple[int, int]) -> None:
-        """``cache`` has ``hits``, ``misses`` (running totals) and ``cache.nbytes``; ``before`` = totals before.
+        """``cache`` has ``hits``, ``misses`` (running totals) and ``nbytes``; ``before`` = totals before.
         A metrics failure is logged, never turned into a failed request."""
         try:
             if cache.hits > before[0]:
                 self.hits.increment(cache.hits - before[0])
             if cache.misses > before[1]:
                 self.misses.increment(cache.misses - before[1])
-            self.bytes.set(cache.cache.nbytes)
+            self.bytes.set(cache.nbytes)
         except Exception as exc:  # noqa: BLE001
-            pb_utils.Logger.log_warn(f"vector cache metrics not updated: {exc!r}")
+            pb_utils.Logger.log_warn(f"{self.prefix} metrics not updated: {exc!r}")

@@ -1,5 +1,8 @@
 """Triton model ``tokenizer``: request texts/categories -> token ids, category ids, truncation flags, and the
-optional item statistics validated and filled (absent = zeros = no statistics: the heads' prior)."""
+optional item statistics validated and filled (absent = zeros = no statistics: the heads' prior).
+
+With ``cache_bytes`` > 0 repeated texts take their token ids from a bounded LRU (``genrec.text.CachedTokenizer``);
+hits, misses and bytes are Prometheus metrics (``genrec_token_cache_*``)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import numpy as np
 from genrec.artifacts import ServingAssets
 from genrec.contract import TOKENIZER
 from genrec.model_repository.backends.common import (
+    CacheMetrics,
     get_input,
     get_optional,
     model_params,
@@ -17,6 +21,7 @@ from genrec.model_repository.backends.common import (
 )
 from genrec.requests import Limits, validate
 from genrec.runtime import stats_or_zeros
+from genrec.text import CachedTokenizer
 
 STATS_INPUTS = tuple(t.name for t in TOKENIZER.inputs if t.optional)
 
@@ -30,9 +35,20 @@ class TokenizerModel:
         self.pad_to = int(p["pad_to"]) if int(p.get("pad_to", "0")) > 0 else None
         self.tokenizer = self.assets.tokenizer(pad_to_multiple_of=int(p.get("pad_to_multiple_of", "1")))
         self.limits = Limits.from_parameters(p)
+        self.metrics = None
+        cache_bytes = int(p.get("cache_bytes", "0"))
+        if cache_bytes > 0:                    # repeated titles skip WordPiece; ids are a function of the text
+            self.tokenizer = CachedTokenizer(self.tokenizer, cache_bytes)
+            self.metrics = CacheMetrics("tokenizer", args.get("model_instance_name", "tokenizer"),
+                                        prefix="genrec_token_cache", what="token ids")
 
     def execute(self, requests):
-        return per_request("tokenizer", requests, self._one)
+        if self.metrics is None:
+            return per_request("tokenizer", requests, self._one)
+        before = (self.tokenizer.hits, self.tokenizer.misses)
+        responses = per_request("tokenizer", requests, self._one)
+        self.metrics.update(self.tokenizer, before)
+        return responses
 
     def _one(self, request):
         raw = {t.name: get_input(request, t.name, ndim=1) for t in TOKENIZER.inputs if not t.optional}
