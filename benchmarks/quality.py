@@ -53,6 +53,9 @@ class QualityConfig:
                 "time and say little there)"})
     ml100k: str = dataclasses.field(default=str(ML100K), metadata={"help": "the MovieLens 100K folder"})
     threads: int = dataclasses.field(default=2, metadata={"help": "torch threads"})
+    enrich_limit: int = dataclasses.field(default=0, metadata={
+        "help": "LLM rows: enrich only the first N items of each catalog (0 = all; the rest keep their titles): "
+                "3000 synthetic items take ~1 h on one core of a busy machine"})
 
 
 def _prepare(name: str, cfg: QualityConfig, text: str) -> Path | None:
@@ -69,22 +72,22 @@ def _prepare(name: str, cfg: QualityConfig, text: str) -> Path | None:
             wiki = raw / "movie_wiki.csv"
             import_movielens(raw, out, ImportConfig(),
                              summaries=wiki if text == "summaries" and wiki.is_file() else None)
-        return _enriched(out, work) if text == "llm" else out
+        return _enriched(out, work, cfg.enrich_limit) if text == "llm" else out
     if name == "synthetic":
         from genrec.data.synth import SynthConfig, synthesize
 
         out = work / ("synthetic-llm" if text == "llm" else "synthetic")
         if not (out / "dev" / "behaviors.tsv").is_file():
             synthesize(out, SynthConfig())
-        return _enriched(out, work) if text == "llm" else out
+        return _enriched(out, work, cfg.enrich_limit) if text == "llm" else out
     raise ValueError(f"unknown dataset {name!r}: ml-100k or synthetic")
 
 
-def _enriched(data: Path, work: Path) -> Path:
+def _enriched(data: Path, work: Path, limit: int) -> Path:
     """``data`` with news_enriched.tsv beside each news.tsv (the local LLM; cached answers are reused)."""
     from genrec.enrich import EnrichConfig, enrich_items
 
-    enrich_items(data, EnrichConfig(cache=str(work / "enrich_cache.jsonl")), progress=False)
+    enrich_items(data, EnrichConfig(cache=str(work / "enrich_cache.jsonl"), limit=limit), progress=False)
     return data
 
 
