@@ -233,3 +233,28 @@ def test_http_backend_retries_then_fails_clearly_and_the_run_keeps_plain_titles(
         enrich_items(data, EnrichConfig(), backend=backend, progress=False, log=lambda _m: None)
     assert not (data / ENRICHED_NEWS).exists()
     assert not (data / "enrich_cache.jsonl").exists()             # failures are not cached: asked again next run
+
+
+# ---- index build reads the enrichment (serving then needs no LLM) -------------------------------------------
+
+def test_index_build_encodes_enriched_titles_and_plain_ones_elsewhere(artifacts, tiny_data, fp32_index, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from genrec.index import IndexConfig, ItemIndex, build_index
+
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    shutil.copy(tiny_data / "train" / "news.tsv", folder / "news.tsv")
+    items = {it.news_id: it for it in iter_news(folder / "news.tsv")}
+    (folder / ENRICHED_NEWS).write_text(
+        f"N1\t{content_hash(items['N1'])}\tA rewritten title about mountain hiking and summer weather\n"
+        f"N2\t0000000000000000\tStale: made from an older version of this item\n", encoding="utf-8")
+    build_index(folder / "news.tsv", artifacts.root, tmp_path / "ix", IndexConfig(precision="fp32", threads=2),
+                progress=False, log=lambda _m: None)
+    enriched, plain = ItemIndex(tmp_path / "ix"), ItemIndex(fp32_index)
+    ids = [b"N1", b"N2", b"N3"]
+    ve, vp = enriched.take(enriched.rows(ids))[0], plain.take(plain.rows(ids))[0]
+    assert not np.allclose(ve[0], vp[0], atol=1e-3)                  # N1: the enriched title was encoded
+    np.testing.assert_allclose(ve[1:], vp[1:], atol=1e-5)            # stale N2, never enriched N3: their own titles
