@@ -236,6 +236,13 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     for (target, precision, size), members in groups.items():
         repo = _repository(art, members[0], cfg, work, indexes.get((precision, size)) if target == "ours" else None,
                            stats_dir)
+        if any(sc.mode == "retrieve" for sc in members):
+            from genrec.artifacts import Artifacts as ServedArtifacts
+            from genrec.retrieval import has_retrieval
+
+            if has_retrieval(ServedArtifacts.load(art)) is None:
+                raise ValueError(f"the retrieve scenarios need artifacts with retrieval.onnx; {art} was exported "
+                                 "before it existed: re-export (genrec export) or pass --artifacts")
         with running_server(repo) as server:
             import tritonclient.grpc as grpcclient
 

@@ -67,3 +67,24 @@ def test_replay_runs_the_log_in_order_and_the_cache_hits_repeats(artifacts, tiny
     assert base["cache_hit_rate"] is None and 0.2 < cached["cache_hit_rate"] < 1.0
     assert 0 < cached["encoder_share"] <= 1.0 and 0 < base["encoder_share"] <= 1.0      # (timings: not compared)
     assert (tmp_path / "results.md").read_text().count("| text") == 2
+
+
+
+def test_a_closed_loop_whose_every_call_the_client_refuses_still_ends(server, fp32_index):
+    """Requests the client refuses (here: more history than the server takes) fail without awaiting anything;
+    the load generator must still yield, end its window and count them as errors (a refused call used to starve
+    the event loop: a retrieval benchmark against artifacts without retrieval.onnx spun for 25 minutes)."""
+    import time
+
+    from genrec.benchmarks.loadgen import Timing, served_point
+    from genrec.benchmarks.workload import IdWorkload
+    from genrec.contract import MAX_HISTORY
+    from genrec.index import ItemIndex
+
+    catalog = [("t", "c", "s", bytes(i).decode()) for i in ItemIndex(fp32_index).ids[:200]]
+    work = IdWorkload(catalog, MAX_HISTORY + 1, 5, 0.0)   # one history id too many: refused by the client
+    t0 = time.perf_counter()
+    point = served_point(server.grpc_url, work, 2, Timing(warmup_s=0.2, duration_s=0.5, min_requests=5,
+                                                          max_duration_s=5.0))
+    assert time.perf_counter() - t0 < 30
+    assert point["errors"] > 0 and point["requests"] == 0
