@@ -21,7 +21,7 @@ PERF_ANALYZER_VENV = ROOT / ".venv-perf-analyzer"     # made by `make setup`: tr
 # ---- in-process anchors ------------------------------------------------------------------------
 def onnx_in_process(artifacts: Path, precision: str, threads: int, device: str = "cpu"):
     """tokenizers + ORT encoder + heads in this process: the floor a server can only approach."""
-    from genrec.runtime import Pipeline
+    from genrec.core.runtime import Pipeline
 
     pipe = Pipeline(artifacts, precision, threads=threads, device=device)
 
@@ -51,7 +51,7 @@ def torch_eager(checkpoint: Path, threads: int, device: str = "cpu"):
         return torch.from_numpy(vocab.lookup(values or [""] * n)).to(device)
 
     def stats(values, n):
-        from genrec.runtime import stats_or_zeros
+        from genrec.core.runtime import stats_or_zeros
 
         return torch.from_numpy(stats_or_zeros(values, n)).to(device)
 
@@ -173,9 +173,9 @@ def ann_recall(artifacts: Path, index_dir: Path, workload, m: int, queries: int 
 
     import numpy as np
 
-    from genrec.artifacts import Artifacts
-    from genrec.index import ItemIndex
-    from genrec.retrieval import OrtRetrieval, SegmentSearcher, has_retrieval
+    from genrec.core.artifacts import Artifacts
+    from genrec.core.index import ItemIndex
+    from genrec.core.retrieval import OrtRetrieval, SegmentSearcher, has_retrieval
 
     art = Artifacts.load(artifacts)
     graph = OrtRetrieval(art.graph(has_retrieval(art), "retrieval"), threads=1)

@@ -1,6 +1,6 @@
 """``genrec bench ann``: ANN libraries for the retrieval stage, measured against exact search on the same vectors.
 
-Retrieval scores items by ``user . item_repr`` (the heads' match term: ``genrec.retrieval``), an inner product.
+Retrieval scores items by ``user . item_repr`` (the heads' match term: ``genrec.core.retrieval``), an inner product.
 The catalog here is a model's real retrieval vectors, grown to 100k / 1M distinct items by adding Gaussian noise
 (scale ``noise`` x the items' own per-dimension spread) to randomly drawn real ones, so it keeps the real
 cluster structure; the queries are the model's real user vectors. Per library and setting: recall@M against
@@ -22,7 +22,7 @@ import numpy as np
 @dataclasses.dataclass
 class AnnBenchConfig:
     vectors: str = dataclasses.field(default="", metadata={
-        "help": "npz with 'items' (N, D) retrieval vectors and 'users' (Q, D) user vectors (see genrec.retrieval); "
+        "help": "npz with 'items' (N, D) retrieval vectors and 'users' (Q, D) user vectors (genrec.core.retrieval); "
                 "empty = a seeded random stand-in (for smoke runs only)"})
     sizes: tuple[int, ...] = dataclasses.field(default=(100_000, 1_000_000), metadata={
         "help": "catalog sizes to measure"})

@@ -269,7 +269,7 @@ def parity_gate(model_dir: Path, art, device: str, log) -> dict[str, Any]:
     """The TorchScript artifact against the PyTorch FP32 reference on ``device``, with its precision's bounds."""
     import pickle
 
-    from genrec.artifacts import ServingAssets
+    from genrec.core.artifacts import ServingAssets
     from genrec.export import torchscript
     from genrec.export.parity import ParityError, gate, measure, resolve_tolerances
 
@@ -302,7 +302,7 @@ def raw_anchor(art, prec: str, device: str, requests, batches: tuple[int, ...], 
     (tokenize + host->device + encode + device->host), and the encoder alone on pre-tokenized input."""
     import numpy as np
 
-    from genrec.artifacts import ServingAssets
+    from genrec.core.artifacts import ServingAssets
     from genrec.export import torchscript
 
     enc = torchscript.TorchScriptEncoder(art.graph(prec, torchscript.GRAPH), device)
@@ -417,11 +417,11 @@ def run(cfg: GpuBenchConfig, log=print) -> dict[str, Any]:
 
     from genrec.benchmarks.loadgen import Timing
     from genrec.benchmarks.workload import load_catalog, make_requests
+    from genrec.core.index import IndexConfig, build_index
+    from genrec.core.statstore import StatsTable, build_stats
     from genrec.export import Artifacts, torchscript
-    from genrec.index import IndexConfig, build_index
     from genrec.model_repository.builder import RepositoryConfig, build_repository
     from genrec.server.launcher import running_server
-    from genrec.statstore import StatsTable, build_stats
 
     t_start = time.perf_counter()
     model_dir, out = Path(cfg.model).resolve(), Path(cfg.out).resolve()

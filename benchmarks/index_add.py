@@ -11,7 +11,7 @@ does), hard-links it into a fresh INDEX_DIR, then measures, each ``genrec index 
 * the same again (the previous delta is merged into the new one);
 * a compaction (``--compact-ratio 0``: one new full base, copied, nothing re-encoded);
 
-and, in this process, a reader (:class:`genrec.index.LiveIndex` at the served default of 1000 ms) over the same
+and, in this process, a reader (:class:`genrec.core.index.LiveIndex` at the served default of 1000 ms) over the same
 folder: publish -> the new id found by the reader, the switch's own cost, and the reader's RSS before and after
 the old generations are dropped. Prints a table and writes results.json.
 """
@@ -52,7 +52,7 @@ def _child(cmd: list[str]) -> tuple[float, float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     from genrec.benchmarks.suite import _scaled_catalog, _timed_index_build
-    from genrec.index import LiveIndex
+    from genrec.core.index import LiveIndex
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifacts", default="build/demo/artifacts")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     watcher.start()
 
     def add(tag: str, *extra: str) -> dict[str, float]:
-        from genrec.index import ItemIndex
+        from genrec.core.index import ItemIndex
 
         previous = live.index.segments
         cmd = [sys.executable, "-m", "genrec.cli", "index", "add", "--catalog", str(new_catalog(tag)),

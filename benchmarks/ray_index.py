@@ -30,7 +30,7 @@ DATA_FILES = ("ids.bin", "order.i64", "category.i64", "subcategory.i64", "vector
 
 
 def _build(catalog: Path, art: Path, out: Path, **cfg: Any) -> dict[str, Any]:
-    from genrec.index import IndexConfig, build_index
+    from genrec.core.index import IndexConfig, build_index
 
     shutil.rmtree(out, ignore_errors=True)
     said: list[str] = []

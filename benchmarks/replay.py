@@ -49,7 +49,7 @@ class ReplayConfig:
 
 def _requests(cfg: ReplayConfig):
     from genrec.client import RecommendRequest
-    from genrec.data.mind import load_split
+    from genrec.core.mind import load_split
 
     split = load_split(cfg.data)
     imps = sorted(split.impressions, key=lambda i: i.time)
@@ -124,7 +124,7 @@ async def _replay(url: str, requests, offsets: np.ndarray, concurrency: int, spe
 
 
 def run_replay(cfg: ReplayConfig = ReplayConfig(), *, log=print) -> dict[str, Any]:
-    from genrec.index import IndexConfig, build_index
+    from genrec.core.index import IndexConfig, build_index
     from genrec.model_repository.builder import RepositoryConfig, build_repository
     from genrec.server.launcher import running_server
 

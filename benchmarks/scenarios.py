@@ -50,7 +50,7 @@ REFERENCE = (50, 100)
 HIT_RATE_SWEEP = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)      # unknown fractions, at concurrency 1 and 16
 
 # Production-scale catalog of the id path: this many distinct ids in the index (the benchmark catalog's texts
-# repeated under new ids, so the build encodes each distinct text once; see genrec.index's dedupe).
+# repeated under new ids, so the build encodes each distinct text once; see genrec.core.index's dedupe).
 SCALE_ITEMS = 1_000_000
 QUICK_SCALE_ITEMS = 20_000      # the same scenario in the CI smoke run, small enough for seconds
 RETRIEVAL_ITEMS = (100_000, SCALE_ITEMS)    # whole-catalog retrieval (mode "retrieve") at these index sizes

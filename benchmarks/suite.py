@@ -151,7 +151,7 @@ def _repository(art: Path, sc: Scenario, cfg: BenchConfig, work: Path, index: Pa
 
 
 def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
-    from genrec.progress import progress
+    from genrec.core.progress import progress
     from genrec.server.launcher import running_server
 
     t_start = time.perf_counter()
@@ -173,7 +173,7 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     # by id; text requests carry the same counts); else every request carries seeded plausible counts
     stats_dir, stats_table = None, None
     if (news_tsv.parent / "behaviors.tsv").is_file():
-        from genrec.statstore import StatsTable, build_stats
+        from genrec.core.statstore import StatsTable, build_stats
 
         stats_dir = build_stats([news_tsv.parent / "behaviors.tsv"], work / "stats", log=log)
         stats_table = StatsTable.read(stats_dir)
@@ -183,7 +183,7 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
     index_builds: dict[str, Any] = {}
     catalogs = {0: catalog}
     for p in sorted({s.precision for s in scenarios if s.mode == "ids"}):
-        from genrec.index import IndexConfig, build_index
+        from genrec.core.index import IndexConfig, build_index
 
         t0 = time.perf_counter()
         indexes[(p, 0)] = build_index(news_tsv, art, work / f"index-{p}", IndexConfig(precision=p, threads=cfg.threads),
@@ -237,8 +237,8 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
         repo = _repository(art, members[0], cfg, work, indexes.get((precision, size)) if target == "ours" else None,
                            stats_dir)
         if any(sc.mode == "retrieve" for sc in members):
-            from genrec.artifacts import Artifacts as ServedArtifacts
-            from genrec.retrieval import has_retrieval
+            from genrec.core.artifacts import Artifacts as ServedArtifacts
+            from genrec.core.retrieval import has_retrieval
 
             if has_retrieval(ServedArtifacts.load(art)) is None:
                 raise ValueError(f"the retrieve scenarios need artifacts with retrieval.onnx; {art} was exported "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.client.types import RecommendRequest
-from genrec.data.mind import iter_news
+from genrec.core.mind import iter_news
 
 
 def load_catalog(news_tsv: str | Path) -> list[tuple[str, str, str, str]]:
@@ -20,7 +20,7 @@ def load_catalog(news_tsv: str | Path) -> list[tuple[str, str, str, str]]:
 def make_requests(catalog: list[tuple[str, str, str, str]], history: int, candidates: int, n: int = 64,
                   seed: int = 0, stats=None) -> list[RecommendRequest]:
     """Text-path requests carrying every item's statistics: looked up by id in ``stats`` (a
-    ``genrec.statstore.StatsTable``, the counts the id path serves), else seeded plausible counts."""
+    ``genrec.core.statstore.StatsTable``, the counts the id path serves), else seeded plausible counts."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -42,7 +42,7 @@ def _stats(items: list[tuple[str, str, str, str]], table, rng: np.random.Generat
 def plausible_stats(n: int, rng: np.random.Generator, unknown: float = 0.2) -> np.ndarray:
     """(n, S) item statistics as served: counts (exposures >= clicks) and a unit collaborative vector; a
     fraction ``unknown`` of the rows is all zeros (items without statistics: the prior)."""
-    from genrec.contract import CF_DIM
+    from genrec.core.contract import CF_DIM
 
     exposures = rng.integers(0, 500, n)
     counts = np.stack([exposures, (exposures * rng.uniform(0, 0.3, n)).astype(int), rng.integers(0, 80, n)], axis=1)

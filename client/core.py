@@ -16,8 +16,16 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
-from genrec.contract import CONTRACT_VERSION, ENSEMBLE, RECOMMEND, GraphSpec, ServedParams
-from genrec.requests import IdRequest, Limits, RequestError, UserRequest, validate, validate_ids, validate_retrieval
+from genrec.core.contract import CONTRACT_VERSION, ENSEMBLE, RECOMMEND, GraphSpec, ServedParams
+from genrec.core.requests import (
+    IdRequest,
+    Limits,
+    RequestError,
+    UserRequest,
+    validate,
+    validate_ids,
+    validate_retrieval,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024     # client channel limit; requests are far smaller (texts are capped)
 CHANNEL_ARGS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -90,7 +90,7 @@ class RecommenderClient:
         indexed items' vectors and encodes only ``new_items`` (id -> text or (text, category[, subcategory])).
 
         Text path only: ``history_stats`` / ``candidate_stats`` give per item [exposures, clicks, history_users]
-        raw counts, then the collaborative vector of ``genrec stats build`` (``genrec.contract.ITEM_STATS``; a row
+        raw counts, then the collaborative vector of ``genrec stats build`` (``genrec.core.contract.ITEM_STATS``; a row
         of the three counts alone is padded with zeros; one row per text; checked here with the server's
         messages). Left out, or an all-zero row, means "no statistics": the model uses its training prior.
         The id path reads statistics by id from the server's stats folder.

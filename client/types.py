@@ -62,14 +62,14 @@ class RecommendRequest:
     history_ids: Sequence[str] | None = None        # id path: items of the item-embedding index...
     candidate_ids: Sequence[str] | None = None
     new_items: dict[str, NewItem] | None = None     # ...and the texts of ids the index may not know
-    # text path only, optional: per item one row of genrec.contract.ITEM_STATS -- [exposures, clicks,
+    # text path only, optional: per item one row of genrec.core.contract.ITEM_STATS -- [exposures, clicks,
     # history_users] raw counts, then the item's collaborative vector (from `genrec stats build`); a row of the
     # three counts alone is padded with zeros (no vector). One row per history text / candidate text; None =
     # no statistics = the model's prior. (The id path reads statistics from the server's stats folder.)
     history_stats: Sequence[Sequence[float]] | None = None
     candidate_stats: Sequence[Sequence[float]] | None = None
     # id path without candidate_ids: the server retrieves from its whole index and returns the best k
-    k: int | None = None                            # None: the server's default (genrec.contract.RETRIEVAL_K)
+    k: int | None = None                            # None: the server's default (genrec.core.contract.RETRIEVAL_K)
     exclude_ids: Sequence[str] | None = None        # never return these
     categories: Sequence[str] | None = None         # return only items of these categories
     include_history: bool = False                   # may return the user's own history items

@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from genrec.contract import GraphSpec
+from genrec.core.contract import GraphSpec
 
 
 def to_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path,
@@ -134,13 +134,13 @@ def wrap_per_text(src: Path, dst: Path) -> Path:
     length (right padding, as the tokenizer pads), so its vector never depends on batch-mates or padding.
 
     Every op of the original graph moves into the Loop body unchanged (weights stay outer-scope
-    initializers); the model is stamped ``genrec.rows = independent`` (:data:`genrec.runtime.ROWS_KEY`) so
-    :class:`genrec.runtime.OrtEncoder` can spread the rows over threads (one intra-op thread each), which
+    initializers); the model is stamped ``genrec.rows = independent`` (:data:`genrec.core.runtime.ROWS_KEY`) so
+    :class:`genrec.core.runtime.OrtEncoder` can spread the rows over threads (one intra-op thread each), which
     is faster on small CPUs than one 2-thread run per tiny row.
     """
     from onnx import TensorProto, helper
 
-    from genrec.runtime import ROWS_INDEPENDENT, ROWS_KEY
+    from genrec.core.runtime import ROWS_INDEPENDENT, ROWS_KEY
 
     model = onnx.load(str(src))
     g = model.graph

@@ -1,11 +1,11 @@
-"""The two exported graphs as torch modules whose signatures follow ``genrec.contract``."""
+"""The two exported graphs as torch modules whose signatures follow ``genrec.core.contract``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from genrec.contract import HEADS, ITEM_STATS
+from genrec.core.contract import HEADS, ITEM_STATS
 from genrec.model import ItemEncoder, RecommenderHeads
 
 

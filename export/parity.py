@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrec.artifacts import ExportError
+from genrec.core.artifacts import ExportError
+from genrec.core.requests import N_STATS
+from genrec.core.runtime import OrtEncoder, OrtHeads
+from genrec.core.text import TextTokenizer, encode_length_sorted
+from genrec.core.vocab import Vocab
 from genrec.metrics import kendall_tau, ranking_metrics
-from genrec.requests import N_STATS
-from genrec.runtime import OrtEncoder, OrtHeads
-from genrec.text import TextTokenizer, encode_length_sorted
-from genrec.vocab import Vocab
 
 # check -> ("min" | "max", bound per precision). "min": value must be >= bound; "max": <= bound.
 DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {

@@ -3,7 +3,7 @@
 ART_DIR/
   <precision>/encoder.onnx, <precision>/heads.onnx      precision in fp32, fp16, int8
   <precision>/retrieval.onnx                           user vector + item retrieval vectors (FP32 in every
-                                                       precision: tiny; genrec.retrieval)
+                                                       precision: tiny; genrec.core.retrieval)
   assets/tokenizer.json, assets/serving.json           what the Triton tokenizer step needs
   artifacts.json                                       manifest: files, sha256, contract version
   export_report.json, export_report.md                 parity checks, sizes, latency, INT8 choice
@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrec.artifacts import ASSETS, FORMAT, MANIFEST, PRECISIONS, Artifacts, ServingAssets
 from genrec.checkpoint import Checkpoint
-from genrec.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS, RETRIEVAL
+from genrec.core.artifacts import ASSETS, FORMAT, MANIFEST, PRECISIONS, Artifacts, ServingAssets
+from genrec.core.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS, RETRIEVAL
+from genrec.core.runtime import OrtEncoder, OrtHeads
+from genrec.core.text import sha256_file
 from genrec.export import torchscript
 from genrec.export.convert import INT8_RECIPES, to_fp16, to_int8, to_onnx
 from genrec.export.graphs import EncoderGraph, HeadsGraph, example_inputs
@@ -42,8 +44,6 @@ from genrec.export.parity import (
 from genrec.export.retrieval import RetrievalGraph
 from genrec.export.retrieval import example_inputs as retrieval_inputs
 from genrec.export.retrieval import parity as retrieval_parity
-from genrec.runtime import OrtEncoder, OrtHeads
-from genrec.text import sha256_file
 
 # The gate runs every graph with ONNX Runtime's CPU provider: the FP16 graph's GPU kernels are never exercised.
 FP16_ON_CPU = ("FP16 gated on CPU (ONNX Runtime CPUExecutionProvider): the GPU kernels it is meant for were not "

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from genrec.core.retrieval import OrtRetrieval
 from genrec.export.parity import ParityError
 from genrec.model import RecommenderHeads
-from genrec.retrieval import OrtRetrieval
 
 # FP32 everywhere (the graph is a LayerNorm and an attention over <= 50 rows): max |diff| against PyTorch of the
 # item representations, the user vectors and the match term user . item_repr / sqrt(D) of the parity set.

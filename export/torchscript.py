@@ -2,7 +2,7 @@
 
 ART_DIR/<precision>/encoder.pt     precision fp32 or fp16: the traced ``EncoderGraph`` with its weights and math
                                    in that dtype; input_ids / attention_mask INT64 (N, L) -> item_vectors FP32
-                                   (N, D), the ``genrec.contract.ENCODER`` signature (FP16 inside, FP32 out)
+                                   (N, D), the ``genrec.core.contract.ENCODER`` signature (FP16 inside, FP32 out)
 
 Served by ``genrec repository build --backend torch --device cuda`` (Triton's python backend running torch on
 CUDA, model_repository/backends/encoder_torch.py) and loadable by the NGC container's native ``pytorch``
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genrec.artifacts import TORCHSCRIPT_GRAPH
+from genrec.core.artifacts import TORCHSCRIPT_GRAPH
 from genrec.export.parity import ParityError, ParityInputs, gate, measure
 
 PRECISIONS = ("fp32", "fp16")
@@ -84,7 +84,7 @@ def save(traced: torch.jit.ScriptModule, path: str | Path) -> Path:
 
 
 class TorchScriptEncoder:
-    """numpy in, numpy out, like ``genrec.runtime.OrtEncoder``: (N, L) int64 x2 -> (N, D) float32.
+    """numpy in, numpy out, like ``genrec.core.runtime.OrtEncoder``: (N, L) int64 x2 -> (N, D) float32.
 
     ``device`` cpu or cuda (cuda:N); the weights keep the dtype they were traced in. On CUDA the inputs go
     through pinned host memory and the call synchronizes once (the ``.cpu()`` of the result).
@@ -131,7 +131,7 @@ class GateResult:
 
     def file_entry(self, precision: str) -> dict[str, Any]:
         """This file's row of artifacts.json (path relative to ART_DIR, bytes, sha256)."""
-        from genrec.text import sha256_file
+        from genrec.core.text import sha256_file
 
         return {"path": f"{precision}/{FILENAME}", "bytes": self.path.stat().st_size, "sha256": sha256_file(self.path)}
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from genrec.errors import UserError
+from genrec.core.errors import UserError
+from genrec.core.stats import BetaPrior, ItemStats
+from genrec.core.vocab import Vocab
 from genrec.model import GenRec, ModelConfig
-from genrec.stats import BetaPrior, ItemStats
-from genrec.vocab import Vocab
 
 FORMAT = "genrec.checkpoint/2"   # /2: item statistics (the heads' item features) replace click counts
 FILENAME = "checkpoint.pt"
@@ -63,7 +63,7 @@ class Checkpoint:
         return path
 
     def metadata(self) -> dict[str, Any]:
-        from genrec.text import sha256_text
+        from genrec.core.text import sha256_text
 
         return {
             "format": FORMAT,
@@ -112,7 +112,7 @@ class Checkpoint:
         return model
 
     def tokenizer(self, **kwargs):
-        from genrec.text import TextTokenizer
+        from genrec.core.text import TextTokenizer
 
         return TextTokenizer(self.tokenizer_json, max_length=self.model_config.max_length, **kwargs)
 

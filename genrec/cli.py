@@ -194,8 +194,8 @@ def _repository(sub: argparse._SubParsersAction) -> None:
 
 @command
 def _index(sub: argparse._SubParsersAction) -> None:
-    from genrec.index import AddConfig, IndexConfig
-    from genrec.retrieval import RetrievalConfig
+    from genrec.core.index import AddConfig, IndexConfig
+    from genrec.core.retrieval import RetrievalConfig
 
     p = sub.add_parser("index", help="item-embedding index (the real-time id path)")
     isub = p.add_subparsers(dest="index_command", required=True)
@@ -210,8 +210,8 @@ def _index(sub: argparse._SubParsersAction) -> None:
 
     def with_retrieval(index: str, artifacts: str, args: argparse.Namespace) -> None:
         """Retrieval files for the segments just written, when the artifacts carry retrieval.onnx."""
-        from genrec.artifacts import Artifacts
-        from genrec.retrieval import build_index_retrieval, has_retrieval
+        from genrec.core.artifacts import Artifacts
+        from genrec.core.retrieval import build_index_retrieval, has_retrieval
 
         if has_retrieval(Artifacts.load(artifacts)):
             # the index step's --threads (a flag given only when set: argparse.SUPPRESS defaults)
@@ -219,7 +219,7 @@ def _index(sub: argparse._SubParsersAction) -> None:
             build_index_retrieval(index, artifacts, from_args(RetrievalConfig, args, threads=threads))
 
     def run(args: argparse.Namespace) -> int:
-        from genrec.index import build_index
+        from genrec.core.index import build_index
 
         build_index(args.catalog, args.artifacts, args.out, from_args(IndexConfig, args), progress=not args.quiet)
         with_retrieval(args.out, args.artifacts, args)
@@ -234,7 +234,7 @@ def _index(sub: argparse._SubParsersAction) -> None:
     add_dataclass_args(r, RetrievalConfig)
 
     def run_retrieval(args: argparse.Namespace) -> int:
-        from genrec.retrieval import build_index_retrieval
+        from genrec.core.retrieval import build_index_retrieval
 
         build_index_retrieval(args.index, args.artifacts, from_args(RetrievalConfig, args))
         return 0
@@ -251,9 +251,9 @@ def _index(sub: argparse._SubParsersAction) -> None:
     add_dataclass_args(a, AddConfig)
 
     def run_add(args: argparse.Namespace) -> int:
-        from genrec.artifacts import Artifacts
-        from genrec.index import ItemIndex, add_items
-        from genrec.retrieval import has_retrieval, segment_retrieval_builder
+        from genrec.core.artifacts import Artifacts
+        from genrec.core.index import ItemIndex, add_items
+        from genrec.core.retrieval import has_retrieval, segment_retrieval_builder
 
         hook = None
         if has_retrieval(Artifacts.load(args.artifacts)):
@@ -285,7 +285,7 @@ def _stats(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
 
     def run(args: argparse.Namespace) -> int:
-        from genrec.statstore import build_stats
+        from genrec.core.statstore import build_stats
 
         build_stats(args.behaviors, args.out, skip_bad_lines=args.skip_bad_lines)
         return 0
@@ -395,7 +395,7 @@ def _read_items(path: str) -> list[tuple[str, str, str, list[float] | None]]:
 def _stats_column(items) -> list | None:
     """The statistics rows to send (zeros where a line has none, count-only rows padded with a zero
     collaborative vector), or None when no line has any."""
-    from genrec.contract import ITEM_COUNTS, ITEM_STATS
+    from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
 
     if all(it[3] is None for it in items):
         return None
@@ -502,7 +502,7 @@ def _missing(name: str, exc: ImportError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genrec.errors import EXIT_USER_ERROR, UserError
+    from genrec.core.errors import EXIT_USER_ERROR, UserError
 
     args = build_parser().parse_args(argv)
     try:

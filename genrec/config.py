@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from genrec.contract import MAX_HISTORY
+from genrec.core.contract import MAX_HISTORY
 
 # Training tasks; the click task is primary, the others are auxiliary (loss weights: TrainConfig.alpha).
 TASKS = ("click", "category", "topic")

@@ -58,12 +58,12 @@ def run_demo(cfg: DemoConfig = DemoConfig(), synth: SynthConfig = SynthConfig())
     export(result.checkpoint_path, work / "artifacts", ExportConfig(precision=("int8",), threads=cfg.threads))
     print(f"  report: {work / 'artifacts' / 'export_report.md'}")
     step("indexing the catalog (item vectors for the real-time id path)")
-    from genrec.index import IndexConfig, build_index
+    from genrec.core.index import IndexConfig, build_index
 
     index = build_index(work / "data" / "dev" / "news.tsv", work / "artifacts", work / "index",
                         IndexConfig(precision="int8", threads=cfg.threads))
     step("counting item statistics from the logs (exposures, clicks, history users; refreshable while serving)")
-    from genrec.statstore import build_stats
+    from genrec.core.statstore import build_stats
 
     stats = build_stats([work / "data" / "train" / "behaviors.tsv"], work / "stats")
     step("building the Triton model repository (tokenizer -> encoder -> heads ensemble, recommend id path)")
@@ -81,10 +81,10 @@ def _serve_and_query(repo: Path, dev_dir: Path, step, stats_dir: Path, n_latency
     import numpy as np
 
     from genrec.client import RecommenderClient, RecommendRequest
-    from genrec.data.mind import load_split
+    from genrec.core.mind import load_split
+    from genrec.core.statstore import StatsTable
     from genrec.printing import print_recommendations
     from genrec.server.launcher import running_server
-    from genrec.statstore import StatsTable
 
     dev = load_split(dev_dir)
     stats = StatsTable.read(stats_dir)      # the text path sends the counts the id path reads server-side

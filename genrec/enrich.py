@@ -13,7 +13,7 @@ stopped, a re-run or a catalog update pays only for items that are new or edited
 prompt version never reuses old answers. A request that failed (server down, timeout after retries) is
 not cached, so the next run asks again. Every run then writes ``news_enriched.tsv`` beside each
 ``news.tsv`` (news_id, content hash, enriched title; only usable answers), which the MIND reader overlays
-(``genrec.data.mind.iter_news``): training, evaluation and ``index build`` see the enriched title, serving
+(``genrec.core.mind.iter_news``): training, evaluation and ``index build`` see the enriched title, serving
 needs no LLM, and an item without an enrichment (new, edited, or a fallback) keeps its own title.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genrec.data.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news
+from genrec.core.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news
 from genrec.llm import DEFAULT_SPEC, LLMBackend, LLMError, Messages, backend_from_spec, chat_many
 
 ITEMS_TASK = "items"
@@ -205,7 +205,7 @@ def enrich_items(data: str | Path, cfg: EnrichConfig = EnrichConfig(), *, backen
     t0 = time.perf_counter()
     bar = None
     if progress and todo:
-        from genrec.progress import progress as make_bar
+        from genrec.core.progress import progress as make_bar
 
         bar = make_bar(total=len(todo), desc=f"enrich items ({backend.model_id})", unit="item")
     try:

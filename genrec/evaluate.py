@@ -17,10 +17,10 @@ import torch
 
 from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig  # noqa: F401  (re-exported)
-from genrec.data.mind import load_split
+from genrec.core.mind import load_split
+from genrec.core.stats import CLICKS, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
 from genrec.items import ImpressionArrays, ItemTable, encode_items, score_impressions
 from genrec.metrics import ranking_metrics, topk_metrics
-from genrec.stats import CLICKS, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
 
 
 def baseline_scores(imps: ImpressionArrays, table: ItemTable, prior: BetaPrior,

@@ -4,7 +4,7 @@ The driver does what the single-process build does around the encoder: it stream
 dedupe (an in-chunk repeat or a text whose vector came back earlier is copied, not sent), writes each chunk's rows
 into the same memory-mapped files and records the resume point. Only the encoding moves: each actor holds an ONNX
 Runtime session of the same encoder graph (shipped through Ray's object store, so worker nodes need genrec
-installed but not the artifacts folder) and runs :func:`genrec.index.encode_texts`, the single-process build's
+installed but not the artifacts folder) and runs :func:`genrec.core.index.encode_texts`, the single-process build's
 encoding step. With a batch-invariant encoder (the per-text INT8 graph) the index is byte-identical to the
 single-process one, whatever the chunk order or worker count (tested).
 
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from genrec.artifacts import ServingAssets
-from genrec.data.mind import iter_news
-from genrec.index import IndexConfig, _chunks, _write_json, encode_texts
+from genrec.core.artifacts import ServingAssets
+from genrec.core.index import IndexConfig, _chunks, _write_json, encode_texts
+from genrec.core.mind import iter_news
+from genrec.core.text import item_text
+from genrec.core.vcache import VectorLRU
 from genrec.raymap import connected, map_chunks, worker_count
-from genrec.text import item_text
-from genrec.vcache import VectorLRU
 
 
 class ChunkEncoder:
@@ -48,8 +48,8 @@ class ChunkEncoder:
     def _load(self, shipped) -> None:
         import ray
 
-        from genrec.runtime import OrtEncoder
-        from genrec.text import TextTokenizer
+        from genrec.core.runtime import OrtEncoder
+        from genrec.core.text import TextTokenizer
 
         graph, tokenizer_json = ray.get(shipped)
         fd, path = tempfile.mkstemp(suffix=".onnx", prefix="genrec-encoder-")
@@ -98,7 +98,7 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
             f"chunks of {cfg.chunk_size} above)")
     bar = None
     if progress:
-        from genrec.progress import progress as progress_bar
+        from genrec.core.progress import progress as progress_bar
         bar = progress_bar(total=n, initial=counts["rows"], desc="indexing (ray)", unit="item", mininterval=1.0)
 
     def write(start: int, out_vec: np.ndarray, out_cut: np.ndarray) -> None:

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from genrec.data.mind import Impression, NewsItem
+from genrec.core.mind import Impression, NewsItem
+from genrec.core.stats import N_STATS, ItemStats, stats_as_of
+from genrec.core.text import TextTokenizer, item_text, length_sorted_batches
+from genrec.core.vocab import Vocab
 from genrec.model import ItemEncoder, RecommenderHeads
-from genrec.stats import N_STATS, ItemStats, stats_as_of
-from genrec.text import TextTokenizer, item_text, length_sorted_batches
-from genrec.vocab import Vocab
 
 PAD = 0   # row 0 of every item table is a padding item (empty text, OOV categories)
 
@@ -107,7 +107,7 @@ def encode_lower(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence
     batches = length_sorted_batches(tok.attention_mask, batch_size)
     it = batches
     if progress:
-        from genrec.progress import progress as progress_bar
+        from genrec.core.progress import progress as progress_bar
         it = progress_bar(batches, desc="encoding items (frozen LM)", unit="batch", leave=False)
     for idx, width in it:
         ids, mask = ids_all[idx, :width], mask_all[idx, :width]
@@ -134,7 +134,7 @@ def upper_rows(encoder: ItemEncoder, cache: torch.Tensor, mask: torch.Tensor | N
     With fine-tuned layers the cache holds (N, max_length, H) hidden states; running the top layers
     over all max_length positions would spend ~3x the work on padding (ml-100k titles: median 8 of
     32 tokens), so the rows run in length-sorted chunks, each cut to its own longest text (the one
-    length-sorted batching of genrec.text). Padding is masked out of attention and pooling, so the
+    length-sorted batching of genrec.core.text). Padding is masked out of attention and pooling, so the
     vectors are those of the full width.
     """
     if mask is None:

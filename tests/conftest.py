@@ -47,7 +47,7 @@ def artifacts(trained_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def fp32_index(artifacts, tiny_data, tmp_path_factory):
     """The tiny catalog encoded by the FP32 encoder (the id path's item index)."""
-    from genrec.index import IndexConfig, build_index
+    from genrec.core.index import IndexConfig, build_index
 
     return build_index(tiny_data / "train" / "news.tsv", artifacts.root, tmp_path_factory.mktemp("index") / "fp32",
                        IndexConfig(precision="fp32", threads=2), progress=False, log=lambda _m: None)
@@ -56,7 +56,7 @@ def fp32_index(artifacts, tiny_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def item_stats_dir(tiny_data, tmp_path_factory):
     """`genrec stats build` over the tiny training log: the statistics the id path serves."""
-    from genrec.statstore import build_stats
+    from genrec.core.statstore import build_stats
 
     return build_stats([tiny_data / "train" / "behaviors.tsv"], tmp_path_factory.mktemp("stats") / "train",
                        log=lambda _m: None)
@@ -88,7 +88,7 @@ def server(fp32_repository):
 
 @pytest.fixture(scope="session")
 def pipeline(artifacts):
-    from genrec.runtime import Pipeline
+    from genrec.core.runtime import Pipeline
 
     return Pipeline(artifacts.root, "fp32", threads=1)
 
@@ -105,7 +105,7 @@ def fake_stats(n: int, seed: int):
 @pytest.fixture(scope="session")
 def requests_corpus(tiny_data):
     """Real user requests from the tiny dev split: (history, candidates) with categories."""
-    from genrec.data.mind import load_split
+    from genrec.core.mind import load_split
 
     split = load_split(tiny_data / "dev")
     out = []

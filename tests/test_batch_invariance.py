@@ -12,18 +12,18 @@ import pytest
 import tritonclient.grpc as grpcclient
 from triton_helpers import text_inputs
 
-from genrec.artifacts import ServingAssets
 from genrec.benchmarks.replay import cache_counters
 from genrec.checkpoint import Checkpoint
-from genrec.data.mind import load_split
+from genrec.core.artifacts import ServingAssets
+from genrec.core.index import IndexConfig, ItemIndex, build_index
+from genrec.core.mind import load_split
+from genrec.core.runtime import CachedEncoder, OrtEncoder
+from genrec.core.text import item_text
 from genrec.export import ParityError
 from genrec.export.convert import INT8_RECIPES, to_int8
 from genrec.export.parity import batch_invariance, gate
-from genrec.index import IndexConfig, ItemIndex, build_index
 from genrec.model_repository.builder import RepositoryConfig, build_repository
-from genrec.runtime import CachedEncoder, OrtEncoder
 from genrec.server.launcher import running_server
-from genrec.text import item_text
 
 TOL = 1e-6
 QUEUE_DELAY_US = 400_000      # long enough that concurrent requests are merged into one encoder execution

@@ -78,8 +78,8 @@ def test_a_closed_loop_whose_every_call_the_client_refuses_still_ends(server, fp
 
     from genrec.benchmarks.loadgen import Timing, served_point
     from genrec.benchmarks.workload import IdWorkload
-    from genrec.contract import MAX_HISTORY
-    from genrec.index import ItemIndex
+    from genrec.core.contract import MAX_HISTORY
+    from genrec.core.index import ItemIndex
 
     catalog = [("t", "c", "s", bytes(i).decode()) for i in ItemIndex(fp32_index).ids[:200]]
     work = IdWorkload(catalog, MAX_HISTORY + 1, 5, 0.0)   # one history id too many: refused by the client

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from genrec.errors import EXIT_USER_ERROR
+from genrec.core.errors import EXIT_USER_ERROR
 
 
 def genrec(*args: str) -> subprocess.CompletedProcess:

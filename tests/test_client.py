@@ -29,8 +29,8 @@ from genrec.client import (
     RecommendRequest,
     Unavailable,
 )
-from genrec.contract import ITEM_STATS
-from genrec.requests import Limits
+from genrec.core.contract import ITEM_STATS
+from genrec.core.requests import Limits
 from genrec.server.launcher import ServerConfig, TritonServer, running_server
 
 ROOT = Path(__file__).resolve().parents[1]

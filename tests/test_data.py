@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec.data.mind import MAX_HISTORY, MindFormatError, iter_behaviors, iter_news, load_split
+from genrec.core.mind import MAX_HISTORY, MindFormatError, iter_behaviors, iter_news, load_split
 from genrec.data.synth import SynthConfig, synthesize
 
 NEWS = (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec.data.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news, load_split
+from genrec.core.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news, load_split
 
 ITEMS = [
     ("1", "Animation", "Animation|Children's|Comedy", "Toy Story (1995)", ""),
@@ -242,7 +242,7 @@ def test_index_build_encodes_enriched_titles_and_plain_ones_elsewhere(artifacts,
 
     import numpy as np
 
-    from genrec.index import IndexConfig, ItemIndex, build_index
+    from genrec.core.index import IndexConfig, ItemIndex, build_index
 
     folder = tmp_path / "catalog"
     folder.mkdir()

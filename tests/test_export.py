@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from genrec.checkpoint import Checkpoint
-from genrec.contract import ENCODER, HEADS, ITEM_STATS, RETRIEVAL
+from genrec.core.contract import ENCODER, HEADS, ITEM_STATS, RETRIEVAL
+from genrec.core.runtime import OrtHeads, Pipeline
 from genrec.export import ExportConfig, ParityError, export
 from genrec.export.graphs import HeadsGraph, example_inputs
 from genrec.export.parity import UNKNOWN_EVERY, gate, measure, prepare, resolve_tolerances
-from genrec.runtime import OrtHeads, Pipeline
 
 
 def test_every_precision_passes_its_gate(artifacts):

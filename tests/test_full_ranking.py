@@ -33,7 +33,7 @@ def evaluated(trained_run, tiny_data):
     import torch
 
     from genrec.checkpoint import Checkpoint
-    from genrec.data.mind import load_split
+    from genrec.core.mind import load_split
     from genrec.items import ImpressionArrays, ItemTable, encode_items
 
     ckpt = Checkpoint.load(trained_run)

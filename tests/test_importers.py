@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec.contract import MAX_HISTORY
+from genrec.core.contract import MAX_HISTORY
+from genrec.core.mind import TIME_FORMAT, load_split
 from genrec.data.importers import DataImportError, ImportConfig, TableColumns, import_movielens, import_table
-from genrec.data.mind import TIME_FORMAT, load_split
 from genrec.metrics import ranking_metrics
 
 T0 = 880_000_000          # unix seconds, 1997-11-20 like MovieLens 100K

@@ -12,12 +12,12 @@ from triton_helpers import bytes_input
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import InvalidRequest, RecommenderClient
-from genrec.contract import ITEM_STATS
-from genrec.data.mind import load_split
-from genrec.index import IndexConfig, IndexMismatch, ItemIndex, build_index
+from genrec.core.contract import ITEM_STATS
+from genrec.core.index import IndexConfig, IndexMismatch, ItemIndex, build_index
+from genrec.core.mind import load_split
+from genrec.core.statstore import LiveStats, StatsLoadError, StatsTable, build_stats
 from genrec.model_repository.builder import RepositoryConfig, build_repository
 from genrec.server.launcher import ServerError, running_server
-from genrec.statstore import LiveStats, StatsLoadError, StatsTable, build_stats
 
 
 class Interrupt(Exception):

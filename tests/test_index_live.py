@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from genrec.client import RecommenderClient
-from genrec.data.mind import load_split
-from genrec.index import (
+from genrec.core.index import (
     CURRENT,
     PARTIAL,
     AddConfig,
@@ -31,6 +30,7 @@ from genrec.index import (
     build_index,
     read_current,
 )
+from genrec.core.mind import load_split
 
 QUIET = {"progress": False, "log": lambda _m: None}
 
@@ -340,7 +340,7 @@ def test_index_add_writes_the_new_segments_retrieval_files_before_it_switches(ar
                                                                             tmp_path, monkeypatch):
     """A compacted base is a new segment: a server that sees it before its ANN index exists would search
     it exactly. `genrec index add` builds the retrieval files of the staged segment, then switches."""
-    import genrec.retrieval as retrieval
+    import genrec.core.retrieval as retrieval
     from genrec.cli import main
 
     lines = _lines(tiny_data)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec.index import FILES, IndexConfig, build_index
+from genrec.core.index import FILES, IndexConfig, build_index
 
 pytest.importorskip("ray", reason="genrec[ray] is not installed")
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from genrec.config import ModelConfig
-from genrec.contract import ITEM_STATS
+from genrec.core.contract import ITEM_STATS
+from genrec.core.vocab import Vocab
 from genrec.model import FEATURE_NAMES, RecommenderHeads
-from genrec.vocab import Vocab
 
 D = 16
 S = len(ITEM_STATS)
@@ -155,9 +155,9 @@ def test_fine_tuned_rows_run_length_sorted_and_equal_the_full_width_encoder():
     text (3-8x less work on short titles); vectors and gradients equal running all max_length positions."""
     import json
 
+    from genrec.core.text import TextTokenizer
     from genrec.items import encode_lower, upper_rows
     from genrec.model import ItemEncoder
-    from genrec.text import TextTokenizer
     from genrec.train import load_pretrained_lm, minilm_dir
 
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from genrec.progress import progress
+from genrec.core.progress import progress
 
 
 def test_progress_off_a_terminal_writes_few_plain_lines():

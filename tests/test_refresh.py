@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from genrec.refresh import Refresher
+from genrec.core.refresh import Refresher
 
 
 def test_refresher_checks_survives_failures_and_stops():

@@ -30,7 +30,7 @@ def test_retrieval_graph_is_exported_gated_and_reproduces_the_match_term(fp32_ex
 
     import torch
 
-    from genrec.retrieval import OrtRetrieval
+    from genrec.core.retrieval import OrtRetrieval
 
     ckpt, m = model
     report = json.loads((fp32_export.root / "export_report.json").read_text())
@@ -64,7 +64,7 @@ def test_retrieval_gate_fails_on_a_graph_from_other_weights(fp32_export, model, 
 
     import torch
 
-    from genrec.contract import RETRIEVAL
+    from genrec.core.contract import RETRIEVAL
     from genrec.export.convert import to_onnx
     from genrec.export.parity import ParityError, prepare
     from genrec.export.retrieval import RetrievalGraph, example_inputs, parity
@@ -84,7 +84,7 @@ def test_retrieval_gate_fails_on_a_graph_from_other_weights(fp32_export, model, 
 
 def test_ivf_index_finds_what_exact_search_finds(tmp_path):
     from genrec.benchmarks.ann import exact_topm, grow_catalog, recall
-    from genrec.retrieval import SegmentSearcher, build_ann
+    from genrec.core.retrieval import SegmentSearcher, build_ann
 
     g = np.random.default_rng(1)
     centres = 3 * g.standard_normal((40, 32))                      # topics, like real item vectors have
@@ -116,10 +116,10 @@ def test_ivf_index_finds_what_exact_search_finds(tmp_path):
 def test_popular_pool_orders_by_popularity_and_applies_the_filters(fp32_index):
     """StatsTable.most_popular: clicks + history users, ties by id; PopularPool keeps indexed items only and
     picks under exclusion and category filters, most popular first."""
-    from genrec.contract import ITEM_STATS
-    from genrec.index import ItemIndex
-    from genrec.retrieval import PopularPool
-    from genrec.statstore import StatsTable
+    from genrec.core.contract import ITEM_STATS
+    from genrec.core.index import ItemIndex
+    from genrec.core.retrieval import PopularPool
+    from genrec.core.statstore import StatsTable
 
     counts = np.zeros((6, len(ITEM_STATS)), np.float32)
     counts[:, 1] = [5, 1, 9, 0, 3, 3]          # clicks

@@ -23,7 +23,7 @@ M = 200
 @pytest.fixture(scope="module")
 def retrieval_index(fp32_index, artifacts, tmp_path_factory):
     """A copy of the tiny fp32 index with retrieval files; IVF forced (exact_below=0) so the ANN path runs."""
-    from genrec.retrieval import RetrievalConfig, build_index_retrieval
+    from genrec.core.retrieval import RetrievalConfig, build_index_retrieval
 
     folder = tmp_path_factory.mktemp("retrieval-index") / "index"
     shutil.copytree(fp32_index, folder)
@@ -47,7 +47,7 @@ def retrieval_server(artifacts, retrieval_index, item_stats_dir, tmp_path_factor
 
 def _users(tiny_data, index, n=150):
     """Dev impressions as (indexed history ids, clicked indexed ids outside the history), with a target."""
-    from genrec.data.mind import load_split
+    from genrec.core.mind import load_split
 
     split = load_split(tiny_data / "dev")
     out = []
@@ -64,10 +64,10 @@ def _users(tiny_data, index, n=150):
 
 def test_served_retrieval_recall_matches_the_exact_full_ranking(retrieval_server, retrieval_index, artifacts,
                                                                  item_stats_dir, tiny_data):
-    from genrec.index import ItemIndex
+    from genrec.core.index import ItemIndex
+    from genrec.core.runtime import OrtHeads
+    from genrec.core.statstore import StatsTable
     from genrec.metrics import topk_metrics
-    from genrec.runtime import OrtHeads
-    from genrec.statstore import StatsTable
 
     index = ItemIndex(retrieval_index)
     users = _users(tiny_data, index)
@@ -103,7 +103,7 @@ def test_served_retrieval_recall_matches_the_exact_full_ranking(retrieval_server
 
 
 def test_retrieval_filters_and_the_cold_user(retrieval_server, retrieval_index, tiny_data):
-    from genrec.index import ItemIndex
+    from genrec.core.index import ItemIndex
 
     index = ItemIndex(retrieval_index)
     hist, _ = _users(tiny_data, index, 1)[0]
@@ -126,7 +126,7 @@ def test_retrieval_filters_and_the_cold_user(retrieval_server, retrieval_index, 
 
 def test_bad_retrieval_input_is_invalid_argument_and_the_server_stays_up(retrieval_server, retrieval_index,
                                                                           tiny_data):
-    from genrec.index import ItemIndex
+    from genrec.core.index import ItemIndex
 
     hist = _users(tiny_data, ItemIndex(retrieval_index), 1)[0][0]
     raw = grpcclient.InferenceServerClient(retrieval_server.grpc_url)
@@ -167,11 +167,11 @@ def test_served_retrieval_is_the_ann_items_plus_the_popular_ones_reranked(retrie
                                                                           artifacts, item_stats_dir, tiny_data):
     """What the server answers = the heads' best k of (ANN top M + the most popular items not among them), the
     same files and graphs computed in process; and the popular source changes answers (else this proves nothing)."""
-    from genrec.artifacts import Artifacts
-    from genrec.index import ItemIndex
-    from genrec.retrieval import PopularPool, Retriever, has_retrieval
-    from genrec.runtime import OrtHeads
-    from genrec.statstore import StatsTable
+    from genrec.core.artifacts import Artifacts
+    from genrec.core.index import ItemIndex
+    from genrec.core.retrieval import PopularPool, Retriever, has_retrieval
+    from genrec.core.runtime import OrtHeads
+    from genrec.core.statstore import StatsTable
 
     art = Artifacts.load(artifacts.root)
     prec = has_retrieval(art)

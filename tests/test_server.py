@@ -17,8 +17,8 @@ from triton_helpers import text_inputs
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from genrec.artifacts import ServingAssets
-from genrec.contract import ENSEMBLE, ITEM_STATS
+from genrec.core.artifacts import ServingAssets
+from genrec.core.contract import ENSEMBLE, ITEM_STATS
 from genrec.model_repository.builder import RepositoryConfig, build_repository, load_configs
 from genrec.server.launcher import SHM_DIR, ServerError, running_server
 
@@ -249,9 +249,13 @@ def test_serving_image_holds_every_module_the_python_models_import(tmp_path):
     workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, re.M).group(1)
     assert re.search(rf"^ENV PYTHONPATH={re.escape(workdir)}$", dockerfile, re.M)
     copies = re.findall(r"^COPY (?!\$)(\S+) (\S+)$", dockerfile, re.M)
-    assert {src for src, _ in copies} == {"genrec", "model_repository"}, copies
+    assert {src for src, _ in copies} == {"genrec/__init__.py", "genrec/core", "model_repository"}, copies
     for src, dst in copies:
-        shutil.copytree(ROOT / src, tmp_path / dst, ignore=shutil.ignore_patterns("__pycache__"))
+        if (ROOT / src).is_dir():
+            shutil.copytree(ROOT / src, tmp_path / dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (tmp_path / dst).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / src, tmp_path / dst)
     class GenrecFinder(ModuleFinder):              # follows genrec's own imports, notes the rest
         third_party: set[str] = set()
 
@@ -266,14 +270,14 @@ def test_serving_image_holds_every_module_the_python_models_import(tmp_path):
     backends = tmp_path / "genrec" / "model_repository" / "backends"
     for name in ("tokenizer", "encoder", "heads", "recommend"):       # encoder_torch: the torch image only
         finder.run_script(str(backends / f"{name}.py"))
-    # genrec.index imports the TorchScript encoder only inside build_index for a torch-encoded catalog:
-    # an offline build step that never runs in the served models
-    build_only = {"genrec.export.torchscript": {"genrec.index"}}
+    # genrec.core.index imports the TorchScript encoder (--encoder torchscript) and the Ray fan-out (--ray) only
+    # inside build_index: offline build options that never run in the served models
+    build_only = {"genrec.export.torchscript": {"genrec.core.index"}, "genrec.index_ray": {"genrec.core.index"}}
     missing = sorted(m for m, callers in finder.badmodules.items()
                      if m.split(".")[0] == "genrec" and set(callers) - build_only.get(m, set()))
     assert not missing, f"the serving image lacks {missing}"
     found = {m for m in finder.modules if m.split(".")[0] == "genrec"}
-    assert "genrec.index" in found and "genrec.runtime" in found
+    assert "genrec.core.index" in found and "genrec.core.runtime" in found
     assert "torch" not in finder.third_party, "a served module imports torch"
     assert {"numpy", "onnxruntime", "tokenizers", "faiss"} <= finder.third_party      # faiss: retrieval
     installed = re.search(r"^RUN pip install .*?(?<!\\)$", dockerfile, re.M | re.S).group(0)

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from genrec.data.mind import Impression
-from genrec.stats import (
+from genrec.core.mind import Impression
+from genrec.core.stats import (
     CF,
     N_COUNTS,
     BetaPrior,

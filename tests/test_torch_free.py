@@ -61,3 +61,61 @@ def test_index_repository_and_serving_without_torch(artifacts, tiny_data, item_s
         assert len(by_id.items) == len(ct) and all(np.isfinite(it.score) for it in by_id)
         stubs = srv.stub_processes()
         assert stubs and not any(_maps_torch(pid) for pid in [srv.proc.pid, *stubs])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# Each serving folder may import the core and its own package. The only ways out name another runtime by
+# definition: options of the offline index build (the TorchScript encoder needs torch, the Ray fan-out needs
+# Ray), imported inside the function that uses them, and the `--backend torch` model, which only a torch image
+# serves.
+SERVING = {"genrec/core": "genrec.core", "client": "genrec.client", "model_repository": "genrec.model_repository",
+           "server": "genrec.server"}
+PLUGINS = {("genrec/core/index.py", "genrec.export.torchscript"): "lazy",
+           ("genrec/core/index.py", "genrec.index_ray"): "lazy",
+           ("model_repository/backends/encoder_torch.py", "genrec.export.torchscript"): "anywhere"}
+# server/soak.py is a load tool that drives the server as a client would, with the benchmarks' workload.
+CLIENT_TOOLS = {"server/soak.py": ("genrec.client", "genrec.benchmarks.workload")}
+
+
+def _genrec_imports(path: Path) -> list[tuple[str, bool]]:
+    """(module, at module level?) for every import of genrec in a file."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        found += [(n, id(node) in top) for n in names if n.split(".")[0] == "genrec"]
+    return found
+
+
+def test_the_serving_folders_import_only_the_core_and_themselves():
+    """client/, model_repository/, server/ and genrec/core/ import genrec.core and their own package only; the
+    core is the package every serving step shares (checked to fail: a core module importing genrec.config)."""
+    bad = []
+    for folder, own in SERVING.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            allowed = ("genrec.core", own, *CLIENT_TOOLS.get(rel, ()))
+            for module, top_level in _genrec_imports(path):
+                if module == "genrec" or any(module == a or module.startswith(a + ".") for a in allowed):
+                    continue
+                if PLUGINS.get((rel, module)) == "anywhere" or (PLUGINS.get((rel, module)) == "lazy" and not top_level):
+                    continue
+                bad.append(f"{rel} imports {module}")
+    assert not bad, bad
+
+
+def test_every_core_module_imports_with_torch_blocked(tmp_path):
+    """Each module of genrec.core, the client, the builder and the launcher import in a process where torch
+    and transformers cannot be imported."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    modules = sorted(f"genrec.core.{p.stem}" for p in (ROOT / "genrec" / "core").glob("*.py") if p.stem != "__init__")
+    modules += ["genrec.client", "genrec.model_repository.builder", "genrec.server.launcher"]
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(modules) > 15

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from genrec.vcache import ENTRY_OVERHEAD, VectorLRU
+from genrec.core.vcache import ENTRY_OVERHEAD, VectorLRU
 
 D = 128
 COST = D * 4 + ENTRY_OVERHEAD
@@ -44,7 +44,7 @@ def test_an_id_that_arrives_with_new_text_is_a_new_entry():
 def test_cached_tokenizer_equals_the_tokenizer_and_stays_within_its_bytes():
     """Token ids from the cache equal fresh ones whatever the padding and batch-mates; repeats are hits;
     the LRU holds at most its bytes and evicts the least recently used text."""
-    from genrec.text import CachedTokenizer, TextTokenizer
+    from genrec.core.text import CachedTokenizer, TextTokenizer
     from genrec.train import minilm_dir
 
     plain = TextTokenizer((minilm_dir() / "tokenizer.json").read_text(), max_length=16)

@@ -1,6 +1,6 @@
 """Importers: real interaction logs -> MIND-format ``train/`` and ``test/`` folders.
 
-Everything else in genrec reads MIND folders (:mod:`genrec.data.mind`); these importers turn MovieLens
+Everything else in genrec reads MIND folders (:mod:`genrec.core.mind`); these importers turn MovieLens
 releases and any CSV/Parquet interaction table (e-commerce, ads, finance, content) into that format with
 one fixed evaluation protocol, so figures compare across datasets.
 
@@ -86,9 +86,9 @@ from typing import Any
 
 import numpy as np
 
-from genrec.contract import MAX_HISTORY
-from genrec.data.mind import TIME_FORMAT
-from genrec.errors import UserError
+from genrec.core.contract import MAX_HISTORY
+from genrec.core.errors import UserError
+from genrec.core.mind import TIME_FORMAT
 
 
 class DataImportError(UserError, ValueError):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from genrec.requests import RequestError
+from genrec.core.requests import RequestError
 
 
 def model_params(args: dict[str, Any]) -> dict[str, str]:

@@ -5,7 +5,7 @@ Triton hands ``execute`` the requests its dynamic batcher grouped. Each may have
 once, then split back. Invalid ones get their own INVALID_ARGUMENT and do not disturb the rest.
 
 With ``cache_bytes`` > 0 and a batch-invariant encoder (the per-text INT8 graph), texts encoded before are
-served from a content-addressed cache (``genrec.runtime.CachedEncoder``); hits, misses and cached bytes are
+served from a content-addressed cache (``genrec.core.runtime.CachedEncoder``); hits, misses and cached bytes are
 Prometheus metrics next to Triton's (``genrec_vector_cache_*`` on the metrics port).
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from genrec.core.requests import RequestError
+from genrec.core.runtime import CachedEncoder, OrtEncoder
 from genrec.model_repository.backends.common import (
     CacheMetrics,
     error,
@@ -23,8 +25,6 @@ from genrec.model_repository.backends.common import (
     response,
     version_dir,
 )
-from genrec.requests import RequestError
-from genrec.runtime import CachedEncoder, OrtEncoder
 
 
 class EncoderModel:

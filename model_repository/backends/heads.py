@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from genrec.core.requests import RequestError, validate_stats
+from genrec.core.runtime import OrtHeads
 from genrec.model_repository.backends.common import (
     get_input,
     get_optional,
@@ -14,8 +16,6 @@ from genrec.model_repository.backends.common import (
     response,
     version_dir,
 )
-from genrec.requests import RequestError, validate_stats
-from genrec.runtime import OrtHeads
 
 
 class HeadsModel:

@@ -6,22 +6,22 @@ new items, and only true misses are tokenized here and sent to the ``encoder`` m
 they are still dynamically batched with every other request's texts. The heads run in process (a
 0.2 ms ONNX graph is cheaper than another BLS hop; see model_repository/README.md).
 
-Item statistics (built with ``--stats STATS_DIR``) are looked up by id in a :class:`genrec.statstore.LiveStats`
+Item statistics (built with ``--stats STATS_DIR``) are looked up by id in a :class:`genrec.core.statstore.LiveStats`
 snapshot, read once per request (never half-old/half-new); a background thread swaps in a new snapshot
 when ``genrec stats build`` rewrites STATS_DIR. Ids without statistics (and every id when no STATS_DIR is
 configured) get zeros: the model's prior. New items sent with text get statistics only if STATS_DIR knows
 their id.
 
-The item index is followed live the same way (:class:`genrec.index.LiveIndex`): `genrec index add` publishes a
+The item index is followed live the same way (:class:`genrec.core.index.LiveIndex`): `genrec index add` publishes a
 new generation of INDEX_DIR and switches its ``CURRENT`` pointer; a thread checks it every ``index_refresh_ms``
 and swaps in the new generation with one reference assignment. ``_one`` reads that reference once, so a request
 is answered from exactly one generation, and the old generation's maps go when the last request holding it
 returns (the writer has already unlinked its files; Linux frees them then).
 
-Retrieval (a request without candidates, when the index has retrieval files: ``genrec.retrieval``): the history's
+Retrieval (a request without candidates, when the index has retrieval files: ``genrec.core.retrieval``): the history's
 vectors -> ``retrieval.onnx`` user vector -> ANN top ``retrieval_m`` over the generation's segments (history,
 ``exclude_id`` and shadowed rows left out, ``restrict_category`` applied), plus the ``retrieval_popular`` most
-popular items under the same filters when item statistics are served (``genrec.retrieval.PopularPool``) -> the
+popular items under the same filters when item statistics are served (``genrec.core.retrieval.PopularPool``) -> the
 heads re-rank those items with features, item statistics and explanations -> the best ``k``, best first, their
 ids in ``item_id``. A cold user (no history) retrieves with the model's learned cold-start vector (the sentinel)
 and the popular items, and the heads' cold-user and popularity features re-rank: the model's own cold-start
@@ -33,9 +33,12 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from genrec.artifacts import ServingAssets
-from genrec.contract import HEADS, ITEM_STATS
-from genrec.index import IndexMismatch, LiveIndex
+from genrec.core.artifacts import ServingAssets
+from genrec.core.contract import HEADS, ITEM_STATS
+from genrec.core.index import IndexMismatch, LiveIndex
+from genrec.core.requests import Limits, RequestError, validate_ids, validate_retrieval
+from genrec.core.runtime import OrtHeads
+from genrec.core.vcache import VectorLRU
 from genrec.model_repository.backends.common import (
     get_input,
     get_optional,
@@ -44,9 +47,6 @@ from genrec.model_repository.backends.common import (
     response,
     version_dir,
 )
-from genrec.requests import Limits, RequestError, validate_ids, validate_retrieval
-from genrec.runtime import OrtHeads
-from genrec.vcache import VectorLRU
 
 INDEX, CACHE, ENCODED = 0, 1, 2      # item_source values
 POPULAR_POOL = 1024                  # popular items kept per stats/index generation for retrieval's second source;
@@ -78,7 +78,7 @@ class RecommendModel:
         self.limits = Limits.from_parameters(p)
         self.retriever, self.retrieval_m = None, int(p.get("retrieval_m", "0"))
         if self.retrieval_m > 0:
-            from genrec.retrieval import Retriever
+            from genrec.core.retrieval import Retriever
 
             self.retriever = Retriever(vdir / "retrieval.onnx", p["retrieval_sha256"],
                                        nprobe=int(p.get("retrieval_nprobe", "0")), threads=1,
@@ -91,7 +91,7 @@ class RecommendModel:
             self.category_ids = {t: i for i, t in enumerate(tokens) if i > 0}
         self.stats = None
         if p.get("stats_dir"):
-            from genrec.statstore import LiveStats, StatsLoadError
+            from genrec.core.statstore import LiveStats, StatsLoadError
 
             try:
                 self.stats = LiveStats(p["stats_dir"], int(p.get("stats_refresh_ms", "1000")),
@@ -237,7 +237,7 @@ class RecommendModel:
 
     def _popular_pool(self, index):
         """The PopularPool of the served stats and index generations, rebuilt when either switches."""
-        from genrec.retrieval import PopularPool
+        from genrec.core.retrieval import PopularPool
 
         table = self.stats.table
         built_table, built_index, pool = self._popular
@@ -248,6 +248,6 @@ class RecommendModel:
 
 
 def _ids_of(index, rows: np.ndarray) -> list[bytes]:
-    from genrec.retrieval import _ids_of as ids_of
+    from genrec.core.retrieval import _ids_of as ids_of
 
     return ids_of(index, rows)

@@ -1,15 +1,18 @@
 """Triton model ``tokenizer``: request texts/categories -> token ids, category ids, truncation flags, and the
 optional item statistics validated and filled (absent = zeros = no statistics: the heads' prior).
 
-With ``cache_bytes`` > 0 repeated texts take their token ids from a bounded LRU (``genrec.text.CachedTokenizer``);
+With ``cache_bytes`` > 0 repeated texts take their token ids from a bounded LRU (``genrec.core.text.CachedTokenizer``);
 hits, misses and bytes are Prometheus metrics (``genrec_token_cache_*``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from genrec.artifacts import ServingAssets
-from genrec.contract import TOKENIZER
+from genrec.core.artifacts import ServingAssets
+from genrec.core.contract import TOKENIZER
+from genrec.core.requests import Limits, validate
+from genrec.core.runtime import stats_or_zeros
+from genrec.core.text import CachedTokenizer
 from genrec.model_repository.backends.common import (
     CacheMetrics,
     get_input,
@@ -19,9 +22,6 @@ from genrec.model_repository.backends.common import (
     response,
     version_dir,
 )
-from genrec.requests import Limits, validate
-from genrec.runtime import stats_or_zeros
-from genrec.text import CachedTokenizer
 
 STATS_INPUTS = tuple(t.name for t in TOKENIZER.inputs if t.optional)
 

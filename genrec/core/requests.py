@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from genrec.contract import (
+from genrec.core.contract import (
     ITEM_COUNTS,
     ITEM_STATS,
     MAX_CANDIDATES,
@@ -22,7 +22,7 @@ from genrec.contract import (
     MAX_TEXT_BYTES,
     ServedParams,
 )
-from genrec.errors import UserError
+from genrec.core.errors import UserError
 
 N_STATS = len(ITEM_STATS)
 N_COUNTS = len(ITEM_COUNTS)
@@ -225,7 +225,7 @@ def validate_retrieval(k: Sequence[int] | None, exclude_id: Sequence[bytes | str
                        retrieval_m: int, category_ids: dict[str, int]) -> RetrievalRequest:
     """A no-candidate request's options: 1 <= k <= retrieval_m (default RETRIEVAL_K, capped at retrieval_m),
     exclude_id ids as candidate ids are, restrict_category names the model knows (``category_ids``: name -> id)."""
-    from genrec.contract import RETRIEVAL_K
+    from genrec.core.contract import RETRIEVAL_K
 
     if retrieval_m <= 0:
         raise RequestError("candidate_id is empty and this server has no retrieval index: send candidates, or "

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.artifacts import ASSETS, ServingAssets
-from genrec.contract import ENCODER, HEADS, ITEM_STATS
+from genrec.core.artifacts import ASSETS, ServingAssets
+from genrec.core.contract import ENCODER, HEADS, ITEM_STATS
 
 # ONNX metadata of an encoder whose rows are computed independently (a Loop runs each text alone: the
 # per-text INT8 recipe, genrec.export.convert.wrap_per_text): its vectors do not depend on batch-mates.
@@ -92,7 +92,7 @@ class CachedEncoder:
         if not encoder.rows_independent:
             raise ValueError("a vector cache needs an encoder whose rows are independent of their batch "
                              "(the per-text INT8 graph); this one batches rows together")
-        from genrec.vcache import VectorLRU
+        from genrec.core.vcache import VectorLRU
 
         self.encoder = encoder
         self.cache = VectorLRU(capacity_bytes)

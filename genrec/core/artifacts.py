@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from genrec.contract import CONTRACT_VERSION
-from genrec.errors import UserError
-from genrec.text import TextTokenizer, sha256_text
-from genrec.vocab import Vocab
+from genrec.core.contract import CONTRACT_VERSION
+from genrec.core.errors import UserError
+from genrec.core.text import TextTokenizer, sha256_text
+from genrec.core.vocab import Vocab
 
 FORMAT = "genrec.artifacts/1"
 MANIFEST = "artifacts.json"

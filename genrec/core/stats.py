@@ -1,7 +1,7 @@
 """Item statistics from interaction logs: the item-level engineered features (popularity, click-through,
 who clicked it).
 
-Per item (``genrec.contract.ITEM_STATS``), three raw counts:
+Per item (``genrec.core.contract.ITEM_STATS``), three raw counts:
 
 * ``exposures``     -- impressions that showed the item (labelled candidates);
 * ``clicks``        -- of those, how many were clicked;
@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from genrec.contract import CF_DIM, ITEM_COUNTS, ITEM_STATS
-from genrec.contract import STATS_FORMAT as FORMAT
-from genrec.data.mind import Impression
-from genrec.errors import UserError
+from genrec.core.contract import CF_DIM, ITEM_COUNTS, ITEM_STATS
+from genrec.core.contract import STATS_FORMAT as FORMAT
+from genrec.core.errors import UserError
+from genrec.core.mind import Impression
 
 N_STATS = len(ITEM_STATS)
 N_COUNTS = len(ITEM_COUNTS)

@@ -1,7 +1,7 @@
 """Item statistics on the serving side: build a stats folder from logs, read it by id, refresh it live.
 
 ``genrec stats build --behaviors behaviors.tsv --out STATS_DIR`` counts, per item, exposures, clicks and
-distinct history users and factorizes the click histories into collaborative vectors (``genrec.stats.ItemStats``,
+distinct history users and factorizes the click histories into collaborative vectors (``genrec.core.stats.ItemStats``,
 what training used) and writes STATS_DIR in
 the ``ItemStats.save`` layout (``stats.json`` manifest written last, ``ids.txt``, ``counts.f32``). Running
 it again on fresh logs refreshes the statistics of a served model without retraining or re-encoding:
@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from genrec.contract import ITEM_COUNTS, ITEM_STATS
-from genrec.contract import STATS_FORMAT as FORMAT
-from genrec.errors import UserError
-from genrec.index import sorted_lookup
-from genrec.refresh import Refresher
+from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
+from genrec.core.contract import STATS_FORMAT as FORMAT
+from genrec.core.errors import UserError
+from genrec.core.index import sorted_lookup
+from genrec.core.refresh import Refresher
 
 N_STATS = len(ITEM_STATS)
 N_COUNTS = len(ITEM_COUNTS)
@@ -189,8 +189,8 @@ class LiveStats:
 def build_stats(behaviors: Iterable[str | Path], out: str | Path, *, skip_bad_lines: bool = False,
                 log: Callable[[str], None] = print) -> Path:
     """Count item statistics over MIND behaviors files and (re)write STATS_DIR (manifest last)."""
-    from genrec.data.mind import iter_behaviors
-    from genrec.stats import ItemStats
+    from genrec.core.mind import iter_behaviors
+    from genrec.core.stats import ItemStats
 
     paths = [Path(b) for b in behaviors]
     if not paths:

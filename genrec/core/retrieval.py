@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from genrec.contract import RETRIEVAL  # noqa: F401  (re-exported: the graph this module runs)
+from genrec.core.contract import RETRIEVAL  # noqa: F401  (re-exported: the graph this module runs)
 
 ANN_FORMAT = "genrec.ann/1"
 RETRIEVAL_VECTORS = "retrieval.f32"
@@ -40,7 +40,7 @@ class OrtRetrieval:
     """retrieval.onnx in process (ONNX Runtime)."""
 
     def __init__(self, path: str | Path, threads: int = 0):
-        from genrec.runtime import session
+        from genrec.core.runtime import session
 
         self.sess = session(path, threads)
 
@@ -177,8 +177,8 @@ def segment_retrieval_builder(artifacts: str | Path, cfg: RetrievalConfig = Retr
                               log: Callable[[str], None] = print) -> Callable[[Path], bool]:
     """A function that writes one index segment folder's retrieval files (retrieval vectors + IVF) unless they
     are there already from these weights; True when it built them."""
-    from genrec.artifacts import Artifacts
-    from genrec.index import Segment
+    from genrec.core.artifacts import Artifacts
+    from genrec.core.index import Segment
 
     art = Artifacts.load(artifacts)
     precision = has_retrieval(art)
@@ -207,7 +207,7 @@ def build_index_retrieval(index: str | Path, artifacts: str | Path, cfg: Retriev
     """Retrieval vectors (+ IVF) for every segment of INDEX_DIR's current generation that lacks them or has them
     from other weights (after ``index build``; ``index add`` builds its new segment's before it switches).
     Returns the segment folders built."""
-    from genrec.index import ItemIndex
+    from genrec.core.index import ItemIndex
 
     build = segment_retrieval_builder(artifacts, cfg, log=log)
     return [str(seg.folder) for seg in ItemIndex(index).segments if build(seg.folder)]

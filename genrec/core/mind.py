@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from genrec.contract import MAX_HISTORY  # noqa: F401  (default: most recent history items kept per impression)
-from genrec.errors import UserError
+from genrec.core.contract import MAX_HISTORY  # noqa: F401  (default: most recent history items kept per impression)
+from genrec.core.errors import UserError
 
 T = TypeVar("T")
 

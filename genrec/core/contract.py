@@ -22,7 +22,7 @@ MAX_HISTORY = 50            # history items per request; more is an error (send 
 MAX_CANDIDATES = 300        # default candidate limit (repository build --max-candidates)
 MAX_TEXT_BYTES = 4096       # UTF-8 bytes per text; tokenization keeps the first max_length tokens anyway
 
-# Raw item statistics, the last axis (S) of the *_stats tensors, in this order (see genrec.stats): three counts,
+# Raw item statistics, the last axis (S) of the *_stats tensors, in this order (see genrec.core.stats): three counts,
 # then the item's collaborative vector (who clicked it, factorized from the log's click histories). The heads
 # turn them into features in-graph; all zeros = an item without statistics (it gets the training prior).
 ITEM_COUNTS = ("exposures", "clicks", "history_users")   # finite, >= 0
@@ -103,7 +103,7 @@ HEADS = GraphSpec(
     ),
 )
 
-# The retrieval graph (genrec.retrieval): the heads' user encoder and item representation on their own, so the
+# The retrieval graph (genrec.core.retrieval): the heads' user encoder and item representation on their own, so the
 # match term user . item_repr / sqrt(D) of the click logit can be searched over a whole catalog.
 RETRIEVAL = GraphSpec(
     "retrieval",

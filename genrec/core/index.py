@@ -44,14 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from genrec.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
-from genrec.contract import CONTRACT_VERSION
-from genrec.data.mind import NewsItem, iter_news
-from genrec.errors import UserError
-from genrec.refresh import Refresher
-from genrec.runtime import OrtEncoder
-from genrec.text import encode_length_sorted, item_text, sha256_file
-from genrec.vcache import VectorLRU
+from genrec.core.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
+from genrec.core.contract import CONTRACT_VERSION
+from genrec.core.errors import UserError
+from genrec.core.mind import NewsItem, iter_news
+from genrec.core.refresh import Refresher
+from genrec.core.runtime import OrtEncoder
+from genrec.core.text import encode_length_sorted, item_text, sha256_file
+from genrec.core.vcache import VectorLRU
 
 FORMAT = "genrec.index/2"      # /2: truncated.u8 (per-row truncation flags)
 MAX_ID_BYTES = 64
@@ -204,7 +204,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     cut = np.memmap(out / "truncated.u8", dtype=np.uint8, mode="r+", shape=(n,))      # per row: text was cut
     bar = None
     if progress:
-        from genrec.progress import progress as progress_bar
+        from genrec.core.progress import progress as progress_bar
         bar = progress_bar(total=n, initial=done, desc="indexing", unit="item", mininterval=1.0)
     t0 = time.perf_counter()
     row = 0
@@ -734,7 +734,7 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
 class LiveIndex:
     """The current :class:`ItemIndex` generation of INDEX_DIR, swapped atomically when ``index add`` publishes.
 
-    Mirrors :class:`genrec.statstore.LiveStats`: ``refresh_ms`` > 0 starts a daemon thread that checks
+    Mirrors :class:`genrec.core.statstore.LiveStats`: ``refresh_ms`` > 0 starts a daemon thread that checks
     CURRENT that often; a new generation is opened (sharing the unchanged base segment's maps) into a new
     object which then replaces ``self.index`` in one reference assignment. A request reads ``live.index``
     once, so it never mixes generations. A generation that cannot be opened (mismatched encoder, removed

@@ -1,0 +1,17 @@
+"""genrec's torch-free serving core: what the client, the Triton repository (builder and backends), the
+server, ``index build``, ``stats build`` and ``repository build`` import -- and nothing else of genrec.
+
+* ``contract``   -- the one tensor contract (names, dtypes, shapes) and the typed served parameters;
+* ``requests``   -- request validation and BYTES encoding shared by client and backends;
+* ``text``, ``vocab`` -- the tokenizer (with its token-id cache) and the category vocabularies;
+* ``mind``       -- the MIND-format reader every stage shares (news.tsv, behaviors.tsv);
+* ``stats``, ``statstore`` -- item statistics: counted from logs, stored beside the index, refreshed live;
+* ``index``, ``retrieval``, ``vcache``, ``refresh`` -- the item index (id path), whole-catalog retrieval,
+  the encoder's vector cache, and live reloading of files that change under a running server;
+* ``artifacts``, ``runtime`` -- the exported artifacts' manifest (writer and reader) and the ONNX Runtime
+  pipeline that runs them;
+* ``errors``     -- the user-error type and exit codes.
+
+numpy, tokenizers, onnxruntime and faiss only: ``tests/test_torch_free.py`` imports every module here with
+torch made unimportable, and checks that no module here imports genrec outside ``genrec.core``.
+"""
