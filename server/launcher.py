@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from genrec.errors import UserError
+from genrec.core.errors import UserError
 
 SHM_DIR = Path("/dev/shm")
 STUB_BINARY = "triton_python_backend_stub"
@@ -396,7 +396,9 @@ class TritonServer:
 def supervise(server: TritonServer, should_stop: Callable[[], bool], *, interval_s: float = 0.5,
               window_s: float = 600.0, out: Callable[[str], None] = print) -> bool:
     """Restart ``server`` whenever it fails, until ``should_stop()`` (then True). False when it fails again
-    after ``cfg.max_restarts`` restarts within ``window_s``, or a restart fails: the caller gives up."""
+    after ``cfg.max_restarts`` restarts within ``window_s``: the caller gives up. A restart that fails (the new
+    server crashes before it is ready: seen as a SIGSEGV while a killed stub's shared memory was still being
+    torn down on a loaded machine) is one of those restarts, tried again after ``interval_s``, not the end."""
     while not should_stop():
         why = server.failure()
         if why is not None:
@@ -409,9 +411,9 @@ def supervise(server: TritonServer, should_stop: Callable[[], bool], *, interval
             try:
                 server.restart(why)
             except ServerError as err:
-                out(str(err))
-                return False
-            out(f"tritonserver ready again (restart {len(server.restarts)})")
+                out(f"restart {len(server.restarts)} failed: {err}")
+            else:
+                out(f"tritonserver ready again (restart {len(server.restarts)})")
         time.sleep(interval_s)
     return True
 

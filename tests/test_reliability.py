@@ -33,7 +33,7 @@ from triton_helpers import bytes_input, text_inputs
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import GenrecClientError, RecommenderClient
-from genrec.contract import ITEM_STATS, ServedParams
+from genrec.core.contract import ITEM_STATS, ServedParams
 from genrec.server.launcher import PortInUse, ServerConfig, TritonServer, running_server, supervise
 
 GOLDEN = Path(__file__).parent / "golden" / "bad_inputs.json"
@@ -539,3 +539,39 @@ def test_an_automatic_port_taken_before_bind_is_drawn_again(tmp_path, monkeypatc
             assert server.is_ready() and server.cfg.grpc_port != taken.getsockname()[1]
     finally:
         taken.close()
+
+
+def test_a_restart_that_fails_is_retried_within_the_restart_budget(tmp_path):
+    """A restarted tritonserver that dies before it is ready (seen: SIGSEGV while the killed stub's shared memory
+    was torn down on a loaded machine) costs one restart of the budget, not the server: the supervisor tries
+    again. Real servers on an empty repository; the first restart meets a broken model, the second a good one
+    (checked to fail when a failed restart ends supervision)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    messages: list[str] = []
+    with running_server(repo, max_restarts=3) as srv:
+        bad = repo / "broken"
+        bad.mkdir()
+        (bad / "config.pbtxt").write_text("this is no model configuration")
+
+        def out(message: str) -> None:
+            messages.append(message)
+            if "failed" in message and bad.exists():
+                shutil.rmtree(bad)                         # the next attempt finds a good repository
+
+        stop = threading.Event()
+        watcher = threading.Thread(target=lambda: messages.append(supervise(srv, stop.is_set, out=out,
+                                                                            interval_s=0.1)))
+        watcher.start()
+        srv.proc.kill()
+        try:
+            wait_for(lambda: any("ready again" in str(m) for m in messages) or False in messages, 120)
+        finally:
+            stop.set()
+            watcher.join()
+        assert srv.is_ready() and len(srv.restarts) == 2, messages
+    assert messages[0] == "tritonserver exited with code -9: restarting tritonserver", messages
+    assert messages[1].startswith("restart 1 failed: tritonserver exited with code 1 before it was ready"), messages
+    assert messages[3] == "tritonserver ready again (restart 2)" and messages[-1] is True, messages
