@@ -16,23 +16,14 @@ from genrec.client.errors import GenrecClientError, Unavailable
 from genrec.client.types import NewItem, Recommendations, RecommendRequest
 
 
-class AsyncRecommenderClient:
+class AsyncRecommenderClient(core.ClientBase):
     """Same parameters and semantics as :class:`genrec.client.RecommenderClient`, awaitable."""
 
-    def __init__(self, url: str | Sequence[str], *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
-                 root_certificates: str | None = None, compression: str | None = None, model: str = "genrec",
-                 index_model: str = "recommend",
-                 backoff_s: float = 0.1, max_backoff_s: float = 2.0, private_key: str | None = None,
-                 certificate_chain: str | None = None):
-        self.url, self.model, self.index_model = core.grpc_target(url), model, index_model
-        self.timeout, self.retries = timeout, retries
-        self.compression = compression
-        self._grpc = aioclient.InferenceServerClient(self.url, ssl=ssl, root_certificates=root_certificates,
-                                                     private_key=private_key, certificate_chain=certificate_chain,
-                                                     channel_args=core.channel_args(retries, backoff_s, max_backoff_s))
-        self._served: dict[str, core.Served] = {}
+    GRPC = aioclient
+
+    def __init__(self, url: str | Sequence[str], **settings):
+        super().__init__(url, **settings)
         self._served_lock = asyncio.Lock()
-        self._retry = core.RetryPolicy(self.url, timeout, retries, backoff_s, max_backoff_s)
 
     async def _call(self, fn, deadline: float):
         """Run ``fn(remaining_seconds)``; retry UNAVAILABLE with backoff while the deadline allows."""

@@ -144,6 +144,26 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
 
 
+class ClientBase:
+    """What the sync and the async client share: settings, one channel (``GRPC`` is the tritonclient module that
+    makes it), the served models' checked metadata, and the retry policy. They differ only in how they wait."""
+
+    GRPC: Any = None
+
+    def __init__(self, url: str | Sequence[str], *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
+                 root_certificates: str | None = None, compression: str | None = None, model: str = "genrec",
+                 index_model: str = "recommend", backoff_s: float = 0.1, max_backoff_s: float = 2.0,
+                 private_key: str | None = None, certificate_chain: str | None = None):
+        self.url, self.model, self.index_model = grpc_target(url), model, index_model
+        self.timeout, self.retries = timeout, retries
+        self.compression = compression
+        self._grpc = self.GRPC.InferenceServerClient(self.url, ssl=ssl, root_certificates=root_certificates,
+                                                     private_key=private_key, certificate_chain=certificate_chain,
+                                                     channel_args=channel_args(retries, backoff_s, max_backoff_s))
+        self._served: dict[str, Served] = {}
+        self._retry = RetryPolicy(self.url, timeout, retries, backoff_s, max_backoff_s)
+
+
 @dataclasses.dataclass
 class RetryPolicy:
     """One deadline per call; UNAVAILABLE retried ``retries`` times with jittered backoff, nothing else.
