@@ -91,10 +91,16 @@ def cold_messages(history: list[NewsItem]) -> Messages:
 
 
 def _topic_pattern(topic: str) -> re.Pattern:
-    stem = re.escape(topic.lower().replace("_", " "))
-    plural = r"(?:s|es)?" if not topic.lower().endswith("y") else ""
-    alt = f"|{re.escape(topic.lower()[:-1])}ies" if topic.lower().endswith("y") else ""
-    return re.compile(rf"(?<![\w-])(?:{stem}{plural}{alt})(?![\w-])", re.I)
+    """A topic name as a word, case-insensitive, in the forms an answer uses: "Comedy" / "comedies", "Movies" /
+    "movie", "Sci-Fi" / "sci-fis"; "_" of MIND-style names as a space."""
+    t = topic.lower().replace("_", " ")
+    forms = {t, t + "s", t + "es"}
+    if t.endswith("y"):
+        forms.add(t[:-1] + "ies")
+    if t.endswith("s") and len(t) > 3:
+        forms.add(t[:-1])
+    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+    return re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.I)
 
 
 def parse_profile(answer: str, topics: list[str]) -> tuple[tuple[str, ...], str]:
@@ -132,6 +138,8 @@ def parse_generated(answer: str, history: list[NewsItem]) -> tuple[tuple[str, ..
     if _REFUSAL.search(text):
         return (), "refusal or chat"
     text = _LEAD_IN.sub("", text)
+    if not text.strip(" .:;"):
+        return (), "only a lead-in"                       # "Here are three other titles that the user would like:"
     own = {" ".join(_WORD.findall(it.title.lower())) for it in history}
     parts = [p for p in re.split(r";|\s\d+[.)]\s", text) if p.strip()]
     if len(parts) == 1 and text.count(",") >= 2 and "(" not in text:   # "A, B, C" when it ignored the semicolons
