@@ -365,8 +365,11 @@ class GenRec(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, history_category: torch.Tensor,
                 history_subcategory: torch.Tensor, candidate_category: torch.Tensor,
                 candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
-                candidate_stats: torch.Tensor, user_profile: torch.Tensor) -> dict[str, torch.Tensor]:
-        """input_ids/attention_mask (H + C, L), history rows first -> ``RecommenderHeads.one_user`` outputs."""
+                candidate_stats: torch.Tensor, user_profile: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """input_ids/attention_mask (H + C, L), history rows first -> ``RecommenderHeads.one_user`` outputs
+        (``user_profile`` None = no profile)."""
+        if user_profile is None:
+            user_profile = history_stats.new_zeros(self.cfg.n_categories)
         return self.heads.one_user(self.encoder(input_ids, attention_mask), history_category, history_subcategory,
                                    candidate_category, candidate_subcategory, history_stats, candidate_stats,
                                    user_profile)

@@ -249,3 +249,41 @@ def test_ray_fan_out_gives_the_in_process_answers(enriched, tmp_path):
 
     assert answers(fresh) == answers(data)
     assert len(read_overlay(fresh / PROFILES_FILE)) == report["enriched"]   # (the other test rewrote data's file)
+
+
+def test_profile_validation_names_what_and_where():
+    from genrec.requests import RequestError, validate_profile
+
+    cats = ["", "comedy", "drama"]
+    assert validate_profile(None, cats) is None                                   # absent = no profile
+    np.testing.assert_array_equal(validate_profile([0, 1, 0.5], cats), np.array([0, 1, 0.5], np.float32))
+    for bad, match in (([0, np.nan, 0], r"user_profile\[1\] \('comedy'\) is nan"),
+                       ([0, 0, np.inf], r"user_profile\[2\] \('drama'\) is inf"),
+                       ([0, 1.5, 0], r"user_profile\[1\] \('comedy'\) is 1.5; profile weights must be finite and in"),
+                       ([0, 0, -0.1], r"user_profile\[2\] \('drama'\) is -0.1"),
+                       ([0, 1], r"user_profile must have shape \[3\].*got \[2\]"),
+                       ([[0, 1, 0]], r"must have shape \[3\]")):
+        with pytest.raises(RequestError, match=match):
+            validate_profile(bad, cats)
+
+
+def test_client_sends_generated_titles_as_the_oldest_history_and_topics_as_the_profile():
+    from genrec.client.core import Served, encode_inputs, prepare
+    from genrec.client.types import RecommendRequest
+    from genrec.requests import Limits
+
+    served = Served("1", Limits(max_history=3), ["", "comedy", "drama"], 0)
+    req = RecommendRequest(["real 1", "real 2"], ["cand"], history_categories=["drama", "drama"],
+                           generated=["gen 1", "gen 2"], profile=["Drama"])
+    user = prepare(req, served.limits, served)
+    assert user.history_text == ["gen 2", "real 1", "real 2"]               # the real history is kept first
+    assert user.history_category == ["", "drama", "drama"]
+    np.testing.assert_array_equal(user.user_profile, [0, 0, 1])
+    assert "user_profile" in {i.name() for i in encode_inputs(user, grpcclient.InferInput, req)}
+    plain = prepare(RecommendRequest(["real 1"], ["cand"]), served.limits, served)
+    assert plain.user_profile is None and "user_profile" not in {
+        i.name() for i in encode_inputs(plain, grpcclient.InferInput)}       # absent: old servers keep working
+    ids = prepare(RecommendRequest(history_ids=["N1"], candidate_ids=["N2"], generated=["gen 1"], profile=["comedy"]),
+                  served.limits, served)
+    assert ids.history_id == [generated_id("gen 1"), "N1"] and ids.new_items[generated_id("gen 1")][0] == "gen 1"
+    np.testing.assert_array_equal(ids.user_profile, [0, 1, 0])
