@@ -20,8 +20,10 @@ from typing import Any
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
 # variant -> (ModelConfig overrides, item text). Cumulative, as in the README's ablation. Item text: "title",
-# "summaries" (the Wikipedia line as the abstract) or "llm" (titles rewritten by `genrec enrich items` with the
-# packaged local LLM; its answers are cached in WORKDIR/data/enrich_cache.jsonl, so only the first run pays).
+# "summaries" (the Wikipedia line as the abstract), "llm" (titles rewritten by `genrec enrich items` with the
+# packaged local LLM) or "users" (plain titles; user profiles and cold-user items from `genrec enrich users` /
+# `cold-users` beside behaviors.tsv). LLM answers are cached in WORKDIR/data/enrich_cache.jsonl: only the
+# first run pays.
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "content only": ({"item_stats": False}, "title"),
     "+ item counts": ({"collaborative": False}, "title"),
@@ -31,8 +33,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "content only + LLM-enriched titles": ({"item_stats": False}, "llm"),
     "content only + summaries as item text": ({"item_stats": False, "use_abstract": True}, "summaries"),
     "+ LLM-enriched titles": ({}, "llm"),
+    "+ LLM user profiles": ({"profiles": True}, "users"),
+    "+ LLM cold-user items": ({"cold_user_items": True}, "users"),
+    "+ LLM user profiles + cold-user items": ({"profiles": True, "cold_user_items": True}, "users"),
 }
-LLM_VARIANTS = ("content only + LLM-enriched titles", "content only + summaries as item text", "+ LLM-enriched titles")
+LLM_VARIANTS = ("content only + LLM-enriched titles", "content only + summaries as item text", "+ LLM-enriched titles",
+                "+ LLM user profiles", "+ LLM cold-user items", "+ LLM user profiles + cold-user items")
 METRICS = ("group_auc", "mrr", "ndcg@10")
 
 
@@ -67,19 +73,22 @@ def _prepare(name: str, cfg: QualityConfig, text: str) -> Path | None:
             return None
         from genrec.data.importers import ImportConfig, import_movielens
 
-        out = work / {"title": "ml-100k", "summaries": "ml-100k-summaries", "llm": "ml-100k-llm"}[text]
+        out = work / {"title": "ml-100k", "summaries": "ml-100k-summaries", "llm": "ml-100k-llm",
+                      "users": "ml-100k-users"}[text]
         if not (out / "test" / "behaviors.tsv").is_file():
             wiki = raw / "movie_wiki.csv"
             import_movielens(raw, out, ImportConfig(),
                              summaries=wiki if text == "summaries" and wiki.is_file() else None)
-        return _enriched(out, work, cfg.enrich_limit) if text == "llm" else out
+        return _enriched(out, work, cfg.enrich_limit) if text == "llm" else (
+            _users_enriched(out, work, cfg.enrich_limit) if text == "users" else out)
     if name == "synthetic":
         from genrec.data.synth import SynthConfig, synthesize
 
-        out = work / ("synthetic-llm" if text == "llm" else "synthetic")
+        out = work / {"llm": "synthetic-llm", "users": "synthetic-users"}.get(text, "synthetic")
         if not (out / "dev" / "behaviors.tsv").is_file():
             synthesize(out, SynthConfig())
-        return _enriched(out, work, cfg.enrich_limit) if text == "llm" else out
+        return _enriched(out, work, cfg.enrich_limit) if text == "llm" else (
+            _users_enriched(out, work, cfg.enrich_limit) if text == "users" else out)
     raise ValueError(f"unknown dataset {name!r}: ml-100k or synthetic")
 
 
@@ -88,6 +97,16 @@ def _enriched(data: Path, work: Path, limit: int) -> Path:
     from genrec.enrich import EnrichConfig, enrich_items
 
     enrich_items(data, EnrichConfig(cache=str(work / "enrich_cache.jsonl"), limit=limit), progress=False)
+    return data
+
+
+def _users_enriched(data: Path, work: Path, limit: int) -> Path:
+    """``data`` with user_profiles.tsv and cold_users.tsv beside each behaviors.tsv (the local LLM, cached)."""
+    from genrec.enrich_users import UserEnrichConfig, enrich_cold_users, enrich_users
+
+    cfg = UserEnrichConfig(cache=str(work / "enrich_cache.jsonl"), limit=limit)
+    enrich_users(data, cfg, progress=False)
+    enrich_cold_users(data, cfg, progress=False)
     return data
 
 

@@ -62,11 +62,13 @@ class AsyncRecommenderClient(core.ClientBase):
                         history_stats: Sequence[Sequence[float]] | None = None,
                         candidate_stats: Sequence[Sequence[float]] | None = None,
                         k: int | None = None, exclude_ids: Sequence[str] | None = None,
-                        categories: Sequence[str] | None = None, include_history: bool = False) -> Recommendations:
+                        categories: Sequence[str] | None = None, include_history: bool = False,
+                        profile: Sequence[str] | None = None,
+                        generated: Sequence[str] | None = None) -> Recommendations:
         return await self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
             candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
-            candidate_stats, k, exclude_ids, categories, include_history))
+            candidate_stats, k, exclude_ids, categories, include_history, profile, generated))
 
     async def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model

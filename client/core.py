@@ -16,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
-from genrec.core.contract import CONTRACT_VERSION, ENSEMBLE, RECOMMEND, GraphSpec, ServedParams
+from genrec.core.contract import CONTRACT_VERSION, ENSEMBLE, ITEM_STATS, RECOMMEND, GraphSpec, ServedParams
+from genrec.core.profiles import generated_id, profile_vector
 from genrec.core.requests import (
     IdRequest,
     Limits,
@@ -24,6 +25,7 @@ from genrec.core.requests import (
     UserRequest,
     validate,
     validate_ids,
+    validate_profile,
     validate_retrieval,
 )
 
@@ -230,8 +232,47 @@ def spec_for(req: RecommendRequest) -> GraphSpec:
     return RECOMMEND if req.by_id else ENSEMBLE
 
 
+def with_generated(req: RecommendRequest, limits: Limits) -> RecommendRequest:
+    """``req`` with its LLM-written titles (``generated``) as the oldest history items, as training saw them:
+    unknown category, no statistics; on the id path as new items (id = genrec.core.profiles.generated_id). The real
+    history is kept first: only as many titles as the history limit leaves room for go."""
+    if not req.generated:
+        return req
+    n_real = len(req.history_ids or ()) if req.by_id else len(req.history)
+    titles = list(req.generated)[max(0, len(req.generated) - max(0, limits.max_history - n_real)):]
+    if not titles:
+        return req
+    if req.by_id:
+        ids = [generated_id(t) for t in titles]
+        return dataclasses.replace(req, history_ids=[*ids, *(req.history_ids or ())], generated=None,
+                                   new_items={**dict(zip(ids, titles)), **(req.new_items or {})})
+
+    def pad(values, fill):
+        return None if values is None else [*([fill] * len(titles)), *values]
+
+    return dataclasses.replace(req, history=[*titles, *req.history], generated=None,
+                               history_categories=pad(req.history_categories, ""),
+                               history_subcategories=pad(req.history_subcategories, ""),
+                               history_stats=pad(req.history_stats, [0.0] * len(ITEM_STATS)))
+
+
+def profile_input(req: RecommendRequest, served: Served | None):
+    """The user_profile tensor of ``req.profile`` (topic names) over the served categories; None when absent."""
+    if req.profile is None:
+        return None
+    if served is None or not served.categories:
+        raise RequestError("profile: the server does not advertise its categories (an older build): leave it out")
+    known = {c.strip().lower() for c in served.categories if c}
+    for i, topic in enumerate(req.profile):
+        if not isinstance(topic, str) or topic.strip().lower() not in known:
+            raise RequestError(f"profile[{i}] {topic!r} is not a category of this model (see its `categories`)")
+    return validate_profile(profile_vector(req.profile, served.categories), served.categories)
+
+
 def prepare(req: RecommendRequest, limits: Limits, served: Served | None = None) -> UserRequest | IdRequest:
     try:
+        req = with_generated(req, limits)
+        profile = profile_input(req, served)
         if req.retrieves and served is not None:       # the server's checks of k and the filters, here first
             validate_retrieval(None if req.k is None else [req.k], req.exclude_ids, req.categories,
                                [req.include_history], served.retrieval_m,
@@ -244,13 +285,16 @@ def prepare(req: RecommendRequest, limits: Limits, served: Served | None = None)
                 raise RequestError("history_stats/candidate_stats go with texts; on the id path the server reads "
                                    "item statistics from its stats folder")
             new = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in (req.new_items or {}).items()}
-            return validate_ids(list(req.history_ids or ()), list(req.candidate_ids or ()), list(new),
+            user = validate_ids(list(req.history_ids or ()), list(req.candidate_ids or ()), list(new),
                                 [v[0] for v in new.values()], [v[1] if len(v) > 1 else "" for v in new.values()],
                                 [v[2] if len(v) > 2 else "" for v in new.values()], limits,
                                 retrieval=req.retrieves)
+            user.user_profile = profile
+            return user
         return validate(list(req.history), list(req.candidates), req.history_categories, req.history_subcategories,
                         req.candidate_categories, req.candidate_subcategories, limits,
-                        history_stats=req.history_stats, candidate_stats=req.candidate_stats)
+                        history_stats=req.history_stats, candidate_stats=req.candidate_stats,
+                        user_profile=profile, categories=served.categories if served is not None else None)
     except RequestError as exc:
         raise InvalidRequest(str(exc), "INVALID_ARGUMENT") from None
 
@@ -289,13 +333,14 @@ def encode_inputs(user: UserRequest | IdRequest, infer_input_cls, req: Recommend
             inp = infer_input_cls("include_history", [1], "BOOL")
             inp.set_data_from_numpy(np.array([True]))
             inputs.append(inp)
-    if isinstance(user, UserRequest):          # optional: sent only when given (absent = zeros = the prior)
-        for name in ("history_stats", "candidate_stats"):
-            value = getattr(user, name)
-            if value is not None:
-                inp = infer_input_cls(name, list(value.shape), "FP32")
-                inp.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-                inputs.append(inp)
+    optional = ("history_stats", "candidate_stats", "user_profile") if isinstance(user, UserRequest) else (
+        "user_profile",)
+    for name in optional:                      # optional: sent only when given (absent = zeros = the prior)
+        value = getattr(user, name)
+        if value is not None:
+            inp = infer_input_cls(name, list(value.shape), "FP32")
+            inp.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+            inputs.append(inp)
     return inputs
 
 

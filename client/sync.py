@@ -76,7 +76,8 @@ class RecommenderClient(core.ClientBase):
                   history_stats: Sequence[Sequence[float]] | None = None,
                   candidate_stats: Sequence[Sequence[float]] | None = None,
                   k: int | None = None, exclude_ids: Sequence[str] | None = None,
-                  categories: Sequence[str] | None = None, include_history: bool = False) -> Recommendations:
+                  categories: Sequence[str] | None = None, include_history: bool = False,
+                  profile: Sequence[str] | None = None, generated: Sequence[str] | None = None) -> Recommendations:
         """Texts (+ categories) go to the ``genrec`` ensemble; ids go to the ``recommend`` model, which reads
         indexed items' vectors and encodes only ``new_items`` (id -> text or (text, category[, subcategory])).
 
@@ -86,6 +87,11 @@ class RecommenderClient(core.ClientBase):
         messages). Left out, or an all-zero row, means "no statistics": the model uses its training prior.
         The id path reads statistics by id from the server's stats folder.
 
+        Both paths, optional: ``profile`` the user's LLM interest topics (``genrec enrich users``; names from the
+        served ``categories``), sent as ``user_profile``; left out = "no profile". ``generated`` (opt-in): LLM-
+        written titles for a short history (``genrec enrich cold-users``), sent as its oldest items of unknown
+        category (the server has no LLM); ``because`` indices count them (they come first).
+
         Ids without ``candidate_ids``: the server retrieves from its whole index (ANN over the user vector, then
         the heads re-rank) and returns the best ``k`` (default 10, at most the served ``retrieval_m``), never the
         user's history (unless ``include_history``) nor ``exclude_ids``, only ``categories`` when given; each
@@ -93,7 +99,7 @@ class RecommenderClient(core.ClientBase):
         return self.recommend_request(RecommendRequest(
             history, candidates, history_categories, candidate_categories, history_subcategories,
             candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
-            candidate_stats, k, exclude_ids, categories, include_history))
+            candidate_stats, k, exclude_ids, categories, include_history, profile, generated))
 
     def recommend_request(self, req: RecommendRequest) -> Recommendations:
         model = self.index_model if req.by_id else self.model

@@ -73,6 +73,13 @@ class RecommendRequest:
     exclude_ids: Sequence[str] | None = None        # never return these
     categories: Sequence[str] | None = None         # return only items of these categories
     include_history: bool = False                   # may return the user's own history items
+    # optional, both paths: the user's LLM profile topics (user_profiles.tsv of `genrec enrich users`), names from
+    # the served `categories`; sent as the user_profile tensor. None = no profile (what the model falls back to).
+    profile: Sequence[str] | None = None
+    # optional, both paths, opt-in: LLM-written item titles for a short history (cold_users.tsv of `genrec enrich
+    # cold-users`), sent as the oldest history items of unknown category (the server has no LLM). Counted in
+    # the history limit (the real history is kept first); `because` indices count them too (they come first).
+    generated: Sequence[str] | None = None
 
     @property
     def by_id(self) -> bool:

@@ -22,7 +22,8 @@ class EncoderGraph(nn.Module):
 
 class HeadsGraph(nn.Module):
     """One user: item_vectors (H + C, D) with history rows first, category ids, item statistics (H, S) and
-    (C, S) raw counts (all zeros = no statistics = the training prior) -> per-task outputs.
+    (C, S) raw counts (all zeros = no statistics = the training prior), profile topic weights (K,) (all zeros =
+    no profile) -> per-task outputs.
 
     H comes from ``history_category``'s length, so H = 0 (a cold user) needs no special input.
     """
@@ -33,9 +34,9 @@ class HeadsGraph(nn.Module):
 
     def forward(self, item_vectors: torch.Tensor, history_category: torch.Tensor, history_subcategory: torch.Tensor,
                 candidate_category: torch.Tensor, candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
-                candidate_stats: torch.Tensor):
+                candidate_stats: torch.Tensor, user_profile: torch.Tensor):
         out = self.heads.one_user(item_vectors, history_category, history_subcategory, candidate_category,
-                                  candidate_subcategory, history_stats, candidate_stats)
+                                  candidate_subcategory, history_stats, candidate_stats, user_profile)
         return tuple(out[name] for name in HEADS.output_names)                  # the contract's order
 
 
@@ -63,5 +64,6 @@ def example_inputs(dim: int, n_categories: int = 0, n_subcategories: int = 0):
     stats = lambda n: torch.randint(0, 50, (n, len(ITEM_STATS)), generator=g).float()    # noqa: E731
     heads = (torch.randn(n_hist + n_cand, dim, generator=g), torch.ones(n_hist, dtype=torch.int64),
              torch.ones(n_hist, dtype=torch.int64), torch.ones(n_cand, dtype=torch.int64),
-             torch.ones(n_cand, dtype=torch.int64), stats(n_hist), stats(n_cand))
+             torch.ones(n_cand, dtype=torch.int64), stats(n_hist), stats(n_cand),
+             (torch.arange(max(1, n_categories)) % 2).float())                  # a profile of every other topic
     return enc, heads

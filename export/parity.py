@@ -112,6 +112,7 @@ def prepare(model, parity_set: list[dict[str, Any]], tokenizer: TextTokenizer, c
                      "hc": cat_vocab.lookup(h["category"]), "hs": sub_vocab.lookup(h["subcategory"]),
                      "cc": cat_vocab.lookup(c["category"]), "cs": sub_vocab.lookup(c["subcategory"]),
                      "hst": parity_stats(h, i), "cst": parity_stats(c, i + 1),
+                     "prof": parity_profile(imp, len(cat_vocab), cat_vocab.lookup(c["category"]), i),
                      "labels": np.asarray(imp["labels"])})
 
     def torch_encode(ids, mask):
@@ -142,9 +143,22 @@ def parity_stats(items: dict[str, Any], offset: int) -> np.ndarray:
     return stats
 
 
+def parity_profile(imp: dict[str, Any], n_categories: int, cand_cat: np.ndarray, i: int) -> np.ndarray:
+    """(K,) float32 profile of a parity-set impression: the stored one (genrec enrich users), and where it has
+    none, every other impression gets its first candidate's category, so the profile path is always replayed;
+    the rest stay zeros (no profile)."""
+    prof = np.zeros(n_categories, dtype=np.float32)
+    stored = np.asarray(imp.get("profile") or [], dtype=np.float32)
+    if stored.size == n_categories and stored.any():
+        return stored
+    if i % 2 == 0 and cand_cat.size:
+        prof[cand_cat[0]] = 1.0
+    return prof
+
+
 def _heads_feeds(vectors: np.ndarray, imp: dict[str, Any]) -> tuple[np.ndarray, ...]:
     items = np.concatenate([vectors[imp["hist"]], vectors[imp["cand"]]]).astype(np.float32)   # (H + C, D)
-    return items, imp["hc"], imp["hs"], imp["cc"], imp["cs"], imp["hst"], imp["cst"]
+    return items, imp["hc"], imp["hs"], imp["cc"], imp["cs"], imp["hst"], imp["cst"], imp["prof"]
 
 
 def batch_invariance(encode, tokenizer: TextTokenizer, texts: list[str], probes: int = 8,

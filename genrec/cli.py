@@ -99,6 +99,29 @@ def _enrich(sub: argparse._SubParsersAction) -> None:
 
     i.set_defaults(handler=run)
 
+    from genrec.enrich_users import UserEnrichConfig
+
+    for name, what in (("users", "the user profiler: interest topics (from the dataset's own categories) for each "
+                                 "user's history; writes user_profiles.tsv beside each behaviors.tsv (the heads' "
+                                 "user_profile input)"),
+                       ("cold-users", "the cold-user generator: a few LLM-written item titles for each history "
+                                      "shorter than --cold-threshold; writes cold_users.tsv beside each "
+                                      "behaviors.tsv (training extends those histories)")):
+        u = esub.add_parser(name, help=what)
+        u.add_argument("--data", required=True,
+                       help="a MIND folder (behaviors.tsv + news.tsv) or a folder of them (train/, test/, dev/)")
+        u.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_dataclass_args(u, UserEnrichConfig)
+
+        def run_users(args: argparse.Namespace, name: str = name) -> int:
+            from genrec.enrich_users import enrich_cold_users, enrich_users
+
+            job = enrich_users if name == "users" else enrich_cold_users
+            job(args.data, from_args(UserEnrichConfig, args), progress=not args.quiet)       # LLMError: exit 2
+            return 0
+
+        u.set_defaults(handler=run_users)
+
 
 @command
 def _train(sub: argparse._SubParsersAction) -> None:

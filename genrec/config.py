@@ -36,6 +36,12 @@ class ModelConfig:
     collaborative: bool = dataclasses.field(default=True, metadata={
         "help": "compare the candidate's collaborative vector (who clicked it) with the history's; off = counts "
                 "only (ablation). Needs item_stats"})
+    profiles: bool = dataclasses.field(default=False, metadata={
+        "help": "use the LLM user profile (`genrec enrich users`: interest topics, the user_profile input) as "
+                "features; off by default: on ml-100k it did not help beyond the seed spread (README)"})
+    cold_user_items: bool = dataclasses.field(default=False, metadata={
+        "help": "extend short histories with the LLM-written items of `genrec enrich cold-users` in training and "
+                "evaluation (serving: only when the caller sends them); off by default: no measured gain (README)"})
     n_categories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
     n_subcategories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
 

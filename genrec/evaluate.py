@@ -83,10 +83,12 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
         hist_b, cand_b = hist.expand(2 * c, n_h), cands[0].repeat(2)[:, None]        # (2C, H), (2C, 1)
         h_stats = torch.from_numpy(imps.history_stats[i][:n_h])[None].expand(2 * c, n_h, -1)
         c_stats = torch.from_numpy(imps.candidate_stats[i]).repeat(2, 1)[:, None]     # (2C, 1, S)
+        prof = torch.from_numpy(imps.profile[i])[None].expand(2 * c, -1) if imps.profile is not None else None
         args = (vectors[hist_b], None, cat[hist_b], sub[hist_b], vectors[cand_b], cat[cand_b], sub[cand_b],
                 h_stats, c_stats)
-        full = heads(*(torch.ones_like(mask) if a is None else a for a in args), explain=False)["click_logit"]
-        less = heads(*(mask if a is None else a for a in args), explain=False)["click_logit"]
+        full = heads(*(torch.ones_like(mask) if a is None else a for a in args), profile=prof,
+                     explain=False)["click_logit"]
+        less = heads(*(mask if a is None else a for a in args), profile=prof, explain=False)["click_logit"]
         drop = (full - less)[:, 0].numpy()                                            # (2C,)
         drops_top.append(drop[:c]), drops_rand.append(drop[c:])
         cand_cat = table.category[imps.candidates[i]]
@@ -155,8 +157,10 @@ def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: Impressio
         hist = hist[:, :h]
         hist_stats = per_row[hist]                                                # (B, H, S)
         cand = rows.expand(b, -1)                                                 # (B, N-1)
+        profile = (torch.from_numpy(imps.profile[[i for i, _, _ in part]]) if imps.profile is not None
+                   else None)                                                     # (B, K)
         out = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cand], cat[cand], sub[cand],
-                    hist_stats, per_row[cand], explain=False)
+                    hist_stats, per_row[cand], profile, explain=False)
         score = out["click_logit"].double().numpy()                              # (B, N-1)
         retrieval = (out["user"] @ item_repr.T).double().numpy()                 # (B, N-1)
         for j, (_, hrows, _) in enumerate(part):
@@ -196,9 +200,11 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
     if not split.has_labels:
         raise ValueError(f"{data_dir}/behaviors.tsv has no click labels: nothing to evaluate against")
     imps_raw = split.impressions[: cfg.max_impressions] if cfg.max_impressions else split.impressions
+    gen = ckpt.model_config.cold_user_items     # the history the model was trained with: LLM items extend it
     table = ItemTable.from_news(split.news, ckpt.category_vocab, ckpt.subcategory_vocab,
-                                ckpt.model_config.use_abstract)
-    imps = ImpressionArrays.build(imps_raw, table, ckpt.model_config.max_history)
+                                ckpt.model_config.use_abstract, generated=imps_raw if gen else ())
+    imps = ImpressionArrays.build(imps_raw, table, ckpt.model_config.max_history,
+                                  categories=["", *ckpt.category_vocab.to_list()], generated=gen)
     stats = ckpt.item_stats if cfg.stats is None else ItemStats.load(cfg.stats)
     imps.attach_stats(stats, table)
     vectors, n_trunc = encode_items(model.encoder, ckpt.tokenizer(), table.texts, progress=progress)
@@ -215,6 +221,8 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
         except ValueError:
             pass
     result["cold_user_impressions"] = len(cold)
+    result["profile_impressions"] = sum(bool(imp.profile) for imp in imps_raw)
+    result["generated_history_impressions"] = sum(bool(imp.generated) for imp in imps_raw) if gen else 0
 
     # auxiliary tasks
     with torch.no_grad():

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from genrec.core.mind import Impression, NewsItem
+from genrec.core.profiles import generated_id, profile_vector
 from genrec.core.stats import N_STATS, ItemStats, stats_as_of
 from genrec.core.text import TextTokenizer, item_text, length_sorted_batches
 from genrec.core.vocab import Vocab
@@ -27,8 +28,12 @@ class ItemTable:
 
     @classmethod
     def from_news(cls, news: dict[str, NewsItem], cat_vocab: Vocab, sub_vocab: Vocab,
-                  use_abstract: bool) -> ItemTable:
+                  use_abstract: bool, generated: Sequence[Impression] = ()) -> ItemTable:
+        """``generated``: impressions whose LLM-written history titles (``Impression.generated``) get rows too,
+        as items of unknown category (what a client that sends them as history texts sends)."""
         items = list(news.values())
+        titles = dict.fromkeys(t for imp in generated for t in imp.generated)
+        items += [NewsItem(generated_id(t), "", "", t, "") for t in titles if generated_id(t) not in news]
         ids = [""] + [n.news_id for n in items]
         texts = [""] + [item_text(n.title, n.abstract, use_abstract) for n in items]
         cat = np.concatenate([[0], cat_vocab.lookup(n.category for n in items)]).astype(np.int64)
@@ -49,6 +54,7 @@ class ImpressionArrays:
     user_ids: list[str]
     missing_history: int = 0
     missing_candidates: int = 0
+    profile: np.ndarray | None = None                  # (I, K) LLM profile topic weights (genrec.core.profiles)
     history_stats: np.ndarray | None = None            # (I, Hmax, S) item statistics seen by each impression
     candidate_stats: list[np.ndarray] | None = None    # I x (C_i, S)
 
@@ -67,13 +73,20 @@ class ImpressionArrays:
         self.candidate_stats = [per_row[c] for c in self.candidates]
 
     @classmethod
-    def build(cls, impressions: Sequence[Impression], table: ItemTable, max_history: int) -> ImpressionArrays:
+    def build(cls, impressions: Sequence[Impression], table: ItemTable, max_history: int, *,
+              categories: Sequence[str] = ("",), generated: bool = False) -> ImpressionArrays:
+        """``categories``: the model's category names ("" first) for the profile matrix; ``generated``: prepend
+        each impression's LLM-written titles to its history (as the oldest items; the real ones are kept first
+        when the history is full). Their rows must be in ``table`` (ItemTable.from_news(generated=...))."""
         hist = np.zeros((len(impressions), max_history), dtype=np.int64)
+        profile = np.asarray([profile_vector(imp.profile, categories) for imp in impressions],
+                             dtype=np.float32).reshape(len(impressions), len(categories))
         cands, labels = [], []
         miss_h = miss_c = 0
         has_labels = bool(impressions) and impressions[0].labels is not None
         for i, imp in enumerate(impressions):
-            rows = [table.index.get(h, -1) for h in imp.history[-max_history:]]
+            ids = [*(generated_id(t) for t in imp.generated), *imp.history] if generated else imp.history
+            rows = [table.index.get(h, -1) for h in ids[-max_history:]]
             miss_h += rows.count(-1)
             rows = [r for r in rows if r >= 0]
             hist[i, : len(rows)] = rows
@@ -84,7 +97,7 @@ class ImpressionArrays:
             if has_labels:
                 labels.append(np.array([imp.labels[j] for _, j in keep], dtype=np.int8))
         return cls(hist, cands, labels if has_labels else None, [imp.user_id for imp in impressions],
-                   miss_h, miss_c)
+                   miss_h, miss_c, profile)
 
 
 @torch.no_grad()
@@ -184,8 +197,9 @@ def score_impressions(heads: RecommenderHeads, vectors: torch.Tensor, table: Ite
             cands[j, : len(c)] = torch.from_numpy(c)
             cand_stats[j, : len(c)] = torch.from_numpy(st)
         hist_stats = torch.from_numpy(imps.history_stats[sl, :width])              # (B, H, S)
+        profile = torch.from_numpy(imps.profile[sl]) if imps.profile is not None else None   # (B, K)
         res = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cands], cat[cands], sub[cands],
-                    hist_stats, cand_stats)
+                    hist_stats, cand_stats, profile)
         for k in keys:
             val = res[k].numpy()
             for j, c in enumerate(c_lists):

@@ -28,12 +28,14 @@ MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produc
 
 # Engineered per-candidate features, in the order of the last axis of RecommenderHeads.features():
 # content/user features, then item statistics (genrec.core.stats) and how the candidate compares with the
-# items the user clicked before.
+# items the user clicked before; then the LLM profile (genrec.core.profiles): the weight of the candidate's category
+# among the user's profile topics, and whether the user has a profile at all.
 FEATURE_NAMES = ("max_similarity", "mean_similarity", "category_overlap", "subcategory_overlap",
                  "log_history_length", "cold_user",
                  "item_log_exposures", "item_log_popularity", "item_ctr", "item_known",
                  "popularity_vs_history", "ctr_vs_history",
-                 "cf_max_similarity", "cf_mean_similarity", "cf_known")
+                 "cf_max_similarity", "cf_mean_similarity", "cf_known",
+                 "profile_match", "profile_known")
 N_ITEM_FEATURES = 3   # standardized item features (log exposures, log popularity, smoothed CTR)
 
 from genrec.config import TASKS  # noqa: E402,F401
@@ -196,11 +198,12 @@ class RecommenderHeads(nn.Module):
 
     def features(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                  hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor, cand_sub: torch.Tensor,
-                 hist_stats: torch.Tensor, cand_stats: torch.Tensor,
+                 hist_stats: torch.Tensor, cand_stats: torch.Tensor, profile: torch.Tensor,
                  leave_one_out: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Engineered features (B, C, len(FEATURE_NAMES)); the single implementation, exported in heads.onnx.
 
-        hist_* (B, H[, D|S]) with hist_mask (B, H) bool (H may be 0); cand_* (B, C[, D|S]).
+        hist_* (B, H[, D|S]) with hist_mask (B, H) bool (H may be 0); cand_* (B, C[, D|S]); profile (B, K)
+        topic weights over the categories (zeros = no profile).
         Every history feature is a function of sums over the history (and maxima), so with ``leave_one_out``
         the features each candidate would get *without* history item h come out exactly, in closed form:
         (B, C, H, F), the second return value (None otherwise).
@@ -231,7 +234,9 @@ class RecommenderHeads(nn.Module):
             top2[key] = torch.topk(masked, 2, dim=-1)                             # values, indices (B, C, 2)
 
         maxima = {k: v.values[..., 0] for k, v in top2.items()}
-        full = self._assemble(sums, maxima, item_sum, cand_item, cand_known, cand_cf_known)   # (B, C, F)
+        prof = self.profile_features(profile, cand_cat)                           # (B, C, 2)
+        full = torch.cat([self._assemble(sums, maxima, item_sum, cand_item, cand_known, cand_cf_known), prof],
+                         -1)                                                      # (B, C, F)
         if not leave_one_out:
             return full, None
         h = sim.shape[-1]
@@ -242,7 +247,17 @@ class RecommenderHeads(nn.Module):
         loo = self._assemble({k: sums[k].unsqueeze(-1) - terms[k] for k in terms}, loo_max,
                              item_sum.unsqueeze(2) - hist_item.unsqueeze(1),      # (B, 1, H, 3)
                              cand_item.unsqueeze(2), cand_known.unsqueeze(-1), cand_cf_known.unsqueeze(-1))
+        loo = torch.cat([loo, prof.unsqueeze(2).expand(*loo.shape[:-1], prof.shape[-1])], -1)   # profile: no history
         return full, loo                                                          # (B, C, H, F)
+
+    def profile_features(self, profile: torch.Tensor, cand_cat: torch.Tensor) -> torch.Tensor:
+        """profile (B, K) topic weights in [0, 1] (zeros = no profile), cand_cat (B, C) -> (B, C, 2): the weight of
+        each candidate's category in the profile, and 1.0 where the user has a profile. Zeros when the model is
+        blind to profiles (ModelConfig.profiles off)."""
+        match = torch.gather(profile, 1, cand_cat)                                # (B, C)
+        known = (profile.sum(-1, keepdim=True) > 0).to(profile.dtype).expand_as(match)
+        out = torch.stack([match, known], -1)
+        return out if self.cfg.profiles else torch.zeros_like(out)
 
     @staticmethod
     def cf_vectors(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,9 +289,10 @@ class RecommenderHeads(nn.Module):
     def forward(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                 hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor,
                 cand_sub: torch.Tensor, hist_stats: torch.Tensor, cand_stats: torch.Tensor,
-                explain: bool = True) -> dict[str, torch.Tensor]:
+                profile: torch.Tensor | None = None, explain: bool = True) -> dict[str, torch.Tensor]:
         """hist_vec (B, H, D), hist_mask (B, H) bool, hist_cat/sub (B, H) int64, hist_stats (B, H, S),
-        cand_vec (B, C, D), cand_cat/sub (B, C) int64, cand_stats (B, C, S) -> dict of outputs (see keys below).
+        cand_vec (B, C, D), cand_cat/sub (B, C) int64, cand_stats (B, C, S), profile (B, K) (None = no profile)
+        -> dict of outputs (see keys below).
 
         ``explanation`` (B, C, H): how much candidate c's click logit would fall if history item h were not
         in the history (exact leave-one-out, not an approximation); ``explain=False`` skips it (training).
@@ -288,8 +304,10 @@ class RecommenderHeads(nn.Module):
         contrib = pair * weights.unsqueeze(1)                                     # (B, C, 1+H)
         match = contrib.sum(-1)                                                   # (B, C) == user . cand / sqrt(D)
 
+        if profile is None:
+            profile = cand_vec.new_zeros(cand_vec.shape[0], self.cfg.n_categories)
         feats, loo_feats = self.features(hist_vec, hist_mask, hist_cat, hist_sub, cand_vec, cand_cat, cand_sub,
-                                         hist_stats, cand_stats, leave_one_out=explain)
+                                         hist_stats, cand_stats, profile, leave_one_out=explain)
         click_logit = match + self.feature_mlp(feats).squeeze(-1)                 # (B, C)
         out = {"click_logit": click_logit}                # (B, C) primary score, ranked on
         if explain:
@@ -314,16 +332,17 @@ class RecommenderHeads(nn.Module):
     def one_user(self, item_vectors: torch.Tensor, history_category: torch.Tensor,
                  history_subcategory: torch.Tensor, candidate_category: torch.Tensor,
                  candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
-                 candidate_stats: torch.Tensor) -> dict[str, torch.Tensor]:
+                 candidate_stats: torch.Tensor, user_profile: torch.Tensor) -> dict[str, torch.Tensor]:
         """One user as served: item_vectors (H + C, D) with history rows first, category ids (H,)/(C,), item
-        statistics (H, S)/(C, S) -> {scores (C,), topic_affinity (C,), category_confidence (C,), explanation
-        (C, H), user_topics (K,)}. H comes from ``history_category``'s length, so H = 0 needs no special input."""
+        statistics (H, S)/(C, S), profile topic weights (K,) -> {scores (C,), topic_affinity (C,),
+        category_confidence (C,), explanation (C, H), user_topics (K,)}. H comes from ``history_category``'s
+        length, so H = 0 needs no special input."""
         h = history_category.shape[0]
         mask = torch.ones_like(history_category, dtype=torch.bool).unsqueeze(0)  # (1, H) no padding
         out = self(item_vectors[:h].unsqueeze(0), mask, history_category.unsqueeze(0),
                    history_subcategory.unsqueeze(0), item_vectors[h:].unsqueeze(0),
                    candidate_category.unsqueeze(0), candidate_subcategory.unsqueeze(0),
-                   history_stats.unsqueeze(0), candidate_stats.unsqueeze(0))
+                   history_stats.unsqueeze(0), candidate_stats.unsqueeze(0), user_profile.unsqueeze(0))
         return {"scores": out["click_logit"][0], "topic_affinity": out["topic_affinity"][0],
                 "category_confidence": out["category_confidence"][0], "explanation": out["explanation"][0],
                 "user_topics": torch.softmax(out["topic_logits"][0], dim=-1)}
@@ -346,10 +365,14 @@ class GenRec(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, history_category: torch.Tensor,
                 history_subcategory: torch.Tensor, candidate_category: torch.Tensor,
                 candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
-                candidate_stats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """input_ids/attention_mask (H + C, L), history rows first -> ``RecommenderHeads.one_user`` outputs."""
+                candidate_stats: torch.Tensor, user_profile: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """input_ids/attention_mask (H + C, L), history rows first -> ``RecommenderHeads.one_user`` outputs
+        (``user_profile`` None = no profile)."""
+        if user_profile is None:
+            user_profile = history_stats.new_zeros(self.cfg.n_categories)
         return self.heads.one_user(self.encoder(input_ids, attention_mask), history_category, history_subcategory,
-                                   candidate_category, candidate_subcategory, history_stats, candidate_stats)
+                                   candidate_category, candidate_subcategory, history_stats, candidate_stats,
+                                   user_profile)
 
 
 def load_pretrained_lm(encoder: ItemEncoder) -> None:

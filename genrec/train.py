@@ -91,7 +91,7 @@ def _parity_set(imps, table: ItemTable, cat_vocab: Vocab, sub_vocab: Vocab, n: i
             continue
         out.append({"history": {**items(hist), "stats": imps.history_stats[i][:n_hist].tolist()},
                     "candidates": {**items(cand), "stats": imps.candidate_stats[i][:60].tolist()},
-                    "labels": lab.astype(int).tolist()})
+                    "labels": lab.astype(int).tolist(), "profile": imps.profile[i].tolist()})
     return out
 
 
@@ -118,9 +118,15 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     cat_vocab = Vocab.build(n.category for n in split.news.values())
     sub_vocab = Vocab.build(n.subcategory for n in split.news.values())
     model_cfg = dataclasses.replace(model_cfg, n_categories=len(cat_vocab), n_subcategories=len(sub_vocab))
-    table = ItemTable.from_news(split.news, cat_vocab, sub_vocab, model_cfg.use_abstract)
-    tr = ImpressionArrays.build(train_imps, table, model_cfg.max_history)
-    va = ImpressionArrays.build(val_imps, table, model_cfg.max_history)
+    gen = model_cfg.cold_user_items             # LLM-written items extend short histories (genrec enrich cold-users)
+    table = ItemTable.from_news(split.news, cat_vocab, sub_vocab, model_cfg.use_abstract,
+                                generated=impressions if gen else ())
+    categories = ["", *cat_vocab.to_list()]
+    tr = ImpressionArrays.build(train_imps, table, model_cfg.max_history, categories=categories, generated=gen)
+    va = ImpressionArrays.build(val_imps, table, model_cfg.max_history, categories=categories, generated=gen)
+    log(f"LLM user data: {sum(bool(i.profile) for i in impressions)} of {len(impressions)} impressions with a "
+        f"profile ({'used' if model_cfg.profiles else 'not used'}), {sum(bool(i.generated) for i in impressions)} "
+        f"with LLM-written history items ({'used' if gen else 'not used'})")
     # Item statistics without leakage: a training impression sees only events before its own time;
     # validation sees the counts of the training part frozen, as the test set sees the whole training log.
     # Served statistics are as old as the time since the last stats build: train with that staleness.
@@ -216,8 +222,9 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             cand_vec = vec[inv[b * h:]].view(b, cands.shape[1], -1)                    # (B, 1+K, D)
             hist_stats = torch.from_numpy(tr.history_stats[imp_idx[sel], :h])             # (B, H, S)
             cand_stats = torch.from_numpy(cand_stats_rows[sel])                         # (B, 1+K, S)
+            profile = torch.from_numpy(tr.profile[imp_idx[sel]])                        # (B, K)
             out = model.heads(hist_vec, hist > 0, item_cat[hist], item_sub[hist], cand_vec, item_cat[cands],
-                              item_sub[cands], hist_stats, cand_stats, explain=False)
+                              item_sub[cands], hist_stats, cand_stats, profile, explain=False)
             target = torch.zeros(b, dtype=torch.long)                                  # clicked item is column 0
             task_loss = {"click": F.cross_entropy(out["click_logit"], target)}
             real = uniq > 0

@@ -147,7 +147,7 @@ def _params(cfg: mc.ModelConfig, **values) -> None:
 
 def tokenizer_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConfig:
     m = mc.ModelConfig(name="tokenizer", backend="python", max_batch_size=0)
-    _io(m, TOKENIZER, batched=False, fixed={"S": N_STATS})
+    _io(m, TOKENIZER, batched=False, fixed={"S": N_STATS, "K": len(assets.category_vocab)})
     _instances(m, cfg.tokenizer_instances, "cpu")
     fixed = cfg.fixed_padding or (cfg.backend == "onnxruntime" and cfg.pad_to_multiple_of == 1)
     _params(m, assets_dir="assets", pad_to=assets.max_length if fixed else 0, pad_to_multiple_of=cfg.pad_to_multiple_of,
@@ -186,8 +186,8 @@ def heads_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConfig
     _io(m, HEADS, batched=False, fixed={"D": assets.dim, "K": len(assets.category_vocab), "S": N_STATS})
     if cfg.backend in PYTHON_BACKENDS:
         m.backend = "python"
-        for inp in m.input:               # model.py fills absent statistics with zeros (native ORT cannot)
-            if inp.name in ("history_stats", "candidate_stats"):
+        for inp in m.input:       # model.py fills absent statistics / profile with zeros (native ORT cannot)
+            if inp.name in ("history_stats", "candidate_stats", "user_profile"):
                 inp.optional = True
         _params(m, threads=1, device=heads_device(cfg), dim=assets.dim, n_categories=len(assets.category_vocab),
                 n_subcategories=len(assets.subcategory_vocab))
@@ -206,14 +206,15 @@ _WIRING = {
                 "history_category_id": "history_category_id", "history_subcategory_id": "history_subcategory_id",
                 "candidate_category_id": "candidate_category_id",
                 "candidate_subcategory_id": "candidate_subcategory_id", "truncated": "truncated",
-                "history_item_stats": "history_item_stats", "candidate_item_stats": "candidate_item_stats"},
+                "history_item_stats": "history_item_stats", "candidate_item_stats": "candidate_item_stats",
+                "user_profile_vector": "user_profile_vector"},
     },
     "encoder": {"in": {"input_ids": "input_ids", "attention_mask": "attention_mask"},
                 "out": {"item_vectors": "item_vectors"}},
     "heads": {"in": {"item_vectors": "item_vectors", "history_category": "history_category_id",
                      "history_subcategory": "history_subcategory_id", "candidate_category": "candidate_category_id",
                      "candidate_subcategory": "candidate_subcategory_id", "history_stats": "history_item_stats",
-                     "candidate_stats": "candidate_item_stats"},
+                     "candidate_stats": "candidate_item_stats", "user_profile": "user_profile_vector"},
               "out": {t.name: t.name for t in HEADS.outputs}},
 }
 

@@ -31,7 +31,10 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     from genrec.train import train
 
     out = tmp_path_factory.mktemp("run")
-    train(tiny_data / "train", out, ModelConfig(), TrainConfig(threads=2), progress=False, log=lambda _m: None)
+    # profiles on (off by default): the served user_profile input then reaches the scores, so the serving tests
+    # can tell a profile that arrives from one that is dropped (the tiny data has none: the weights stay at init)
+    train(tiny_data / "train", out, ModelConfig(profiles=True), TrainConfig(threads=2), progress=False,
+          log=lambda _m: None)
     return out
 
 

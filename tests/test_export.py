@@ -86,7 +86,8 @@ def test_heads_cold_user_and_single_candidate(artifacts, trained_run, n_hist, n_
 
     feeds = (rng.standard_normal((n_hist + n_cand, ckpt.model_config.dim)).astype(np.float32),
              rng.integers(0, 5, n_hist), rng.integers(0, 5, n_hist), rng.integers(0, 5, n_cand),
-             rng.integers(0, 5, n_cand), stats(n_hist), stats(n_cand))
+             rng.integers(0, 5, n_cand), stats(n_hist), stats(n_cand),
+             (rng.random(ckpt.model_config.n_categories) > 0.5).astype(np.float32))     # an LLM user profile
     with torch.no_grad():
         ref = [t.numpy() for t in heads(*(torch.from_numpy(f) for f in feeds))]
     out = OrtHeads(artifacts.graph("fp32", "heads"))(*feeds)
@@ -95,8 +96,11 @@ def test_heads_cold_user_and_single_candidate(artifacts, trained_run, n_hist, n_
     for name, r in zip(HEADS.output_names, ref):                # the FP32 gate's heads bound (log-count features)
         np.testing.assert_allclose(out[name], r, atol=1e-4, rtol=1e-5)
     # statistics reach the scores: with none (None = zeros = the prior) the candidates score differently
-    prior = OrtHeads(artifacts.graph("fp32", "heads"))(*feeds[:5])
+    prior = OrtHeads(artifacts.graph("fp32", "heads"))(*feeds[:5], user_profile=feeds[7])
     assert np.abs(prior["scores"] - out["scores"]).max() > 1e-3
+    # and so does the profile: without one (None = zeros = no profile) the candidates score differently
+    no_profile = OrtHeads(artifacts.graph("fp32", "heads"))(*feeds[:7])
+    assert np.abs(no_profile["scores"] - out["scores"]).max() > 1e-4
 
 
 def test_parity_set_replays_statistics_and_unknown_items(artifacts, trained_run):

@@ -58,10 +58,10 @@ def texts(history: list, candidates: list, **override: list) -> dict[str, list]:
 
 
 def ensemble(history: list, candidates: list, *, drop: str = "", stats: dict | None = None, **override: list) -> Case:
-    """``stats``: optional FP32 inputs by name (history_stats / candidate_stats), sent as given."""
+    """``stats``: optional FP32 inputs by name (history_stats / candidate_stats / user_profile), sent as given."""
     inputs = [bytes_input(k, v) for k, v in texts(history, candidates, **override).items() if k != drop]
     for name, value in (stats or {}).items():
-        arr = np.asarray(value, np.float32 if name.endswith("_stats") else np.float64)
+        arr = np.asarray(value, np.float32 if name.endswith(("_stats", "_profile")) else np.float64)
         inputs.append(tensor_input(name, arr, "FP32" if arr.dtype == np.float32 else "FP64"))
     return "genrec", inputs
 
@@ -88,9 +88,16 @@ def heads(served: dict[str, int], *, n_hist: int = 1, n_cand: int = 2, dtype: st
               "candidate_category": [1] * n_cand, "candidate_subcategory": [1] * n_cand} | ids
     inputs = [tensor_input("item_vectors", vectors, dtype)]
     inputs += [tensor_input(k, np.array(v, np.int64), "INT64") for k, v in values.items() if k != drop]
-    inputs += [tensor_input(k, np.array(v, np.float32).reshape(-1, len(ITEM_STATS)), "FP32")
-               for k, v in (stats or {}).items()]
+    inputs += [tensor_input(k, np.array(v, np.float32).reshape(-1, len(ITEM_STATS)) if k.endswith("_stats")
+                            else np.array(v, np.float32), "FP32") for k, v in (stats or {}).items()]
     return "heads", inputs
+
+
+def profile(served: dict[str, int], topic: int = 1, value: float = 1.0, extra: int = 0) -> list[float]:
+    """A user_profile of the served width K (+ ``extra``): ``value`` at index ``topic``, zeros elsewhere."""
+    out = [0.0] * (served["n_categories"] + extra)
+    out[topic] = value
+    return out
 
 
 def encoder(ids: np.ndarray, mask: np.ndarray | None = None, dtype: str = "INT64") -> Case:
@@ -158,6 +165,18 @@ def bad_inputs(served: dict[str, int]) -> dict[str, Case]:
         "stats_of_wrong_width": ensemble([TITLE], ["Stocks rally"], stats={"candidate_stats": [[1.0, 2.0]]}),
         "stats_as_fp64": ensemble_with(tensor_input("candidate_stats", np.ones((2, len(ITEM_STATS))), "FP64")),
         "stats_of_rank_1": ensemble_with(tensor_input("candidate_stats", np.ones(6, np.float32), "FP32")),
+        # the LLM user profile (optional FP32 (K,) input): served when valid, else named with the index
+        "profile_is_served": ensemble([TITLE], ["Stocks rally"], stats={"user_profile": profile(served)}),
+        "profile_for_a_cold_user_is_served": ensemble([], ["Stocks rally"], stats={"user_profile": profile(served)}),
+        "nan_user_profile": ensemble([TITLE], ["Stocks rally"], stats={"user_profile": profile(served, 2, np.nan)}),
+        "inf_user_profile": ensemble([TITLE], ["Stocks rally"], stats={"user_profile": profile(served, 1, np.inf)}),
+        "user_profile_above_one": ensemble([TITLE], ["Stocks rally"], stats={"user_profile": profile(served, 1, 2.0)}),
+        "negative_user_profile": ensemble([TITLE], ["Stocks rally"], stats={"user_profile": profile(served, 3, -1)}),
+        "user_profile_one_too_long": ensemble([TITLE], ["Stocks rally"],
+                                              stats={"user_profile": profile(served, extra=1)}),
+        "user_profile_as_fp64": ensemble_with(tensor_input("user_profile", np.zeros(served["n_categories"]), "FP64")),
+        "heads_with_profile_is_served": heads(served, stats={"user_profile": profile(served)}),
+        "heads_nan_user_profile": heads(served, stats={"user_profile": profile(served, 1, np.nan)}),
         # heads: the float input (NaN/Inf) and the ids
         "heads_nan_item_vectors": heads(served, poke=float("nan")),
         "heads_inf_item_vectors": heads(served, poke=float("inf")),
@@ -228,9 +247,15 @@ def id_path_cases(served: dict[str, int]) -> dict[str, Case]:
                                         new_item_subcategory=["", ""]),
         "ids_unused_new_items_are_served": recommend(["N1"], ["N3"], fresh | {"fresh-2": ("t", "", "")}),
         "ids_missing_input": recommend(["N1"], ["N3"], drop="new_item_subcategory"),
+        "ids_with_profile_is_served": recommend_with(fp32_input("user_profile", profile(served))),
+        "ids_user_profile_above_one": recommend_with(fp32_input("user_profile", profile(served, 1, 1.5))),
         "ids_as_int64": recommend_with(tensor_input("candidate_id", np.arange(2), "INT64")),
         "ids_of_rank_2": recommend_with(bytes_input_2d("candidate_id", [["N2", "N3"]])),
     }
+
+
+def fp32_input(name: str, values: list[float]) -> grpcclient.InferInput:
+    return tensor_input(name, np.asarray(values, np.float32), "FP32")
 
 
 def bytes_input_2d(name: str, rows: list[list[str]]) -> grpcclient.InferInput:

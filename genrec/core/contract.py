@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
-CONTRACT_VERSION = "genrec.contract/5"   # /2: item statistics (heads inputs, optional ensemble inputs);
+CONTRACT_VERSION = "genrec.contract/6"   # /2: item statistics (heads inputs, optional ensemble inputs);
                                          # /3: the id path reports truncated texts like the text path;
                                          # /4: item statistics carry a collaborative vector (S = 3 + CF_DIM);
                                          # /5: the id path retrieves from the whole index when no candidates
-                                         #     come (k, filters; item_id output); the retrieval graph
+                                         #     come (k, filters; item_id output); the retrieval graph;
+                                         # /6: user_profile (the LLM profile of `genrec enrich users`), an
+                                         #     optional input of the served models (absent = no profile)
 
 # Request limits (one request = one user). Mirrored by the client with the same messages.
 MAX_HISTORY = 50            # history items per request; more is an error (send the most recent 50)
@@ -92,6 +94,7 @@ HEADS = GraphSpec(
         TensorSpec("candidate_subcategory", "INT64", ("C",), "subcategory ids of candidates (0 = unknown)"),
         TensorSpec("history_stats", "FP32", ("H", "S"), "item statistics of history items (ITEM_STATS; 0 = none)"),
         TensorSpec("candidate_stats", "FP32", ("C", "S"), "item statistics of candidates (ITEM_STATS; 0 = none)"),
+        TensorSpec("user_profile", "FP32", ("K",), "profile topic weights over the categories (0 = no profile)"),
     ),
     outputs=(
         TensorSpec("scores", "FP32", ("C",), "click logit (primary task); rank by it"),
@@ -142,6 +145,13 @@ _STATS_INPUTS = (
                optional=True),
 )
 
+# Optional LLM user profile (`genrec enrich users`; genrec.core.profiles.profile_vector): one weight in [0, 1] per
+# entry of the served `categories` list ("" first, always 0), 1.0 for each of the user's interest topics. Left
+# out (or all zeros) = "no profile": what a model trained without profiles, or a user nobody profiled, gets.
+USER_PROFILE = TensorSpec("user_profile", "FP32", ("K",),
+                          "optional: interest-topic weights in [0, 1], one per served category (absent = zeros = "
+                          "no profile)", optional=True)
+
 TRUNCATED = TensorSpec("truncated", "BOOL", ("N",),
                        "per text (history first): true when it was cut to the model's max tokens")
 
@@ -149,7 +159,7 @@ TRUNCATED = TensorSpec("truncated", "BOOL", ("N",),
 # so the heads always get both tensors: an ensemble passes an absent optional input on as absent.
 TOKENIZER = GraphSpec(
     "tokenizer",
-    inputs=(*_TEXT_INPUTS, *_STATS_INPUTS),
+    inputs=(*_TEXT_INPUTS, *_STATS_INPUTS, USER_PROFILE),
     outputs=(
         TensorSpec("input_ids", "INT64", ("N", "L"), "history then candidate texts, padded to the longest"),
         TensorSpec("attention_mask", "INT64", ("N", "L")),
@@ -160,11 +170,13 @@ TOKENIZER = GraphSpec(
         TRUNCATED,
         TensorSpec("history_item_stats", "FP32", ("H", "S"), "history_stats, or zeros when absent"),
         TensorSpec("candidate_item_stats", "FP32", ("C", "S"), "candidate_stats, or zeros when absent"),
+        TensorSpec("user_profile_vector", "FP32", ("K",), "user_profile, or zeros when absent"),
     ),
 )
 
 # The served contract of the `genrec` ensemble: what online services send and receive.
-ENSEMBLE = GraphSpec("genrec", inputs=(*_TEXT_INPUTS, *_STATS_INPUTS), outputs=(*HEADS.outputs, TRUNCATED))
+ENSEMBLE = GraphSpec("genrec", inputs=(*_TEXT_INPUTS, *_STATS_INPUTS, USER_PROFILE),
+                     outputs=(*HEADS.outputs, TRUNCATED))
 
 # The id path (`recommend` model): known items come from the item-embedding index, only unknown items
 # are encoded. Every id not in the index must come with its text in new_item_*. Item statistics come from
@@ -189,6 +201,7 @@ RECOMMEND = GraphSpec(
                    "retrieval: return only items of these categories (names the model knows)", optional=True),
         TensorSpec("include_history", "BOOL", (1,), "retrieval: may return the user's history items (default "
                    "false)", optional=True),
+        USER_PROFILE,
     ),
     outputs=(*HEADS.outputs, ITEM_SOURCE, TRUNCATED,
              TensorSpec("item_id", "BYTES", ("C",), "ids of the C ranked items: the candidates as sent, or the "

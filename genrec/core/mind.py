@@ -69,6 +69,8 @@ class Impression:
     candidates: tuple[str, ...]
     labels: tuple[int, ...] | None    # None when the file carries no labels (MIND test set)
     history_truncated: int = 0        # how many older history items were dropped
+    profile: tuple[str, ...] = ()     # LLM interest topics (user_profiles.tsv; genrec.core.profiles), () = none
+    generated: tuple[str, ...] = ()   # LLM-written item titles for a short history (cold_users.tsv), () = none
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -222,4 +224,29 @@ def load_split(data_dir: str | Path, *, skip_bad_lines: bool = False,
     news = {n.news_id: n for n in iter_news(news_path, skip_bad_lines=skip_bad_lines, report=news_report)}
     impressions = list(iter_behaviors(beh_path, skip_bad_lines=skip_bad_lines, max_history=max_history,
                                       report=beh_report))
-    return MindSplit(news, impressions, [news_report, beh_report])
+    return MindSplit(news, overlay_users(impressions, news, beh_path.parent), [news_report, beh_report])
+
+
+def history_key(imp: Impression, news: dict[str, NewsItem]) -> str:
+    """What a user profile / cold-user items of ``imp`` were made from: its history ids and their contents."""
+    from genrec.core.profiles import history_hash
+
+    return history_hash([(h, content_hash(news[h]) if h in news else "") for h in imp.history])
+
+
+def overlay_users(impressions: list[Impression], news: dict[str, NewsItem], folder: Path) -> list[Impression]:
+    """Attach ``user_profiles.tsv`` topics and ``cold_users.tsv`` titles (``genrec enrich users`` /
+    ``cold-users``) to the impressions whose history hash matches; any other impression keeps none."""
+    from genrec.core.profiles import COLD_USERS_FILE, PROFILES_FILE, read_overlay
+
+    profiles, cold = read_overlay(folder / PROFILES_FILE), read_overlay(folder / COLD_USERS_FILE)
+    if not profiles and not cold:
+        return impressions
+    keys: dict[tuple[str, ...], str] = {}
+    out = []
+    for imp in impressions:
+        key = keys.get(imp.history) or keys.setdefault(imp.history, history_key(imp, news))
+        prof, gen = profiles.get(imp.user_id), cold.get(imp.user_id)
+        out.append(dataclasses.replace(imp, profile=prof[1] if prof and prof[0] == key else (),
+                                       generated=gen[1] if gen and gen[0] == key else ()))
+    return out

@@ -55,6 +55,7 @@ class UserRequest:
     candidate_subcategory: list[str]
     history_stats: Any = None            # (H, S) float32 numpy array, or None (not sent: zeros = the prior)
     candidate_stats: Any = None          # (C, S) float32 numpy array, or None
+    user_profile: Any = None             # (K,) float32 numpy array, or None (not sent: no profile)
 
 
 def _check_counts(n_history: int, n_candidates: int, kind: str, limits: Limits, retrieval: bool = False) -> None:
@@ -94,12 +95,14 @@ def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes
              history_subcategory: Sequence[bytes | str] | None = None,
              candidate_category: Sequence[bytes | str] | None = None,
              candidate_subcategory: Sequence[bytes | str] | None = None,
-             limits: Limits = Limits(), history_stats: Any = None, candidate_stats: Any = None) -> UserRequest:
+             limits: Limits = Limits(), history_stats: Any = None, candidate_stats: Any = None,
+             user_profile: Any = None, categories: Sequence[str] | None = None) -> UserRequest:
     """Check counts, lengths, encodings and list alignment; return decoded strings.
 
     Categories may be None (all unknown) or lists aligned with their texts. Unknown category values are
     not an error: they map to the out-of-vocabulary bucket. Statistics may be None (not sent) or one row
-    of ``ITEM_STATS`` per text (see :func:`validate_stats`).
+    of ``ITEM_STATS`` per text (see :func:`validate_stats`); ``user_profile`` None or one weight per entry of
+    ``categories`` (see :func:`validate_profile`).
     """
     _check_counts(len(history_text), len(candidate_text), "text", limits)
     lists = {"history_category": (history_category, history_text, "history_text"),
@@ -120,7 +123,35 @@ def validate(history_text: Sequence[bytes | str], candidate_text: Sequence[bytes
                        _decode(candidate_text, "candidate_text", text=True, limits=limits),
                        decoded["candidate_category"], decoded["candidate_subcategory"],
                        validate_stats(history_stats, "history_stats", len(history_text), "history_text"),
-                       validate_stats(candidate_stats, "candidate_stats", len(candidate_text), "candidate_text"))
+                       validate_stats(candidate_stats, "candidate_stats", len(candidate_text), "candidate_text"),
+                       validate_profile(user_profile, categories))
+
+
+def validate_profile(values: Any, categories: Sequence[str] | None):
+    """None, or a (K,) float32 array: one weight in [0, 1] per served category (``categories``, the model's
+    names with "" first; genrec.core.profiles.profile_vector builds it from topic names). Raises RequestError naming
+    the tensor, the first offending index and its category."""
+    if values is None:
+        return None
+    import numpy as np
+
+    if categories is None:
+        raise RequestError("user_profile: this server does not know its categories (an older build): leave it out")
+    k = len(categories)
+    try:
+        arr = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RequestError(f"user_profile must be {k} numbers in [0, 1], one per category") from None
+    if arr.ndim != 1 or arr.shape[0] != k:
+        raise RequestError(f"user_profile must have shape [{k}] (one weight per category of this model, in the "
+                           f"order of its `categories` parameter), got {list(arr.shape)}")
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        name = f" ({categories[i]!r})" if categories[i] else ""       # the heads model knows no names
+        raise RequestError(f"user_profile[{i}]{name} is {float(arr[i])!r}; profile weights must be finite and "
+                           "in [0, 1]")
+    return np.ascontiguousarray(arr)
 
 
 def validate_stats(values: Any, name: str, n_items: int, items_name: str):
@@ -164,6 +195,7 @@ class IdRequest:
     history_id: list[str]
     candidate_id: list[str]
     new_items: dict[str, tuple[str, str, str]]     # id -> (text, category, subcategory)
+    user_profile: Any = None                       # (K,) float32 numpy array, or None (not sent: no profile)
 
 
 def _ids(values: Sequence[bytes | str], name: str) -> list[str]:

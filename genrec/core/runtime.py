@@ -140,22 +140,33 @@ def stats_or_zeros(stats, n: int) -> np.ndarray:
     return np.ascontiguousarray(stats, dtype=np.float32).reshape(n, len(ITEM_STATS))
 
 
+def profile_or_zeros(profile, k: int) -> np.ndarray:
+    """(K,) float32 profile topic weights (genrec.core.profiles); None = no profile = zeros."""
+    if profile is None:
+        return np.zeros(k, dtype=np.float32)
+    return np.ascontiguousarray(profile, dtype=np.float32).reshape(k)
+
+
 class OrtHeads:
     """heads.onnx. ``history_stats`` (H, S) / ``candidate_stats`` (C, S) are raw counts in ``ITEM_STATS``
-    order; None (or an all-zero row) means "no statistics": the item gets the training prior."""
+    order; None (or an all-zero row) means "no statistics": the item gets the training prior. ``user_profile``
+    (K,) topic weights; None (or zeros) means "no profile"."""
 
     def __init__(self, path: str | Path, threads: int = 0, device: str = "cpu"):
         self.sess = session(path, threads, device)
+        self.n_categories = next(int(i.shape[0]) for i in self.sess.get_inputs() if i.name == "user_profile")
 
     def __call__(self, item_vectors: np.ndarray, history_category: np.ndarray, history_subcategory: np.ndarray,
                  candidate_category: np.ndarray, candidate_subcategory: np.ndarray,
                  history_stats: np.ndarray | None = None,
-                 candidate_stats: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 candidate_stats: np.ndarray | None = None,
+                 user_profile: np.ndarray | None = None) -> dict[str, np.ndarray]:
         feeds = {"item_vectors": item_vectors, "history_category": history_category,
                  "history_subcategory": history_subcategory, "candidate_category": candidate_category,
                  "candidate_subcategory": candidate_subcategory,
                  "history_stats": stats_or_zeros(history_stats, len(history_category)),
-                 "candidate_stats": stats_or_zeros(candidate_stats, len(candidate_category))}
+                 "candidate_stats": stats_or_zeros(candidate_stats, len(candidate_category)),
+                 "user_profile": profile_or_zeros(user_profile, self.n_categories)}
         outs = self.sess.run(HEADS.output_names, feeds)
         return dict(zip(HEADS.output_names, outs))
 
@@ -179,13 +190,14 @@ class Pipeline:
                   history_categories: Sequence[str] | None = None, history_subcategories: Sequence[str] | None = None,
                   candidate_categories: Sequence[str] | None = None,
                   candidate_subcategories: Sequence[str] | None = None, history_stats=None,
-                  candidate_stats=None) -> dict[str, np.ndarray]:
+                  candidate_stats=None, user_profile=None) -> dict[str, np.ndarray]:
         """``history_stats`` / ``candidate_stats``: optional (H, S) / (C, S) item statistics (``ITEM_STATS``:
-        raw counts, then the collaborative vector); None = zeros = no statistics, i.e. the training prior."""
+        raw counts, then the collaborative vector); None = zeros = no statistics, i.e. the training prior.
+        ``user_profile``: optional (K,) topic weights (``genrec.core.profiles.profile_vector``); None = no profile."""
         cv, sv = self.assets.category_vocab, self.assets.subcategory_vocab
         vectors = self.encode([*history, *candidates])                          # (H + C, D)
         return self.heads(vectors, cv.lookup(history_categories or [""] * len(history)),
                           sv.lookup(history_subcategories or [""] * len(history)),
                           cv.lookup(candidate_categories or [""] * len(candidates)),
                           sv.lookup(candidate_subcategories or [""] * len(candidates)),
-                          history_stats, candidate_stats)
+                          history_stats, candidate_stats, user_profile)

@@ -1,12 +1,13 @@
 """Triton model ``heads`` (python-ort backend): one user per request -> scores, tasks, explanation.
 
-``history_stats`` / ``candidate_stats`` are optional here: absent = zeros = no statistics (the prior)."""
+``history_stats`` / ``candidate_stats`` are optional here: absent = zeros = no statistics (the prior); so is
+``user_profile``: absent = zeros = no profile."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from genrec.core.requests import RequestError, validate_stats
+from genrec.core.requests import RequestError, validate_profile, validate_stats
 from genrec.core.runtime import OrtHeads
 from genrec.model_repository.backends.common import (
     get_input,
@@ -26,6 +27,7 @@ class HeadsModel:
         self.dim = int(p["dim"])
         self.n_categories = int(p["n_categories"])
         self.n_subcategories = int(p["n_subcategories"])
+        self.categories = [""] * self.n_categories      # validate_profile names only the index here (no vocab)
 
     def execute(self, requests):
         return per_request("heads", requests, self._one)
@@ -55,4 +57,5 @@ class HeadsModel:
                              len(hc), "history_category")
         cst = validate_stats(get_optional(request, "candidate_stats", dtype=np.float32, ndim=2), "candidate_stats",
                              len(cc), "candidate_category")
-        return response(self.heads(vec, hc, hs, cc, cs, hst, cst))
+        prof = validate_profile(get_optional(request, "user_profile", dtype=np.float32, ndim=1), self.categories)
+        return response(self.heads(vec, hc, hs, cc, cs, hst, cst, prof))

@@ -36,8 +36,8 @@ import triton_python_backend_utils as pb_utils
 from genrec.core.artifacts import ServingAssets
 from genrec.core.contract import HEADS, ITEM_STATS
 from genrec.core.index import IndexMismatch, LiveIndex
-from genrec.core.requests import Limits, RequestError, validate_ids, validate_retrieval
-from genrec.core.runtime import OrtHeads
+from genrec.core.requests import Limits, RequestError, validate_ids, validate_profile, validate_retrieval
+from genrec.core.runtime import OrtHeads, profile_or_zeros
 from genrec.core.vcache import VectorLRU
 from genrec.model_repository.backends.common import (
     get_input,
@@ -76,6 +76,7 @@ class RecommendModel:
         self.cache = VectorLRU(int(p["lru_bytes"]))
         self.encoder_model = p.get("encoder_model", "encoder")
         self.limits = Limits.from_parameters(p)
+        self.categories = ["", *self.assets.category_vocab.to_list()]     # the user_profile axis (K)
         self.retriever, self.retrieval_m = None, int(p.get("retrieval_m", "0"))
         if self.retrieval_m > 0:
             from genrec.core.retrieval import Retriever
@@ -118,8 +119,8 @@ class RecommendModel:
             raise RuntimeError(f"encoder: {res.error().message()}")
         return pb_utils.get_output_tensor_by_name(res, "item_vectors").as_numpy(), tok.truncated   # (M, D), (M,)
 
-    def _heads_bls(self, vectors, hc, hs, cc, cs, hst, cst) -> dict[str, np.ndarray]:
-        feeds = zip(HEADS.input_names, (vectors, hc, hs, cc, cs, hst, cst))
+    def _heads_bls(self, vectors, hc, hs, cc, cs, hst, cst, prof) -> dict[str, np.ndarray]:
+        feeds = zip(HEADS.input_names, (vectors, hc, hs, cc, cs, hst, cst, prof))
         req = pb_utils.InferenceRequest(model_name="heads", requested_output_names=HEADS.output_names,
                                         inputs=[pb_utils.Tensor(n, v) for n, v in feeds])
         res = req.exec()
@@ -141,12 +142,14 @@ class RecommendModel:
         req = validate_ids(raw["history_id"], raw["candidate_id"], raw["new_item_id"], raw["new_item_text"],
                            raw["new_item_category"], raw["new_item_subcategory"], self.limits,
                            retrieval=retrieval is not None)
+        profile = profile_or_zeros(validate_profile(get_optional(request, "user_profile", dtype=np.float32, ndim=1),
+                                                    self.categories), len(self.categories))     # (K,)
         index = self.live.index                       # one generation for the whole request: read the reference once
         if retrieval is not None:
-            return self._retrieve(req, retrieval, index)
-        return self._rank(req, index)
+            return self._retrieve(req, retrieval, index, profile)
+        return self._rank(req, index, profile)
 
-    def _rank(self, req, index, retrieved: np.ndarray | None = None):
+    def _rank(self, req, index, profile, retrieved: np.ndarray | None = None):
         """Score ``req``'s candidates, or (``retrieved``: global rows of ``index``) the retrieved items."""
         ids = [*req.history_id, *req.candidate_id]
         n_hist = len(req.history_id)
@@ -190,7 +193,7 @@ class RecommendModel:
                     source[pos] = ENCODED
         if retrieved is None:
             feeds = (vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:], stats[:n_hist],
-                     stats[n_hist:])
+                     stats[n_hist:], profile)
             out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
             out["item_source"] = source
             out["truncated"] = truncated
@@ -198,9 +201,9 @@ class RecommendModel:
             return response(out)
         return vectors, cats, subs, truncated, source, stats
 
-    def _retrieve(self, req, opts, index):
+    def _retrieve(self, req, opts, index, profile):
         """No candidates: user vector -> ANN top M -> heads re-rank -> best k (see the module doc)."""
-        vectors, cats, subs, truncated, source, hist_stats = self._rank(req, index, retrieved=np.zeros(0))
+        vectors, cats, subs, truncated, source, hist_stats = self._rank(req, index, profile, retrieved=np.zeros(0))
         n_hist = len(req.history_id)
         user = self.retriever.user_vector(vectors, cats, subs)                    # (D,)
         exclude = index.rows([i.encode("utf-8") for i in opts.exclude_id]) if opts.exclude_id else np.zeros(0, int)
@@ -224,7 +227,7 @@ class RecommendModel:
                              "explanation": np.zeros((0, n_hist), np.float32),
                              "user_topics": np.full(k, 1.0 / k, np.float32), "item_source": source,
                              "truncated": truncated, "item_id": np.zeros(0, dtype=np.object_)})
-        feeds = (np.concatenate([vectors, c_vec]), cats, subs, c_cat, c_sub, hist_stats, c_stats)
+        feeds = (np.concatenate([vectors, c_vec]), cats, subs, c_cat, c_sub, hist_stats, c_stats, profile)
         out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
         best = np.argsort(-out["scores"], kind="stable")[: opts.k]
         for name in ("scores", "topic_affinity", "category_confidence", "explanation"):

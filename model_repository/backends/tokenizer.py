@@ -1,5 +1,6 @@
 """Triton model ``tokenizer``: request texts/categories -> token ids, category ids, truncation flags, and the
-optional item statistics validated and filled (absent = zeros = no statistics: the heads' prior).
+optional item statistics and user profile validated and filled (absent = zeros = no statistics: the heads'
+prior; no profile).
 
 With ``cache_bytes`` > 0 repeated texts take their token ids from a bounded LRU (``genrec.core.text.CachedTokenizer``);
 hits, misses and bytes are Prometheus metrics (``genrec_token_cache_*``)."""
@@ -11,7 +12,7 @@ import numpy as np
 from genrec.core.artifacts import ServingAssets
 from genrec.core.contract import TOKENIZER
 from genrec.core.requests import Limits, validate
-from genrec.core.runtime import stats_or_zeros
+from genrec.core.runtime import profile_or_zeros, stats_or_zeros
 from genrec.core.text import CachedTokenizer
 from genrec.model_repository.backends.common import (
     CacheMetrics,
@@ -23,7 +24,7 @@ from genrec.model_repository.backends.common import (
     version_dir,
 )
 
-STATS_INPUTS = tuple(t.name for t in TOKENIZER.inputs if t.optional)
+STATS_INPUTS = ("history_stats", "candidate_stats")
 
 
 class TokenizerModel:
@@ -35,6 +36,7 @@ class TokenizerModel:
         self.pad_to = int(p["pad_to"]) if int(p.get("pad_to", "0")) > 0 else None
         self.tokenizer = self.assets.tokenizer(pad_to_multiple_of=int(p.get("pad_to_multiple_of", "1")))
         self.limits = Limits.from_parameters(p)
+        self.categories = ["", *self.assets.category_vocab.to_list()]     # the user_profile axis (K)
         self.metrics = None
         cache_bytes = int(p.get("cache_bytes", "0"))
         if cache_bytes > 0:                    # repeated titles skip WordPiece; ids are a function of the text
@@ -56,7 +58,9 @@ class TokenizerModel:
         req = validate(raw["history_text"].tolist(), raw["candidate_text"].tolist(),
                        raw["history_category"].tolist(), raw["history_subcategory"].tolist(),
                        raw["candidate_category"].tolist(), raw["candidate_subcategory"].tolist(), self.limits,
-                       history_stats=stats["history_stats"], candidate_stats=stats["candidate_stats"])
+                       history_stats=stats["history_stats"], candidate_stats=stats["candidate_stats"],
+                       user_profile=get_optional(request, "user_profile", dtype=np.float32, ndim=1),
+                       categories=self.categories)
         tok = self.tokenizer([*req.history_text, *req.candidate_text], pad_to=self.pad_to)
         cv, sv = self.assets.category_vocab, self.assets.subcategory_vocab
         return response({
@@ -69,4 +73,5 @@ class TokenizerModel:
             "truncated": tok.truncated.astype(np.bool_),                          # (H + C,)
             "history_item_stats": stats_or_zeros(req.history_stats, len(req.history_text)),       # (H, S)
             "candidate_item_stats": stats_or_zeros(req.candidate_stats, len(req.candidate_text)),  # (C, S)
+            "user_profile_vector": profile_or_zeros(req.user_profile, len(self.categories)),      # (K,)
         })
