@@ -74,13 +74,15 @@ class ImpressionArrays:
 
     @classmethod
     def build(cls, impressions: Sequence[Impression], table: ItemTable, max_history: int, *,
-              categories: Sequence[str] = ("",), generated: bool = False) -> ImpressionArrays:
-        """``categories``: the model's category names ("" first) for the profile matrix; ``generated``: prepend
+              categories: Sequence[str] | None = None, generated: bool = False) -> ImpressionArrays:
+        """``categories``: the model's category names ("" first) for the profile matrix (None: no profiles, the
+        heads see "no profile"; a width other than the model's would not index its categories); ``generated``: prepend
         each impression's LLM-written titles to its history (as the oldest items; the real ones are kept first
         when the history is full). Their rows must be in ``table`` (ItemTable.from_news(generated=...))."""
         hist = np.zeros((len(impressions), max_history), dtype=np.int64)
-        profile = np.asarray([profile_vector(imp.profile, categories) for imp in impressions],
-                             dtype=np.float32).reshape(len(impressions), len(categories))
+        profile = None if categories is None else np.asarray(
+            [profile_vector(imp.profile, categories) for imp in impressions],
+            dtype=np.float32).reshape(len(impressions), len(categories))
         cands, labels = [], []
         miss_h = miss_c = 0
         has_labels = bool(impressions) and impressions[0].labels is not None

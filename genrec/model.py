@@ -198,16 +198,18 @@ class RecommenderHeads(nn.Module):
 
     def features(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                  hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor, cand_sub: torch.Tensor,
-                 hist_stats: torch.Tensor, cand_stats: torch.Tensor, profile: torch.Tensor,
+                 hist_stats: torch.Tensor, cand_stats: torch.Tensor, profile: torch.Tensor | None = None,
                  leave_one_out: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Engineered features (B, C, len(FEATURE_NAMES)); the single implementation, exported in heads.onnx.
 
         hist_* (B, H[, D|S]) with hist_mask (B, H) bool (H may be 0); cand_* (B, C[, D|S]); profile (B, K)
-        topic weights over the categories (zeros = no profile).
+        topic weights over the categories (zeros or None = no profile).
         Every history feature is a function of sums over the history (and maxima), so with ``leave_one_out``
         the features each candidate would get *without* history item h come out exactly, in closed form:
         (B, C, H, F), the second return value (None otherwise).
         """
+        if profile is None:
+            profile = cand_vec.new_zeros(cand_vec.shape[0], self.cfg.n_categories)
         vf = hist_mask.unsqueeze(1).to(cand_vec.dtype)                            # (B, 1, H)
         sim = F.normalize(cand_vec, dim=-1) @ F.normalize(hist_vec, dim=-1).transpose(1, 2)  # (B, C, H)
         same_cat = ((cand_cat.unsqueeze(-1) == hist_cat.unsqueeze(1)) & (cand_cat.unsqueeze(-1) > 0)).to(vf.dtype)
@@ -304,8 +306,6 @@ class RecommenderHeads(nn.Module):
         contrib = pair * weights.unsqueeze(1)                                     # (B, C, 1+H)
         match = contrib.sum(-1)                                                   # (B, C) == user . cand / sqrt(D)
 
-        if profile is None:
-            profile = cand_vec.new_zeros(cand_vec.shape[0], self.cfg.n_categories)
         feats, loo_feats = self.features(hist_vec, hist_mask, hist_cat, hist_sub, cand_vec, cand_cat, cand_sub,
                                          hist_stats, cand_stats, profile, leave_one_out=explain)
         click_logit = match + self.feature_mlp(feats).squeeze(-1)                 # (B, C)
