@@ -32,8 +32,9 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("run")
     # profiles on (off by default): the served user_profile input then reaches the scores, so the serving tests
-    # can tell a profile that arrives from one that is dropped (the tiny data has none: the weights stay at init)
-    train(tiny_data / "train", out, ModelConfig(profiles=True), TrainConfig(threads=2), progress=False,
+    # can tell a profile that arrives from one that is dropped (the tiny data has none: the weights stay at init).
+    # 4 epochs: validation group-AUC is 0.774 after one and within 0.004 of its best (epoch 5 of 7) after four
+    train(tiny_data / "train", out, ModelConfig(profiles=True), TrainConfig(threads=2, epochs=4), progress=False,
           log=lambda _m: None)
     return out
 
