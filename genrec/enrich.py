@@ -25,12 +25,14 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from genrec.core.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news
 from genrec.llm import DEFAULT_SPEC, LLMBackend, LLMError, Messages, backend_from_spec, chat_many
+
+T = TypeVar("T")
 
 ITEMS_TASK = "items"
 # Bump when the prompt or the generation settings change: old cache lines are then ignored. (The parser runs
@@ -179,6 +181,38 @@ def news_files(data: str | Path) -> list[Path]:
     return found
 
 
+
+def ask_and_cache(answers: Iterable[tuple[int, str | Exception]], todo: Sequence[T], *, name: Callable[[T], str],
+                  record: Callable[[T, str], dict[str, Any]], cache: EnrichCache, bar: str | None,
+                  unit: str) -> list[str]:
+    """Consume ``answers`` ((index into ``todo``, answer or the exception of a failed request), in any order):
+    append ``record(todo[i], answer)`` (its "why" is "ok" or a fallback reason) to the cache as each arrives,
+    with a progress bar titled ``bar`` (None: none) that counts fallbacks; closes the cache. Returns the failed
+    requests ("name: error"): they are not cached, so the next run asks again. Items and users share it."""
+    reasons: Counter[str] = Counter()
+    failed: list[str] = []
+    progress_bar = None
+    if bar is not None and todo:
+        from genrec.core.progress import progress as make_bar
+
+        progress_bar = make_bar(total=len(todo), desc=bar, unit=unit)
+    try:
+        for i, answer in answers:
+            if isinstance(answer, Exception):
+                failed.append(f"{name(todo[i])}: {answer}")
+            else:
+                rec = record(todo[i], answer)
+                reasons[rec["why"]] += 1
+                cache.append(rec)
+            if progress_bar is not None:
+                progress_bar.update(1)
+                progress_bar.set_postfix(fallbacks=sum(reasons.values()) - reasons["ok"] + len(failed))
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+        cache.close()
+    return failed
+
 def enrich_items(data: str | Path, cfg: EnrichConfig = EnrichConfig(), *, backend: LLMBackend | None = None,
                  progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Enrich every item of the news files under ``data`` (the first ``cfg.limit``), cache the answers and
@@ -200,32 +234,16 @@ def enrich_items(data: str | Path, cfg: EnrichConfig = EnrichConfig(), *, backen
     hashes = {it.news_id: content_hash(it) for it in todo_all}
     todo = [it for it in todo_all if cache.get(ITEMS_TASK, ITEMS_PROMPT_VERSION, backend.model_id,
                                                hashes[it.news_id]) is None]
-    reasons: Counter[str] = Counter()
-    failed: list[str] = []
     t0 = time.perf_counter()
-    bar = None
-    if progress and todo:
-        from genrec.core.progress import progress as make_bar
 
-        bar = make_bar(total=len(todo), desc=f"enrich items ({backend.model_id})", unit="item")
-    try:
-        for i, answer in chat_many(backend, [item_messages(it) for it in todo], cfg.max_tokens):
-            it = todo[i]
-            if isinstance(answer, Exception):
-                failed.append(f"{it.news_id}: {answer}")
-            else:
-                title, why = parse_item_title(answer, it)
-                reasons[why] += 1
-                cache.append({"task": ITEMS_TASK, "prompt": ITEMS_PROMPT_VERSION, "model": backend.model_id,
-                              "hash": hashes[it.news_id], "id": it.news_id, "answer": answer, "title": title,
-                              "why": why})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(fallbacks=sum(reasons.values()) - reasons["ok"] + len(failed))
-    finally:
-        if bar is not None:
-            bar.close()
-        cache.close()
+    def record(it: NewsItem, answer: str) -> dict[str, Any]:
+        title, why = parse_item_title(answer, it)
+        return {"task": ITEMS_TASK, "prompt": ITEMS_PROMPT_VERSION, "model": backend.model_id,
+                "hash": hashes[it.news_id], "id": it.news_id, "answer": answer, "title": title, "why": why}
+
+    failed = ask_and_cache(chat_many(backend, [item_messages(it) for it in todo], cfg.max_tokens), todo,
+                           name=lambda it: it.news_id, record=record, cache=cache,
+                           bar=f"enrich items ({backend.model_id})" if progress else None, unit="item")
     seconds = time.perf_counter() - t0
     if failed and len(failed) == len(todo):
         raise LLMError(f"every LLM request failed; first: {failed[0]}")

@@ -31,7 +31,7 @@ from typing import Any
 
 from genrec.core.mind import Impression, NewsItem, history_key, iter_behaviors, iter_news
 from genrec.core.profiles import COLD_USERS_FILE, MAX_GENERATED, MAX_TOPICS, PROFILES_FILE, topic_list, write_overlay
-from genrec.enrich import _REFUSAL, _STOP, _WORD, CACHE_FILE, EnrichCache, EnrichConfig
+from genrec.enrich import _REFUSAL, _STOP, _WORD, CACHE_FILE, EnrichCache, EnrichConfig, ask_and_cache
 from genrec.llm import LLMBackend, LLMError, Messages, backend_from_spec, chat_many
 
 USERS_TASK, COLD_TASK = "users", "cold-users"
@@ -294,31 +294,16 @@ def _run(task: str, prompt_version: str, report_file: str, out_file: str, data: 
     load_s = time.perf_counter() - t_load
     model_id = backend.model_id if backend is not None else _model_id(cfg)
     todo = [u for u in todo_all if cache.get(task, prompt_version, model_id, u.key) is None]
-    reasons: Counter[str] = Counter()
-    failed: list[str] = []
     t0 = time.perf_counter()
-    bar = None
-    if progress and todo:
-        from genrec.core.progress import progress as make_bar
 
-        bar = make_bar(total=len(todo), desc=f"enrich {task} ({model_id})", unit="user")
-    try:
-        for i, answer in _answers(cfg, backend, [messages(u) for u in todo], log):
-            u = todo[i]
-            if isinstance(answer, Exception):
-                failed.append(f"{u.user_id}: {answer}")
-            else:
-                values, why = parse(answer, u)
-                reasons[why] += 1
-                cache.append({"task": task, "prompt": prompt_version, "model": model_id, "hash": u.key,
-                              "id": u.user_id, "answer": answer, "values": list(values), "why": why})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(fallbacks=sum(reasons.values()) - reasons["ok"] + len(failed))
-    finally:
-        if bar is not None:
-            bar.close()
-        cache.close()
+    def record(u: _User, answer: str) -> dict[str, Any]:
+        values, why = parse(answer, u)
+        return {"task": task, "prompt": prompt_version, "model": model_id, "hash": u.key, "id": u.user_id,
+                "answer": answer, "values": list(values), "why": why}
+
+    failed = ask_and_cache(_answers(cfg, backend, [messages(u) for u in todo], log), todo,
+                           name=lambda u: u.user_id, record=record, cache=cache,
+                           bar=f"enrich {task} ({model_id})" if progress else None, unit="user")
     seconds = time.perf_counter() - t0
     if failed and len(failed) == len(todo):
         raise LLMError(f"every LLM request failed; first: {failed[0]}")
