@@ -426,7 +426,7 @@ def _stats_column(items) -> list | None:
     return [r + [0.0] * (len(ITEM_STATS) - len(r)) if len(r) in (0, len(ITEM_COUNTS)) else r for r in rows]
 
 
-BENCH_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+BENCH_COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = []
 
 
 def _bench_subcommand(name: str, help: str, module: str, config: str, runner: str,
@@ -444,7 +444,7 @@ def _bench_subcommand(name: str, help: str, module: str, config: str, runner: st
         p.set_defaults(handler=lambda args: 0 if passed(getattr(mod, runner)(from_args(getattr(mod, config), args)))
                        else 1)
 
-    BENCH_COMMANDS.append(add)
+    BENCH_COMMANDS.append((name, add))
 
 
 _bench_subcommand("soak", "mixed valid/invalid traffic for minutes: errors, latency drift, RSS growth "
@@ -465,8 +465,11 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: the latency/throughput suite (anchors side by side), `bench soak`")
     add_dataclass_args(p, BenchConfig)
     bsub = p.add_subparsers(dest="bench_command")
-    for add in BENCH_COMMANDS:
-        add(bsub)
+    for name, add in BENCH_COMMANDS:
+        try:
+            add(bsub)
+        except ImportError as exc:   # e.g. `bench soak` needs psutil, which a serve-only install lacks
+            _unavailable(bsub, name, exc, label=f"bench {name}")
 
     def run(args: argparse.Namespace) -> int:
         from genrec.benchmarks.suite import run_bench
@@ -512,10 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             add(sub)
         except ImportError as exc:   # e.g. a client-only install without torch: that command is unavailable
-            name = add.__name__.strip("_")
-            p = sub.add_parser(name, help=f"(unavailable: {exc.name} is not installed)")
-            p.set_defaults(handler=lambda _a, exc=exc, name=name: _missing(name, exc))
+            _unavailable(sub, add.__name__.strip("_"), exc)
     return parser
+
+
+def _unavailable(sub: argparse._SubParsersAction, name: str, exc: ImportError, label: str = "") -> None:
+    """``name`` answers that ``exc.name`` is missing. A command whose registration failed half-way keeps its
+    parser (argparse cannot take it back): its handler is replaced instead of a second parser added."""
+    p = sub.choices.get(name) or sub.add_parser(name, help=f"(unavailable: {exc.name} is not installed)")
+    p.set_defaults(handler=lambda _a, exc=exc, label=label or name: _missing(label, exc))
 
 
 def _missing(name: str, exc: ImportError) -> int:

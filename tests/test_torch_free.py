@@ -1,5 +1,6 @@
 """The serving side needs no torch (the ``serve`` extra installs none): index build and repository build run
-with torch made unimportable, and after serving a text and an id request no server process maps libtorch."""
+with every package the ``serve`` extra does not install made unimportable (torch, transformers, onnx, psutil, ...),
+and after serving a text and an id request no server process maps libtorch."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ import numpy as np
 from genrec.client import RecommenderClient
 from genrec.server.launcher import running_server
 
-BLOCKER = '''import importlib.abc, sys
-class _NoTorch(importlib.abc.MetaPathFinder):
+# What `pip install genrec[serve]` lacks that the full install has (checked by hand in a fresh serve-only venv:
+# none of these is there). psutil: `bench soak` needs it, and registering that subcommand used to break the
+# whole CLI of a serve-only install (argparse "conflicting subparser: bench").
+NOT_IN_SERVE = ("torch", "transformers", "onnx", "psutil", "matplotlib", "usearch", "ray", "llama_cpp",
+                "kubernetes_validate")
+BLOCKER = f'''import importlib.abc, sys
+class _NotInServe(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(f"{name} is blocked: the serving side must not need torch")
-sys.meta_path.insert(0, _NoTorch())
+        if name.split(".")[0] in {NOT_IN_SERVE!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: not in the serve extra)", name=name)
+sys.meta_path.insert(0, _NotInServe())
 '''
 
 
