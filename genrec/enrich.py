@@ -170,16 +170,16 @@ class EnrichCache:
             self._fh = None
 
 
-def news_files(data: str | Path) -> list[Path]:
-    """``DATA/news.tsv``, or every ``DATA/*/news.tsv`` (an import's train/ and test/, synth's train/ and dev/)."""
+def data_files(data: str | Path, name: str) -> list[Path]:
+    """``DATA/NAME``, or every ``DATA/*/NAME`` (an import's train/ and test/, synth's train/ and dev/): the
+    news.tsv files items are enriched from, the behaviors.tsv files users are."""
     data = Path(data)
-    if (data / "news.tsv").is_file():
-        return [data / "news.tsv"]
-    found = sorted(p for p in data.glob("*/news.tsv") if p.is_file())
+    if (data / name).is_file():
+        return [data / name]
+    found = sorted(p for p in data.glob(f"*/{name}") if p.is_file())
     if not found:
-        raise FileNotFoundError(f"{data}: no news.tsv in it or in a subfolder (train/, dev/, test/)")
+        raise FileNotFoundError(f"{data}: no {name} in it or in a subfolder (train/, dev/, test/)")
     return found
-
 
 
 def ask_and_cache(answers: Iterable[tuple[int, str | Exception]], todo: Sequence[T], *, name: Callable[[T], str],
@@ -218,7 +218,7 @@ def enrich_items(data: str | Path, cfg: EnrichConfig = EnrichConfig(), *, backen
     """Enrich every item of the news files under ``data`` (the first ``cfg.limit``), cache the answers and
     write ``news_enriched.tsv`` beside each news.tsv. Returns the report (also written to DATA/enrich_report.json)."""
     data = Path(data)
-    files = news_files(data)
+    files = data_files(data, "news.tsv")
     items: dict[str, NewsItem] = {}
     for path in files:                             # the same item in train/ and test/ is asked once
         for it in iter_news(path, enriched=False):

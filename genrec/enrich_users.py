@@ -31,7 +31,7 @@ from typing import Any
 
 from genrec.core.mind import Impression, NewsItem, history_key, iter_behaviors, iter_news
 from genrec.core.profiles import COLD_USERS_FILE, MAX_GENERATED, MAX_TOPICS, PROFILES_FILE, topic_list, write_overlay
-from genrec.enrich import _REFUSAL, _STOP, _WORD, CACHE_FILE, EnrichCache, EnrichConfig, ask_and_cache
+from genrec.enrich import _REFUSAL, _STOP, _WORD, CACHE_FILE, EnrichCache, EnrichConfig, ask_and_cache, data_files
 from genrec.llm import LLMBackend, LLMError, Messages, backend_from_spec, chat_many
 
 USERS_TASK, COLD_TASK = "users", "cold-users"
@@ -179,17 +179,6 @@ class _User:
     history: list[NewsItem]        # the items of the history that news.tsv knows, oldest first
 
 
-def behaviors_files(data: str | Path) -> list[Path]:
-    """``DATA/behaviors.tsv``, or every ``DATA/*/behaviors.tsv`` (an import's train/ and test/)."""
-    data = Path(data)
-    if (data / "behaviors.tsv").is_file():
-        return [data / "behaviors.tsv"]
-    found = sorted(p for p in data.glob("*/behaviors.tsv") if p.is_file())
-    if not found:
-        raise FileNotFoundError(f"{data}: no behaviors.tsv in it or in a subfolder (train/, dev/, test/)")
-    return found
-
-
 def _users(path: Path) -> tuple[dict[str, _User], dict[str, NewsItem]]:
     """The users of one behaviors.tsv, each with its latest history (the one its overlay line is made for)."""
     news = {it.news_id: it for it in iter_news(path.with_name("news.tsv"))}
@@ -272,7 +261,7 @@ def _run(task: str, prompt_version: str, report_file: str, out_file: str, data: 
          parse: Callable[[str, _User], tuple[tuple[str, ...], str]], backend: LLMBackend | None, progress: bool,
          log: Callable[[str], None]) -> dict[str, Any]:
     data = Path(data)
-    files = behaviors_files(data)
+    files = data_files(data, "behaviors.tsv")
     per_file = {path: _users(path)[0] for path in files}
     users: dict[str, _User] = {}
     skipped: Counter[str] = Counter()
@@ -358,7 +347,7 @@ def enrich_users(data: str | Path, cfg: UserEnrichConfig = UserEnrichConfig(), *
     """Profile every user with a history under ``data`` (the first ``cfg.limit``); writes user_profiles.tsv
     beside each behaviors.tsv and DATA/enrich_users_report.json (also returned, with the topic list)."""
     categories = []
-    for path in behaviors_files(data):
+    for path in data_files(data, "behaviors.tsv"):
         categories += [it.category for it in iter_news(path.with_name("news.tsv"), enriched=False)]
     topics = topic_list(categories)
     if not topics:

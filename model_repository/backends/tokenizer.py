@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from genrec.core.artifacts import ServingAssets
-from genrec.core.contract import TOKENIZER
+from genrec.core.contract import TOKENIZER, USER_PROFILE
 from genrec.core.requests import Limits, validate
 from genrec.core.runtime import profile_or_zeros, stats_or_zeros
 from genrec.core.text import CachedTokenizer
@@ -24,7 +24,7 @@ from genrec.model_repository.backends.common import (
     version_dir,
 )
 
-STATS_INPUTS = ("history_stats", "candidate_stats")
+STATS_INPUTS = tuple(t.name for t in TOKENIZER.inputs if t.optional and t is not USER_PROFILE)   # (H|C, S) each
 
 
 class TokenizerModel:
