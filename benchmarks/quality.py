@@ -2,8 +2,8 @@
 
 Entry point: ``run_quality(QualityConfig) -> dict``. For every dataset (the real MovieLens 100K set from
 ``../shared/data/ml-100k`` when present, imported with the standard protocol, and the synthetic demo set)
-and every variant (content only / + item counts / + collaborative vectors / + fine-tuned top LM layer /
-+ summaries as item text), it trains with each seed and evaluates on the test split with ``genrec.evaluate`` -- the same
+and every variant (content only / + item counts / + collaborative vectors / + the click logit started at the
+strongest baseline (the default) / + fine-tuned top LM layer / + summaries as item text), it trains with each seed and evaluates on the test split with ``genrec.evaluate`` -- the same
 impressions give the simple baselines. Writes OUT/results.json and OUT/results.md (the README's table).
 Selection is on validation only (early stopping); the test split is scored once per run.
 """
@@ -26,8 +26,9 @@ ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 # first run pays.
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "content only": ({"item_stats": False}, "title"),
-    "+ item counts": ({"collaborative": False}, "title"),
-    "+ collaborative vectors (default)": ({}, "title"),
+    "+ item counts": ({"collaborative": False, "baseline_init": 0.0}, "title"),
+    "+ collaborative vectors": ({"baseline_init": 0.0}, "title"),
+    "+ baseline start (default)": ({}, "title"),
     "+ fine-tuned top LM layer": ({"finetune_layers": 1}, "title"),
     "+ summaries as item text": ({"use_abstract": True}, "summaries"),
     "content only + LLM-enriched titles": ({"item_stats": False}, "llm"),
@@ -51,10 +52,10 @@ class QualityConfig:
         "help": "training seeds; every figure is mean +- std over them"})
     datasets: tuple[str, ...] = dataclasses.field(default=("ml-100k", "synthetic"), metadata={
         "help": "ml-100k (needs ../shared/data/ml-100k; skipped when absent) and/or synthetic"})
-    variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:5], metadata={
+    variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:6], metadata={
         "help": "ablation rows to run on ml-100k (names as in the table); the LLM rows (" + ", ".join(LLM_VARIANTS)
                 + ") are opt-in: their first run enriches the catalog with the local LLM (~25 min on one core)"})
-    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:3], metadata={
+    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:4], metadata={
         "help": "ablation rows on the synthetic set (its text already carries the signal: the LM rows cost "
                 "time and say little there)"})
     ml100k: str = dataclasses.field(default=str(ML100K), metadata={"help": "the MovieLens 100K folder"})

@@ -107,7 +107,10 @@ class Checkpoint:
     # ---- model --------------------------------------------------------------------------------
     def build_model(self) -> GenRec:
         model = GenRec(self.model_config, self.lm_config)
-        model.load_state_dict(self.state_dict)
+        state = dict(self.state_dict)
+        # checkpoints from before the wide term: it was absent, i.e. zero
+        state.setdefault("heads.wide.weight", torch.zeros_like(model.heads.wide.weight))
+        model.load_state_dict(state)
         model.eval()
         return model
 

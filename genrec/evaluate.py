@@ -18,7 +18,7 @@ import torch
 from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig  # noqa: F401  (re-exported)
 from genrec.core.mind import load_split
-from genrec.core.stats import CLICKS, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
+from genrec.core.stats import CLICKS, CTR_POPULARITY_WEIGHT, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
 from genrec.items import ImpressionArrays, ItemTable, encode_items, score_impressions
 from genrec.metrics import ranking_metrics, topk_metrics
 
@@ -29,8 +29,9 @@ def baseline_scores(imps: ImpressionArrays, table: ItemTable, prior: BetaPrior,
 
     random: seeded uniform; popularity: training clicks + history users; smoothed_ctr: (clicks + alpha) /
     (exposures + alpha + beta) with the Beta prior fitted on the training log; ctr_popularity: smoothed_ctr +
-    0.05 log(1 + popularity), the strongest simple combination of the ml-100k data README; category_overlap:
-    share of the user's history in the candidate's category, subcategory share as the tie-breaker.
+    CTR_POPULARITY_WEIGHT (0.05) log(1 + popularity), the strongest simple combination of the ml-100k data
+    README; category_overlap: share of the user's history in the candidate's category, subcategory share as
+    the tie-breaker.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, list[np.ndarray]] = {"random": [], "popularity": [], "smoothed_ctr": [], "ctr_popularity": [],
@@ -41,7 +42,7 @@ def baseline_scores(imps: ImpressionArrays, table: ItemTable, prior: BetaPrior,
         out["random"].append(rng.random(len(cands)))
         out["popularity"].append(st[:, CLICKS] + st[:, HISTORY_USERS])
         out["smoothed_ctr"].append((st[:, CLICKS] + prior.alpha) / (st[:, EXPOSURES] + prior.alpha + prior.beta))
-        out["ctr_popularity"].append(out["smoothed_ctr"][-1] + 0.05 * np.log1p(out["popularity"][-1]))
+        out["ctr_popularity"].append(out["smoothed_ctr"][-1] + CTR_POPULARITY_WEIGHT * np.log1p(out["popularity"][-1]))
         n = max(1, len(hist))
         same_cat = (table.category[cands][:, None] == table.category[hist][None, :]).sum(1) / n
         same_sub = (table.subcategory[cands][:, None] == table.subcategory[hist][None, :]).sum(1) / n

@@ -22,6 +22,7 @@ from torch import nn
 
 from genrec.config import ModelConfig  # noqa: F401  (re-exported)
 from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
+from genrec.core.stats import CTR_POPULARITY_WEIGHT
 
 N_COUNTS = len(ITEM_COUNTS)   # the stats' first columns are counts, the rest the collaborative vector
 MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produce inf - inf = NaN
@@ -37,6 +38,7 @@ FEATURE_NAMES = ("max_similarity", "mean_similarity", "category_overlap", "subca
                  "cf_max_similarity", "cf_mean_similarity", "cf_known",
                  "profile_match", "profile_known")
 N_ITEM_FEATURES = 3   # standardized item features (log exposures, log popularity, smoothed CTR)
+RAW_POPULARITY, RAW_CTR = 1, 2   # their columns in RecommenderHeads._raw_item_features
 
 from genrec.config import TASKS  # noqa: E402,F401
 
@@ -144,6 +146,13 @@ class RecommenderHeads(nn.Module):
         self.attention = AdditiveAttention(d, cfg.attention_hidden)
         self.feature_mlp = nn.Sequential(nn.Linear(len(FEATURE_NAMES), cfg.feature_hidden), nn.GELU(),
                                          nn.Linear(cfg.feature_hidden, 1))
+        # Wide term (as in Wide & Deep): linear in the same features. With ModelConfig.baseline_init it starts
+        # as the strongest simple baseline (set_stats_transform) and the deep feature MLP starts at zero.
+        self.wide = nn.Linear(len(FEATURE_NAMES), 1, bias=False)
+        nn.init.zeros_(self.wide.weight)
+        if cfg.baseline_init:
+            nn.init.zeros_(self.feature_mlp[-1].weight)
+            nn.init.zeros_(self.feature_mlp[-1].bias)
         self.category_head = nn.Linear(d, cfg.n_categories)   # aux: item category from its text vector
         self.topic_head = nn.Linear(d, cfg.n_categories)      # aux: category of the user's next click
         nn.init.normal_(self.cat_emb.weight, std=0.02)
@@ -162,6 +171,14 @@ class RecommenderHeads(nn.Module):
         raw = self._raw_item_features(sample_stats.reshape(-1, len(ITEM_STATS)).float())     # (M, 3)
         self.stats_mean.copy_(raw.mean(0))
         self.stats_std.copy_(raw.std(0).clamp(min=1e-3))
+        # the wide term's start: smoothed CTR + CTR_POPULARITY_WEIGHT * log(1 + popularity) (the ctr_popularity
+        # baseline of `genrec evaluate`), baseline_init logits per standard deviation of CTR
+        self.wide.weight.zero_()
+        if self.cfg.baseline_init and self.cfg.item_stats:
+            t = self.cfg.baseline_init
+            self.wide.weight[0, FEATURE_NAMES.index("item_ctr")] = t
+            self.wide.weight[0, FEATURE_NAMES.index("item_log_popularity")] = (
+                t * CTR_POPULARITY_WEIGHT * self.stats_std[RAW_POPULARITY] / self.stats_std[RAW_CTR])
 
     def _raw_item_features(self, stats: torch.Tensor) -> torch.Tensor:
         # (..., S) raw counts -> (..., 3): log1p(exposures), log1p(clicks + history users), smoothed CTR
@@ -252,6 +269,10 @@ class RecommenderHeads(nn.Module):
         loo = torch.cat([loo, prof.unsqueeze(2).expand(*loo.shape[:-1], prof.shape[-1])], -1)   # profile: no history
         return full, loo                                                          # (B, C, H, F)
 
+    def feature_term(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features (..., F) -> their part of the click logit (...,): deep MLP + wide linear term."""
+        return (self.feature_mlp(feats) + self.wide(feats)).squeeze(-1)
+
     def profile_features(self, profile: torch.Tensor, cand_cat: torch.Tensor) -> torch.Tensor:
         """profile (B, K) topic weights in [0, 1] (zeros = no profile), cand_cat (B, C) -> (B, C, 2): the weight of
         each candidate's category in the profile, and 1.0 where the user has a profile. Zeros when the model is
@@ -308,14 +329,14 @@ class RecommenderHeads(nn.Module):
 
         feats, loo_feats = self.features(hist_vec, hist_mask, hist_cat, hist_sub, cand_vec, cand_cat, cand_sub,
                                          hist_stats, cand_stats, profile, leave_one_out=explain)
-        click_logit = match + self.feature_mlp(feats).squeeze(-1)                 # (B, C)
+        click_logit = match + self.feature_term(feats)                            # (B, C)
         out = {"click_logit": click_logit}                # (B, C) primary score, ranked on
         if explain:
             # Exact leave-one-out: the click logit each candidate would get without history item h. Attention
             # renormalizes over the rest (w_j / (1 - w_h)), the features come from features(leave_one_out).
             w_h = weights[:, 1:].unsqueeze(1)                                     # (B, 1, H)
             loo_match = (match.unsqueeze(-1) - contrib[:, :, 1:]) / (1.0 - w_h)   # (B, C, H)
-            loo_logit = loo_match + self.feature_mlp(loo_feats).squeeze(-1)       # (B, C, H)
+            loo_logit = loo_match + self.feature_term(loo_feats)                  # (B, C, H)
             mask = hist_mask.unsqueeze(1).to(click_logit.dtype)
             out["explanation"] = (click_logit.unsqueeze(-1) - loo_logit) * mask   # (B, C, H)
 

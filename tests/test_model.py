@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from genrec.config import ModelConfig
 from genrec.core.contract import ITEM_STATS
+from genrec.core.stats import CTR_POPULARITY_WEIGHT
 from genrec.core.vocab import Vocab
-from genrec.model import FEATURE_NAMES, RecommenderHeads
+from genrec.model import FEATURE_NAMES, RAW_CTR, RecommenderHeads
 
 D = 16
 S = len(ITEM_STATS)
@@ -22,6 +23,7 @@ def heads() -> RecommenderHeads:
     torch.manual_seed(0)
     h = RecommenderHeads(ModelConfig(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8))
     h.set_stats_transform(0.7, 0.9, torch.rand(200, S, generator=torch.Generator().manual_seed(3)) * 20)
+    torch.nn.init.normal_(h.feature_mlp[-1].weight, std=0.3)   # starts at zero (baseline_init); trained, it is not
     return h.eval()
 
 
@@ -104,6 +106,31 @@ def test_item_statistics_move_scores_and_unknown_items_get_the_prior(heads):
     blind.eval()
     torch.testing.assert_close(blind(hv, hm, hc, hs, cv, cc, cs, hst, more)["click_logit"],
                                blind(hv, hm, hc, hs, cv, cc, cs, hst, cst)["click_logit"])
+
+
+def test_baseline_init_starts_the_feature_term_at_the_ctr_popularity_baseline():
+    """Before any training the features' part of the click logit ranks exactly like `genrec evaluate`'s
+    ctr_popularity baseline, baseline_init logits per standard deviation of CTR; 0 = the random start."""
+    cfg = ModelConfig(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8, baseline_init=2.0)
+    sample = torch.rand(200, S, generator=torch.Generator().manual_seed(3)) * 20
+    torch.manual_seed(0)
+    h = RecommenderHeads(cfg)
+    h.set_stats_transform(0.7, 0.9, sample)
+    hv, hm, hc, hs, cv, cc, cs, hst, cst = _inputs(c=6)
+    cst[..., :3] = torch.rand(2, 6, 3, generator=torch.Generator().manual_seed(4)) * 30
+    feats, _ = h.features(hv, hm, hc, hs, cv, cc, cs, hst, cst)
+    term = h.feature_term(feats)                                              # (B, C)
+    exposures, clicks, history_users = cst[..., 0], cst[..., 1], cst[..., 2]
+    baseline = (clicks + 0.7) / (exposures + 1.6) + CTR_POPULARITY_WEIGHT * torch.log1p(clicks + history_users)
+    expected = 2.0 * baseline / h.stats_std[RAW_CTR]
+    centered = lambda x: x - x.mean(-1, keepdim=True)                        # noqa: E731  (the same ranking)
+    torch.testing.assert_close(centered(term), centered(expected), atol=1e-5, rtol=1e-4)
+    assert (h.feature_mlp(feats) == 0).all()
+    torch.manual_seed(0)
+    off = RecommenderHeads(ModelConfig(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8,
+                                       baseline_init=0.0))
+    off.set_stats_transform(0.7, 0.9, sample)
+    assert (off.wide.weight == 0).all() and off.feature_mlp(feats).abs().sum() > 0
 
 
 def test_engineered_features_hand_example(heads):

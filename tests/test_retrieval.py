@@ -42,7 +42,7 @@ def test_retrieval_graph_is_exported_gated_and_reproduces_the_match_term(fp32_ex
     hc, cc = g.integers(0, ckpt.model_config.n_categories, 7), g.integers(0, ckpt.model_config.n_categories, 30)
     hs, cs = g.integers(0, ckpt.model_config.n_subcategories, 7), g.integers(0, ckpt.model_config.n_subcategories, 30)
     score = ort.item_repr(cv, cc, cs) @ ort.user_vector(hv, hc, hs) / math.sqrt(d)
-    # the heads' match term = click logit minus the feature MLP term, from the PyTorch model itself
+    # the heads' match term = click logit minus the feature term (MLP + wide), from the PyTorch model itself
     t = lambda a: torch.as_tensor(a)[None]                                          # noqa: E731
     st = lambda n: torch.zeros(1, n, 19)                                            # noqa: E731
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_retrieval_graph_is_exported_gated_and_reproduces_the_match_term(fp32_ex
                  explain=False)
         feats, _ = hp.features(t(hv), torch.ones(1, 7, dtype=torch.bool), t(hc), t(hs), t(cv), t(cc), t(cs),
                                st(7), st(30))
-        match = (out["click_logit"] - hp.feature_mlp(feats).squeeze(-1))[0].numpy()
+        match = (out["click_logit"] - hp.feature_term(feats))[0].numpy()
     np.testing.assert_allclose(score, match, atol=1e-4)
     # a cold user (no history) searches with the learned sentinel
     cold = ort.user_vector(np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))

@@ -45,6 +45,13 @@ def test_checkpoint_is_self_describing(trained_run):
     assert vec.shape == (2, ckpt.model_config.dim)
 
 
+def test_a_checkpoint_from_before_the_wide_term_loads_with_it_at_zero(trained_run):
+    ckpt = Checkpoint.load(trained_run)
+    assert ckpt.state_dict["heads.wide.weight"].abs().sum() > 0           # trained from the baseline start
+    del ckpt.state_dict["heads.wide.weight"]
+    assert (ckpt.build_model().heads.wide.weight == 0).all()
+
+
 def test_evaluate_cli_json(trained_run, tiny_data):
     out = subprocess.run([sys.executable, "-m", "genrec.cli", "evaluate", "--data", str(tiny_data / "dev"),
                           "--checkpoint", str(trained_run), "--json", "--max-impressions", "50"],

@@ -45,6 +45,9 @@ N_STATS = len(ITEM_STATS)
 N_COUNTS = len(ITEM_COUNTS)
 EXPOSURES, CLICKS, HISTORY_USERS = range(N_COUNTS)
 CF = slice(N_COUNTS, N_STATS)          # the collaborative vector's columns
+# weight of log(1 + popularity) beside smoothed CTR in the strongest simple baseline (the ml-100k data README's
+# combination): `genrec evaluate` reports it, the model's wide term starts from it (ModelConfig.baseline_init)
+CTR_POPULARITY_WEIGHT = 0.05
 
 
 class StatsError(UserError, ValueError):
