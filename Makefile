@@ -30,8 +30,10 @@ $(PA_STAMP):
 demo: setup
 	$(VENV)/bin/genrec demo
 
+# two workers, one test file each at a time (module fixtures stay per file); the session's model is trained
+# and exported once and shared (tests/conftest.py built_once). Plain `pytest` runs serially.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(VENV)/bin/genrec bench --out build/bench

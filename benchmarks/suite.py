@@ -275,7 +275,7 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
                         bar.set_postfix_str(f"perf_analyzer {ref.name} c={c}")
                         results["perf_analyzer"][f"{ref.name}@c{c}"] = anchors.perf_analyzer(
                             pa_binary, server.grpc_url, pa_json, c, work,
-                            window_ms=int(max(2000, cfg.duration_s * 1000)))
+                            window_ms=int(max(1000, cfg.duration_s * 1000)))
     bar.close()
     results["targets"] = targets(results)
     results["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -16,13 +16,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY = {"users": 800, "items": 800, "seed": 1, "impressions_per_user": 8.0}
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder ``build(folder)`` fills once per test run. Alone: a fresh temp folder. Under pytest-xdist
+    (``make test`` runs two workers) the first worker to get here builds it under a file lock in the run's
+    shared temp root and the others reuse it, so the suite still trains and exports exactly once."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    import shutil
+
+    from filelock import FileLock
+
+    out = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(f"{out}.lock"):
+        if not (out.parent / f"{out.name}.done").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out.parent / f"{out.name}.done").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     from genrec.data.synth import SynthConfig, synthesize
 
-    out = tmp_path_factory.mktemp("mind")
-    synthesize(out, SynthConfig(**TINY))
-    return out
+    return built_once(tmp_path_factory, "mind", lambda out: synthesize(out, SynthConfig(**TINY)))
 
 
 @pytest.fixture(scope="session")
@@ -30,22 +50,22 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     from genrec.config import ModelConfig, TrainConfig
     from genrec.train import train
 
-    out = tmp_path_factory.mktemp("run")
     # profiles on (off by default): the served user_profile input then reaches the scores, so the serving tests
     # can tell a profile that arrives from one that is dropped (the tiny data has none: the weights stay at init).
     # 4 epochs: validation group-AUC is 0.774 after one and within 0.004 of its best (epoch 5 of 7) after four
-    train(tiny_data / "train", out, ModelConfig(profiles=True), TrainConfig(threads=2, epochs=4), progress=False,
-          log=lambda _m: None)
-    return out
+    return built_once(tmp_path_factory, "run", lambda out: train(
+        tiny_data / "train", out, ModelConfig(profiles=True), TrainConfig(threads=2, epochs=4), progress=False,
+        log=lambda _m: None))
 
 
 @pytest.fixture(scope="session")
 def artifacts(trained_run, tmp_path_factory):
     """All three precisions exported (and gated) once for the session."""
-    from genrec.export import ExportConfig, export
+    from genrec.export import Artifacts, ExportConfig, export
 
-    out = tmp_path_factory.mktemp("artifacts")
-    return export(trained_run, out, ExportConfig(threads=2), log=lambda _m: None)
+    out = built_once(tmp_path_factory, "artifacts",
+                     lambda out: export(trained_run, out, ExportConfig(threads=2), log=lambda _m: None))
+    return Artifacts.load(out)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from genrec.benchmarks.suite import BenchConfig, run_bench
 def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, tiny_data, tmp_path):
     cfg = BenchConfig(out=str(tmp_path / "out"), quick=True, workdir=str(tmp_path / "work"),
                       artifacts=str(artifacts.root), checkpoint=str(trained_run), data=str(tiny_data / "dev"),
-                      warmup_s=0.5, duration_s=2.0, min_requests=5)
+                      warmup_s=0.3, duration_s=1.0, min_requests=3)
     res = run_bench(cfg, log=lambda _m: None)
     out = tmp_path / "out"
     saved = json.loads((out / "results.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -166,23 +167,28 @@ def test_unknown_tolerance_and_precision_are_rejected(trained_run, tmp_path):
         export(trained_run, tmp_path, ExportConfig(precision=("bf16",)))
 
 
-def test_exporting_one_precision_keeps_the_others_of_the_same_weights(trained_run, tmp_path):
-    """fp32 exported, then fp16 into the same folder: the manifest lists both (it used to list only fp16).
-    Weights changed in between: the other precision is stale and removed, not listed."""
-    quick = {"latency": False, "threads": 1}
-    export(trained_run, tmp_path, ExportConfig(precision=("fp32",), **quick), log=lambda _m: None)
-    fp32_sha = json.loads((tmp_path / "artifacts.json").read_text())["precisions"]["fp32"]["encoder"]["sha256"]
+def test_exporting_one_precision_keeps_the_others_of_the_same_weights(trained_run, artifacts, tmp_path):
+    """The session's export (fp32, fp16, int8) copied, then fp16 exported again into it: the manifest still lists
+    all three (it used to list only the precision just exported). Weights changed in between: the other
+    precisions are stale and removed, not listed."""
+    quick = {"latency": False, "threads": 2}
+    tmp_path = tmp_path / "art"
+    shutil.copytree(artifacts.root, tmp_path)
+    before = json.loads((tmp_path / "artifacts.json").read_text())["precisions"]
+    assert sorted(before) == ["fp16", "fp32", "int8"]
     messages: list[str] = []
     art = export(trained_run, tmp_path, ExportConfig(precision=("fp16",), **quick), log=messages.append)
-    assert sorted(art.precisions) == ["fp16", "fp32"] and art.sha256("fp32", "encoder") == fp32_sha
-    assert "fp32: kept from the earlier export of the same weights" in messages
+    assert sorted(art.precisions) == ["fp16", "fp32", "int8"]
+    assert all(art.sha256(p, "encoder") == before[p]["encoder"]["sha256"] for p in ("fp32", "int8"))
+    assert {"fp32: kept from the earlier export of the same weights",
+            "int8: kept from the earlier export of the same weights"} <= set(messages), messages
     report = json.loads((tmp_path / "export_report.json").read_text())
-    assert report["precisions"]["fp32"]["passed"] and report["precisions"]["fp16"]["passed"]
+    assert all(report["precisions"][p]["passed"] for p in ("fp16", "fp32", "int8"))
 
     ckpt = Checkpoint.load(trained_run)
     key = next(k for k in ckpt.state_dict if k.endswith("feature_mlp.0.bias"))
     ckpt.state_dict[key] = ckpt.state_dict[key] + 1.0                      # other weights, same shapes
     messages.clear()
     art = export(ckpt, tmp_path, ExportConfig(precision=("fp16",), **quick), log=messages.append)
-    assert art.precisions == ["fp16"] and not (tmp_path / "fp32").exists()
-    assert any(m.startswith("fp32: removed") for m in messages)
+    assert art.precisions == ["fp16"] and not (tmp_path / "fp32").exists() and not (tmp_path / "int8").exists()
+    assert any(m.startswith("fp32: removed") for m in messages) and any(m.startswith("int8: removed") for m in messages)

@@ -514,10 +514,12 @@ def test_every_listening_socket_is_loopback_by_default(server):
 
 
 # ---- soak ------------------------------------------------------------------------------------------
-def test_30_second_soak(fp32_repository, tmp_path):
+def test_15_second_soak(fp32_repository, tmp_path):
+    """Short: what it proves (every kind of bad request answered, both paths served, nothing unexpected, RSS
+    bounded) shows within seconds; `genrec bench soak` runs the real minutes."""
     from genrec.server.soak import SoakConfig, run_soak
 
-    cfg = SoakConfig(repository=str(fp32_repository), concurrency=32, minutes=0.5, warmup_s=5, windows=3,
+    cfg = SoakConfig(repository=str(fp32_repository), concurrency=32, minutes=0.25, warmup_s=3, windows=3,
                      history_items=10, candidate_items=20, out=str(tmp_path / "soak.json"), max_rss_growth=0.5)
     report = run_soak(cfg, log=lambda _m: None)
     assert report["unexpected"] == 0, report["unexpected_examples"]
@@ -526,7 +528,7 @@ def test_30_second_soak(fp32_repository, tmp_path):
                                                "ids_unknown_without_text", "ids_retrieval_k_zero"}
     assert report["ok_by_model"]["genrec"] > 0 and report["ok_by_model"]["recommend"] > 0    # both paths soaked
     assert set(report["rss"]) == {"tritonserver", "encoder_0_0", "tokenizer_0_0", "heads_0_0", "recommend_0_0"}
-    assert report["passed"], report["reasons"]            # RSS over 30 s is noisy: the bound here is 50 %
+    assert report["passed"], report["reasons"]            # RSS over 15 s is noisy: the bound here is 50 %
     assert json.loads((tmp_path / "soak.json").read_text())["requests"] == report["requests"]
 
 
