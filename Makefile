@@ -30,10 +30,11 @@ $(PA_STAMP):
 demo: setup
 	$(VENV)/bin/genrec demo
 
-# two workers, one test file each at a time (module fixtures stay per file); the session's model is trained
+# two workers, one test file each at a time in tests/conftest.py SCHEDULE order (module fixtures stay per file),
+# one CPU thread each (tests/workers.py); the session's model is trained
 # and exported once and shared (tests/conftest.py built_once). Plain `pytest` runs serially.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(VENV)/bin/genrec bench --out build/bench

@@ -10,17 +10,40 @@ import os
 from pathlib import Path
 
 import pytest
+from workers import THREADS, UNDER_XDIST
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if UNDER_XDIST:          # the CLIs the tests start use torch's default threads: one per worker (tests/workers.py)
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 TINY = {"users": 800, "items": 800, "seed": 1, "impressions_per_user": 8.0}
+
+
+# `make test`'s schedule: two pytest-xdist workers take whole files in this order (--dist loadfile
+# --no-loadscope-reorder). The longest file first, so it cannot become the run's tail; then the files that need
+# no trained model, which the second worker runs while the first trains and exports the session's model; then
+# the rest, longest first (seconds under `make test`, 11-29). Files not listed run last.
+SCHEDULE = (
+    "test_bench.py",                                                                      # 98
+    "test_cli.py", "test_progress.py", "test_importers.py", "test_data.py", "test_model.py", "test_metrics.py",
+    "test_stats.py", "test_refresh.py", "test_vcache.py",                                 # no model: 15 in all
+    "test_reliability.py", "test_export.py", "test_gpu_path.py", "test_train.py", "test_client.py",
+    "test_server.py", "test_index_ray.py", "test_full_ranking.py", "test_profiles.py", "test_index.py",
+    "test_batch_invariance.py", "test_enrich.py", "test_index_live.py", "test_replicas.py", "test_torch_free.py",
+    "test_retrieval_server.py", "test_retrieval.py",
+)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(SCHEDULE)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SCHEDULE)))     # stable: file order kept inside
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """A folder ``build(folder)`` fills once per test run. Alone: a fresh temp folder. Under pytest-xdist
     (``make test`` runs two workers) the first worker to get here builds it under a file lock in the run's
     shared temp root and the others reuse it, so the suite still trains and exports exactly once."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not UNDER_XDIST:
         out = tmp_path_factory.mktemp(name)
         build(out)
         return out
@@ -54,7 +77,7 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
     # can tell a profile that arrives from one that is dropped (the tiny data has none: the weights stay at init).
     # 4 epochs: validation group-AUC is 0.774 after one and within 0.004 of its best (epoch 5 of 7) after four
     return built_once(tmp_path_factory, "run", lambda out: train(
-        tiny_data / "train", out, ModelConfig(profiles=True), TrainConfig(threads=2, epochs=4), progress=False,
+        tiny_data / "train", out, ModelConfig(profiles=True), TrainConfig(threads=THREADS, epochs=4), progress=False,
         log=lambda _m: None))
 
 
@@ -64,7 +87,7 @@ def artifacts(trained_run, tmp_path_factory):
     from genrec.export import Artifacts, ExportConfig, export
 
     out = built_once(tmp_path_factory, "artifacts",
-                     lambda out: export(trained_run, out, ExportConfig(threads=2), log=lambda _m: None))
+                     lambda out: export(trained_run, out, ExportConfig(threads=THREADS), log=lambda _m: None))
     return Artifacts.load(out)
 
 
@@ -74,7 +97,7 @@ def fp32_index(artifacts, tiny_data, tmp_path_factory):
     from genrec.core.index import IndexConfig, build_index
 
     return build_index(tiny_data / "train" / "news.tsv", artifacts.root, tmp_path_factory.mktemp("index") / "fp32",
-                       IndexConfig(precision="fp32", threads=2), progress=False, log=lambda _m: None)
+                       IndexConfig(precision="fp32", threads=THREADS), progress=False, log=lambda _m: None)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +120,7 @@ def fp32_repository(artifacts, fp32_index, item_stats_dir, tmp_path_factory):
 
     return build_repository(artifacts.root, tmp_path_factory.mktemp("repo") / "fp32",
                             RepositoryConfig(precision="fp32", max_queue_delay_us=2000, index=str(fp32_index),
-                                             recommend_instances=1, stats=str(item_stats_dir),
+                                             recommend_instances=1, stats=str(item_stats_dir), encoder_threads=THREADS,
                                              stats_refresh_ms=STATS_REFRESH_MS))
 
 

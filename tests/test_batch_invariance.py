@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from triton_helpers import text_inputs
+from workers import THREADS
 
 from genrec.benchmarks.replay import cache_counters
 from genrec.checkpoint import Checkpoint
@@ -47,7 +48,7 @@ def long_texts(news, n: int) -> list[str]:
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_encoder_text_alone_equals_text_inside_a_batch_of_long_texts(artifacts, news, tokenizer, precision):
-    enc = OrtEncoder(artifacts.graph(precision, "encoder"), threads=2)
+    enc = OrtEncoder(artifacts.graph(precision, "encoder"), threads=THREADS)
     probes = [it.title for it in list(news.values())[-6:]]
     mates = long_texts(news, 20)
     alone = np.concatenate([enc(t.input_ids, t.attention_mask) for t in map(tokenizer, ([p] for p in probes))])
@@ -67,19 +68,19 @@ def test_gate_fails_the_per_batch_int8_recipe(artifacts, trained_run, news, toke
                    INT8_RECIPES["per_batch_per_channel_reduce_range_fused"],
                    bert={"num_heads": lm["num_attention_heads"], "hidden_size": lm["hidden_size"]})
     texts = [it.title for it in news.values()][:200]
-    value = batch_invariance(OrtEncoder(path, threads=2), tokenizer, texts)
+    value = batch_invariance(OrtEncoder(path, threads=THREADS), tokenizer, texts)
     assert value > 1e-3
     with pytest.raises(ParityError) as err:
         gate("int8", {"batch_invariance_max_abs_diff": value}, {"batch_invariance_max_abs_diff": TOL})
     assert err.value.check == "batch_invariance_max_abs_diff"
-    shipped = batch_invariance(OrtEncoder(artifacts.graph("int8", "encoder"), threads=2), tokenizer, texts)
+    shipped = batch_invariance(OrtEncoder(artifacts.graph("int8", "encoder"), threads=THREADS), tokenizer, texts)
     assert shipped <= TOL
 
 
 @pytest.fixture(scope="module")
 def int8_index(artifacts, tiny_data, tmp_path_factory):
     return build_index(tiny_data / "train" / "news.tsv", artifacts.root, tmp_path_factory.mktemp("index") / "int8",
-                       IndexConfig(precision="int8", threads=2), progress=False, log=lambda _m: None)
+                       IndexConfig(precision="int8", threads=THREADS), progress=False, log=lambda _m: None)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_index_vectors_equal_served_vectors(int8_server, int8_index, news, token
 
 # ---- the text path's vector cache (correct only because INT8 encoding is batch-invariant) ----------------
 def test_cached_vectors_equal_fresh_ones(artifacts, news, tokenizer):
-    enc = OrtEncoder(artifacts.graph("int8", "encoder"), threads=2)
+    enc = OrtEncoder(artifacts.graph("int8", "encoder"), threads=THREADS)
     assert enc.rows_independent
     cached = CachedEncoder(enc, 1 << 20)
     titles = list(dict.fromkeys(item_text(n.title) for n in news.values()))[:40]

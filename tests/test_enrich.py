@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from workers import THREADS
 
 from genrec.core.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news, load_split
 
@@ -251,7 +252,7 @@ def test_index_build_encodes_enriched_titles_and_plain_ones_elsewhere(artifacts,
     (folder / ENRICHED_NEWS).write_text(
         f"N1\t{content_hash(items['N1'])}\tA rewritten title about mountain hiking and summer weather\n"
         f"N2\t0000000000000000\tStale: made from an older version of this item\n", encoding="utf-8")
-    build_index(folder / "news.tsv", artifacts.root, tmp_path / "ix", IndexConfig(precision="fp32", threads=2),
+    build_index(folder / "news.tsv", artifacts.root, tmp_path / "ix", IndexConfig(precision="fp32", threads=THREADS),
                 progress=False, log=lambda _m: None)
     enriched, plain = ItemIndex(tmp_path / "ix"), ItemIndex(fp32_index)
     ids = [b"N1", b"N2", b"N3"]

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from workers import THREADS
 
 from genrec.checkpoint import Checkpoint
 from genrec.core.contract import CF_DIM, ENCODER, HEADS, ITEM_COUNTS, ITEM_STATS, RETRIEVAL
@@ -156,7 +157,7 @@ def test_perturbed_weights_fail_the_gate(artifacts, trained_run):
 def test_cli_fails_on_exceeded_tolerance_and_records_override(trained_run, tmp_path):
     # an impossible bound: the export must fail (exit 3), leave no fp32 artifact, and say why
     proc = subprocess.run([sys.executable, "-m", "genrec.cli", "export", "--checkpoint", str(trained_run),
-                           "--out", str(tmp_path), "--precision", "fp32", "--no-latency",
+                           "--out", str(tmp_path), "--precision", "fp32", "--no-latency", "--threads", str(THREADS),
                            "--tolerance", "fp32.kendall_tau_mean=1.5"], capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
     assert "fp32 parity check 'kendall_tau_mean' failed" in proc.stderr
@@ -177,7 +178,7 @@ def test_exporting_one_precision_keeps_the_others_of_the_same_weights(trained_ru
     """The session's export (fp32, fp16, int8) copied, then fp16 exported again into it: the manifest still lists
     all three (it used to list only the precision just exported). Weights changed in between: the other
     precisions are stale and removed, not listed."""
-    quick = {"latency": False, "threads": 2}
+    quick = {"latency": False, "threads": THREADS}
     tmp_path = tmp_path / "art"
     shutil.copytree(artifacts.root, tmp_path)
     before = json.loads((tmp_path / "artifacts.json").read_text())["precisions"]

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from workers import THREADS
 
 from genrec.export import torchscript
 from genrec.export.parity import ParityError, resolve_tolerances
@@ -39,7 +40,8 @@ def fp32_torchscript(ckpt, parity_inputs, artifacts, tmp_path_factory):
     model, inputs = parity_inputs
     return torchscript.export_and_gate(model.encoder, tmp_path_factory.mktemp("ts"), "fp32", inputs,
                                        artifacts.graph("fp32", "heads"), ckpt.tokenizer(),
-                                       resolve_tolerances({})["fp32"], device="cpu", threads=2, log=lambda _m: None)
+                                       resolve_tolerances({})["fp32"], device="cpu", threads=THREADS,
+                                       log=lambda _m: None)
 
 
 def test_torchscript_export_passes_its_gate_and_matches_pytorch(ckpt, parity_inputs, fp32_torchscript):
@@ -62,7 +64,7 @@ def test_torchscript_export_passes_its_gate_and_matches_pytorch(ckpt, parity_inp
 def test_fp16_artifact_on_cpu_is_gated_through_fp32_and_says_so(ckpt, parity_inputs, artifacts, tmp_path):
     model, inputs = parity_inputs
     res = torchscript.export_and_gate(model.encoder, tmp_path, "fp16", inputs, artifacts.graph("fp16", "heads"),
-                                      ckpt.tokenizer(), resolve_tolerances({})["fp16"], device="cpu", threads=2,
+                                      ckpt.tokenizer(), resolve_tolerances({})["fp16"], device="cpu", threads=THREADS,
                                       log=lambda _m: None)
     assert res.passed, res.report
     assert res.report["precision"] == "fp16" and res.report["gate_precision"] == "fp32"
@@ -79,7 +81,7 @@ def test_gate_fails_on_a_perturbed_encoder(ckpt, parity_inputs, artifacts, tmp_p
         w = broken.lm.encoder.layer[2].output.dense.weight
         w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)) * w.std() * 0.5)
     res = torchscript.export_and_gate(broken, tmp_path, "fp32", inputs, artifacts.graph("fp32", "heads"),
-                                      ckpt.tokenizer(), resolve_tolerances({})["fp32"], device="cpu", threads=2,
+                                      ckpt.tokenizer(), resolve_tolerances({})["fp32"], device="cpu", threads=THREADS,
                                       log=lambda _m: None)
     assert not res.passed and isinstance(res.error, ParityError)
     assert res.error.check == "encoder_cosine_min" and "fp32 parity check" in str(res.error)

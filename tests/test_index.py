@@ -10,6 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from triton_helpers import bytes_input
 from tritonclient.utils import InferenceServerException
+from workers import THREADS
 
 from genrec.client import InvalidRequest, RecommenderClient
 from genrec.core.contract import ITEM_STATS
@@ -26,7 +27,7 @@ class Interrupt(Exception):
 
 def test_build_is_resumable_and_matches_a_fresh_build(artifacts, tiny_data, fp32_index, tmp_path):
     catalog = tiny_data / "train" / "news.tsv"
-    cfg = IndexConfig(precision="fp32", chunk_size=100, threads=2)
+    cfg = IndexConfig(precision="fp32", chunk_size=100, threads=THREADS)
 
     def stop_after_three(rows: int) -> None:
         if rows >= 300:
@@ -296,11 +297,11 @@ def test_repeated_texts_are_encoded_once_and_equal_encoding_every_row(artifacts,
     copies = ["\t".join(["X" + f[0], *f[1:]]) for f in (line.split("\t") for line in lines)]
     catalog = tmp_path / "news.tsv"
     catalog.write_text("\n".join(lines + copies) + "\n")
-    cfg = IndexConfig(precision="fp32", chunk_size=n // 2 + 7, threads=2)   # repeats across and inside chunks
+    cfg = IndexConfig(precision="fp32", chunk_size=n // 2 + 7, threads=THREADS)   # repeats across and inside chunks
     messages: list[str] = []
     build_index(catalog, artifacts.root, tmp_path / "dedup", cfg, progress=False, log=messages.append)
-    build_index(catalog, artifacts.root, tmp_path / "every", IndexConfig(precision="fp32", threads=2, dedupe_mb=0),
-                progress=False, log=lambda _m: None)
+    build_index(catalog, artifacts.root, tmp_path / "every",
+                IndexConfig(precision="fp32", threads=THREADS, dedupe_mb=0), progress=False, log=lambda _m: None)
     dedup, every, base = ItemIndex(tmp_path / "dedup"), ItemIndex(tmp_path / "every"), ItemIndex(fp32_index)
     assert dedup.manifest["encoded_texts"] <= n and dedup.manifest["reused_texts"] >= n
     assert every.manifest["encoded_texts"] == 2 * n and every.manifest["reused_texts"] == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workers import THREADS
 
 from genrec.client import RecommenderClient
 from genrec.core.index import (
@@ -61,7 +62,7 @@ def _copy_index(fp32_index, tmp_path) -> Path:
 
 def _fresh(artifacts, catalog: Path, out: Path) -> ItemIndex:
     """The reference: the same rows built from scratch into their own index."""
-    return ItemIndex(build_index(catalog, artifacts.root, out, IndexConfig(precision="fp32", threads=2), **QUIET))
+    return ItemIndex(build_index(catalog, artifacts.root, out, IndexConfig(precision="fp32", threads=THREADS), **QUIET))
 
 
 def _vec(index: ItemIndex, item_id: str) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_add_publishes_a_generation_and_replaces_re_added_ids(artifacts, tiny_da
             _item(lines[301], "LIVE-2", lines[302][3]),
             _item(lines[1], lines[1][0], lines[400][3])]                 # a known id, new text: replaces its row
     add = _catalog(tmp_path / "add.tsv", rows)
-    gen = add_items(add, artifacts.root, index, AddConfig(threads=2), **QUIET)
+    gen = add_items(add, artifacts.root, index, AddConfig(threads=THREADS), **QUIET)
     assert read_current(index) == gen.name == "gen-000001" and not (index / PARTIAL).exists()
     assert live.check() and live.index.generation == 1 and not live.check()
     new = live.index
@@ -114,7 +115,7 @@ def test_add_publishes_a_generation_and_replaces_re_added_ids(artifacts, tiny_da
     # a second add: the previous delta's rows stay (minus ids sent again), one delta, one base
     add2 = _catalog(tmp_path / "add2.tsv", [_item(lines[300], "LIVE-1", lines[500][3]),
                                            _item(lines[303], "LIVE-3", lines[303][3])])
-    add_items(add2, artifacts.root, index, AddConfig(threads=2), **QUIET)
+    add_items(add2, artifacts.root, index, AddConfig(threads=THREADS), **QUIET)
     assert live.check()
     g2 = live.index
     assert [len(s) for s in g2.segments] == [len(old), 4] and len(g2) == len(old) + 3
@@ -125,7 +126,7 @@ def test_add_publishes_a_generation_and_replaces_re_added_ids(artifacts, tiny_da
 
     # compaction: one full base with the same content, no encoder run for the old rows
     add3 = _catalog(tmp_path / "add3.tsv", [_item(lines[304], "LIVE-4", lines[304][3])])
-    add_items(add3, artifacts.root, index, AddConfig(threads=2, compact_ratio=0.0), **QUIET)
+    add_items(add3, artifacts.root, index, AddConfig(threads=THREADS, compact_ratio=0.0), **QUIET)
     assert live.check()
     g3 = live.index
     assert len(g3.segments) == 1 and len(g3) == len(g2) + 1 == len(g3.segments[0])
@@ -143,7 +144,7 @@ def test_old_generation_stays_readable_until_dropped_then_its_files_are_gone(art
     (Linux keeps an unlinked file while mapped) and frees it when it drops the generation."""
     lines = _lines(tiny_data)
     index = _copy_index(fp32_index, tmp_path)
-    cfg = AddConfig(threads=2, keep_generations=0)
+    cfg = AddConfig(threads=THREADS, keep_generations=0)
     add_items(_catalog(tmp_path / "a.tsv", [_item(lines[10], "A-1", lines[11][3])]), artifacts.root, index, cfg,
               **QUIET)
     held = ItemIndex(index)                            # generation 1, as a server holds it
@@ -167,13 +168,13 @@ def test_mismatched_encoder_is_refused(artifacts, tiny_data, fp32_index, tmp_pat
     (index / "index.json").write_text(json.dumps({**manifest, "encoder_sha256": "0" * 64}))   # another encoder's
     add = _catalog(tmp_path / "a.tsv", [_item(lines[10], "A-1", lines[11][3])])
     with pytest.raises(IndexMismatch, match="was built by encoder 000000000000 .*does not contain"):
-        add_items(add, artifacts.root, index, AddConfig(threads=2), **QUIET)
+        add_items(add, artifacts.root, index, AddConfig(threads=THREADS), **QUIET)
     assert read_current(index) is None and not (index / "gen-000001").exists()
     # and a server refuses a generation from another encoder: it keeps the one it serves and says why
     good = _copy_index(fp32_index, tmp_path / "good")
     messages: list[str] = []
     live = LiveIndex(good, refresh_ms=0, expect_encoder_sha256=manifest["encoder_sha256"], log=messages.append)
-    add_items(add, artifacts.root, good, AddConfig(threads=2), **QUIET)
+    add_items(add, artifacts.root, good, AddConfig(threads=THREADS), **QUIET)
     gm = good / "gen-000001" / "index.json"
     gm.write_text(json.dumps({**json.loads(gm.read_text()), "encoder_sha256": "1" * 64}))
     assert not live.check() and live.index.generation == 0
@@ -192,14 +193,14 @@ def test_interrupted_add_leaves_the_served_generation_and_resumes(artifacts, tin
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        add_items(add, artifacts.root, index, AddConfig(threads=2, chunk_size=10), progress=False,
+        add_items(add, artifacts.root, index, AddConfig(threads=THREADS, chunk_size=10), progress=False,
                   log=lambda _m: None, on_chunk=stop)
     assert read_current(index) is None and not list(index.glob("gen-*"))
     assert not live.check() and live.index.generation == 0 and ItemIndex(index).rows([b"R-0"]).tolist() == [-1]
     messages: list[str] = []
     encoded: list[int] = []
-    add_items(add, artifacts.root, index, AddConfig(threads=2, chunk_size=10), progress=False, log=messages.append,
-              on_chunk=encoded.append)
+    add_items(add, artifacts.root, index, AddConfig(threads=THREADS, chunk_size=10), progress=False,
+              log=messages.append, on_chunk=encoded.append)
     assert any("resuming at row 20" in m for m in messages) and encoded[0] == 30
     assert live.check() and len(live.index) == len(ItemIndex(fp32_index)) + 40
     np.testing.assert_allclose(_vec(live.index, "R-33"), _vec(_fresh(artifacts, add, tmp_path / "ref"), "R-33"),

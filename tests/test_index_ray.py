@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workers import THREADS
 
 from genrec.core.index import FILES, IndexConfig, build_index
 
@@ -46,7 +47,7 @@ def catalog(tiny_data, tmp_path_factory) -> Path:
 def reference(catalog, artifacts, tmp_path_factory) -> Path:
     """The single-process INT8 build at its defaults (one chunk, both cores)."""
     return build_index(catalog, artifacts.root, tmp_path_factory.mktemp("index") / "single",
-                       IndexConfig(precision="int8", threads=2), progress=False, log=lambda _m: None)
+                       IndexConfig(precision="int8", threads=THREADS), progress=False, log=lambda _m: None)
 
 
 def assert_same_index(got: Path, want: Path) -> None:
@@ -114,7 +115,7 @@ def test_an_interrupted_ray_build_resumes_with_or_without_ray(cluster, catalog, 
     out2 = tmp_path / "ray-then-local"
     shutil.rmtree(out2, ignore_errors=True)
     interrupted_ray_build(out2, catalog, artifacts, cluster.address, after_rows=3 * CHUNK)
-    build_index(catalog, artifacts.root, out2, IndexConfig(precision="int8", threads=2), progress=False,
+    build_index(catalog, artifacts.root, out2, IndexConfig(precision="int8", threads=THREADS), progress=False,
                 log=lambda _m: None)
     assert_same_index(out2, reference)
     vectors = np.fromfile(out2 / "vectors.f32", dtype=np.float32)

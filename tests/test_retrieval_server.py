@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from triton_helpers import bytes_input
 from tritonclient.utils import InferenceServerException
+from workers import THREADS
 
 from genrec.client import InvalidRequest, RecommenderClient
 
@@ -27,7 +28,7 @@ def retrieval_index(fp32_index, artifacts, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("retrieval-index") / "index"
     shutil.copytree(fp32_index, folder)
-    built = build_index_retrieval(folder, artifacts.root, RetrievalConfig(nprobe=32, exact_below=0, threads=2),
+    built = build_index_retrieval(folder, artifacts.root, RetrievalConfig(nprobe=32, exact_below=0, threads=THREADS),
                                   log=lambda _m: None)
     assert len(built) == 1
     return folder
@@ -72,7 +73,7 @@ def test_served_retrieval_recall_matches_the_exact_full_ranking(retrieval_server
     index = ItemIndex(retrieval_index)
     users = _users(tiny_data, index)
     assert len(users) >= 50
-    heads = OrtHeads(artifacts.graph("fp32", "heads"), threads=2)
+    heads = OrtHeads(artifacts.graph("fp32", "heads"), threads=THREADS)
     stats = StatsTable.read(item_stats_dir)
     all_ids = [bytes(i).decode() for i in index.ids]
     all_stats = stats.lookup(all_ids)
@@ -177,7 +178,7 @@ def test_served_retrieval_is_the_ann_items_plus_the_popular_ones_reranked(retrie
     prec = has_retrieval(art)
     retriever = Retriever(art.graph(prec, "retrieval"), art.sha256(prec, "retrieval"), log=lambda _m: None)
     index = ItemIndex(retrieval_index)
-    heads = OrtHeads(artifacts.graph("fp32", "heads"), threads=2)
+    heads = OrtHeads(artifacts.graph("fp32", "heads"), threads=THREADS)
     stats = StatsTable.read(item_stats_dir)
     pool = PopularPool.build(index, stats, 1024)
     client = RecommenderClient(retrieval_server.grpc_url, timeout=30)

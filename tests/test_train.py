@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import torch
+from workers import THREADS
 
 from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig, ModelConfig, TrainConfig
@@ -15,7 +16,7 @@ from genrec.train import train
 
 
 def test_tiny_training_learns_the_planted_structure(trained_run, tiny_data):
-    result = evaluate(trained_run, tiny_data / "dev", EvalConfig(threads=2))
+    result = evaluate(trained_run, tiny_data / "dev", EvalConfig(threads=THREADS))
     assert result["group_auc"] >= 0.70, result
     assert result["group_auc"] > max(result["baselines"].values()) + 0.02
     assert result["strongest_baseline"] in result["baselines"] and result["margin_over_strongest_baseline"] > 0.02
@@ -64,7 +65,7 @@ def test_evaluate_cli_json(trained_run, tiny_data):
 def test_finetune_top_layer_and_alpha(tiny_data, tmp_path):
     # ONCE-style: fine-tune the top MiniLM layer on cached lower-layer outputs; custom task weights
     res = train(tiny_data / "train", tmp_path, ModelConfig(finetune_layers=1, dim=32),
-                TrainConfig(epochs=1, max_impressions=300, threads=2, alpha={"click": 1.0, "topic": 0.5}),
+                TrainConfig(epochs=1, max_impressions=300, threads=THREADS, alpha={"click": 1.0, "topic": 0.5}),
                 progress=False, log=lambda _m: None)
     ckpt = Checkpoint.load(res.checkpoint_path)
     assert ckpt.model_config.finetune_layers == 1 and ckpt.train_config["alpha"] == {"click": 1.0, "topic": 0.5}
