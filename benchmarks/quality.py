@@ -3,9 +3,10 @@
 Entry point: ``run_quality(QualityConfig) -> dict``. For every dataset (the real MovieLens 100K set from
 ``../shared/data/ml-100k`` when present, imported with the standard protocol, and the synthetic demo set)
 and every variant (content only / + item counts / + collaborative vectors / + the click logit started at the
-strongest baseline (the default) / + fine-tuned top LM layer / + summaries as item text), it trains with each seed and evaluates on the test split with ``genrec.evaluate`` -- the same
-impressions give the simple baselines. Writes OUT/results.json and OUT/results.md (the README's table).
-Selection is on validation only (early stopping); the test split is scored once per run.
+strongest baseline (the default) / + fine-tuned top LM layer / + summaries as item text), it trains with each
+seed and evaluates on the test split with ``genrec.evaluate`` -- the same impressions give the simple baselines.
+Writes OUT/results.json and OUT/results.md (the README's table). Selection is on validation only (early
+stopping); the test split is scored once per run. Finished runs are reused only for the same code and settings.
 """
 
 from __future__ import annotations
@@ -111,6 +112,28 @@ def _users_enriched(data: Path, work: Path, limit: int) -> Path:
     return data
 
 
+def code_fingerprint() -> str:
+    """sha256 over the source of the genrec package (model, training, evaluation, data): a finished run is
+    reused only while this matches, so a code change cannot leave stale rows in the table."""
+    import hashlib
+
+    import genrec
+
+    h = hashlib.sha256()
+    root = Path(genrec.__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def finished_run(done: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The run recorded in ``done`` when it was made with ``key`` (code fingerprint and settings), else None."""
+    if not done.is_file():
+        return None
+    run = json.loads(done.read_text())
+    return run if run.get("key") == key else None
+
+
 def _test_split(folder: Path) -> Path:
     return folder / "test" if (folder / "test").is_dir() else folder / "dev"
 
@@ -125,6 +148,7 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; known: {list(VARIANTS)}")
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+    code = code_fingerprint()
     for dataset in cfg.datasets:
         for variant in (cfg.synthetic_variants if dataset == "synthetic" else cfg.variants):
             overrides, text = VARIANTS[variant]
@@ -134,11 +158,16 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
             runs = []
             for seed in cfg.seeds:
                 run_dir = Path(cfg.workdir) / "runs" / f"{dataset}-{variant.strip('+ ').replace(' ', '-')}-s{seed}"
-                done = run_dir / "quality_run.json"          # resumable: a finished run is not redone
-                if done.is_file():
-                    runs.append(json.loads(done.read_text()))
+                done = run_dir / "quality_run.json"          # resumable: a finished run of this code is not redone
+                key = {"code": code, "overrides": overrides, "text": text, "threads": cfg.threads}
+                before = finished_run(done, key)
+                if before is not None:
+                    runs.append(before)
                     print(f"quality: {dataset} | {variant} | seed {seed}: done before ({done})")
                     continue
+                if done.is_file():
+                    print(f"quality: {dataset} | {variant} | seed {seed}: {done} is from other code or settings; "
+                          "training again")
                 t0 = time.perf_counter()
                 res = train(data / "train", run_dir, ModelConfig(**overrides),
                             TrainConfig(seed=seed, threads=cfg.threads), progress=False, log=lambda _m: None)
@@ -148,7 +177,8 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
                              "baselines": ev["baselines"],
                              "explanation_faithfulness": ev.get("explanation_faithfulness"),
                              "explanation_category_match": ev.get("explanation_category_match"),
-                             "explanation_category_match_random": ev.get("explanation_category_match_random")})
+                             "explanation_category_match_random": ev.get("explanation_category_match_random"),
+                             "key": key})
                 done.write_text(json.dumps(runs[-1]) + "\n")
                 print(f"quality: {dataset} | {variant} | seed {seed}: test group-AUC {ev['group_auc']:.4f} "
                       f"(val {res.metrics['group_auc']:.4f}, epoch {res.best_epoch}, {runs[-1]['seconds']} s)",
