@@ -3,7 +3,8 @@
 Entry point: ``run_quality(QualityConfig) -> dict``. For every dataset (the real MovieLens 100K set from
 ``../shared/data/ml-100k`` when present, imported with the standard protocol, and the synthetic demo set)
 and every variant (content only / + item counts / + collaborative vectors / + the click logit started at the
-strongest baseline (the default) / + fine-tuned top LM layer / + summaries as item text), it trains with each
+strongest baseline (the default) / default + training with some candidates' statistics dropped (new items)
+/ + fine-tuned top LM layer / + summaries as item text), it trains with each
 seed and evaluates on the test split with ``genrec.evaluate`` -- the same impressions give the simple baselines.
 Writes OUT/results.json and OUT/results.md (the README's table). Selection is on validation only (early
 stopping); the test split is scored once per run. Finished runs are reused only for the same code and settings.
@@ -20,7 +21,8 @@ from typing import Any
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
-# variant -> (ModelConfig overrides, item text). Cumulative, as in the README's ablation. Item text: "title",
+# variant -> (ModelConfig or TrainConfig overrides, item text). Cumulative, as in the README's ablation (the
+# "default + ..." rows each add one thing to the default). Item text: "title",
 # "summaries" (the Wikipedia line as the abstract), "llm" (titles rewritten by `genrec enrich items` with the
 # packaged local LLM) or "users" (plain titles; user profiles and cold-user items from `genrec enrich users` /
 # `cold-users` beside behaviors.tsv). LLM answers are cached in WORKDIR/data/enrich_cache.jsonl: only the
@@ -30,6 +32,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "+ item counts": ({"collaborative": False, "baseline_init": 0.0}, "title"),
     "+ collaborative vectors": ({"baseline_init": 0.0}, "title"),
     "+ baseline start (default)": ({}, "title"),
+    "default + stats dropout 0.5": ({"stats_dropout": 0.5}, "title"),
     "+ fine-tuned top LM layer": ({"finetune_layers": 1}, "title"),
     "+ summaries as item text": ({"use_abstract": True}, "summaries"),
     "content only + LLM-enriched titles": ({"item_stats": False}, "llm"),
@@ -53,10 +56,10 @@ class QualityConfig:
         "help": "training seeds; every figure is mean +- std over them"})
     datasets: tuple[str, ...] = dataclasses.field(default=("ml-100k", "synthetic"), metadata={
         "help": "ml-100k (needs ../shared/data/ml-100k; skipped when absent) and/or synthetic"})
-    variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:6], metadata={
+    variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:7], metadata={
         "help": "ablation rows to run on ml-100k (names as in the table); the LLM rows (" + ", ".join(LLM_VARIANTS)
                 + ") are opt-in: their first run enriches the catalog with the local LLM (~25 min on one core)"})
-    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:4], metadata={
+    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:5], metadata={
         "help": "ablation rows on the synthetic set (its text already carries the signal: the LM rows cost "
                 "time and say little there)"})
     ml100k: str = dataclasses.field(default=str(ML100K), metadata={"help": "the MovieLens 100K folder"})
@@ -143,6 +146,8 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
     from genrec.evaluate import evaluate
     from genrec.train import train
 
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}           # the rest go to TrainConfig
+
     unknown = (set(cfg.variants) | set(cfg.synthetic_variants)) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; known: {list(VARIANTS)}")
@@ -169,8 +174,11 @@ def run_quality(cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
                     print(f"quality: {dataset} | {variant} | seed {seed}: {done} is from other code or settings; "
                           "training again")
                 t0 = time.perf_counter()
-                res = train(data / "train", run_dir, ModelConfig(**overrides),
-                            TrainConfig(seed=seed, threads=cfg.threads), progress=False, log=lambda _m: None)
+                model_over = {k: v for k, v in overrides.items() if k in model_fields}
+                train_over = {k: v for k, v in overrides.items() if k not in model_fields}
+                res = train(data / "train", run_dir, ModelConfig(**model_over),
+                            TrainConfig(seed=seed, threads=cfg.threads, **train_over), progress=False,
+                            log=lambda _m: None)
                 ev = evaluate(res.checkpoint_path, _test_split(data), EvalConfig(threads=cfg.threads))
                 runs.append({"seed": seed, "best_epoch": res.best_epoch, "val_group_auc": res.metrics["group_auc"],
                              "seconds": round(time.perf_counter() - t0, 1), **{m: ev[m] for m in METRICS},

@@ -71,6 +71,15 @@ def _sample_clicks(imps: ImpressionArrays, k: int, rng: np.random.Generator,
     return np.asarray(imp_idx, dtype=np.int64), rows, stats
 
 
+def drop_stats(stats: torch.Tensor, rate: float, rng: np.random.Generator) -> torch.Tensor:
+    """(B, N, S) candidate statistics with each row zeroed (= no statistics, a new item) with probability
+    ``rate``: the model then learns to rank items it has no counts for from their text (DropoutNet)."""
+    if not rate:
+        return stats
+    cold = torch.from_numpy(rng.random(stats.shape[:-1]) < rate)
+    return stats.masked_fill(cold.unsqueeze(-1), 0.0)
+
+
 def _parity_set(imps, table: ItemTable, cat_vocab: Vocab, sub_vocab: Vocab, n: int,
                 rng: np.random.Generator) -> list[dict[str, Any]]:
     """Small held-out set the export parity gate replays through PyTorch and ONNX."""
@@ -102,6 +111,8 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     unknown = set(cfg.alpha) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) in alpha: {sorted(unknown)}; tasks are {list(TASKS)}")
+    if not 0.0 <= cfg.stats_dropout < 1.0:
+        raise ValueError(f"stats_dropout = {cfg.stats_dropout}: must be in [0, 1)")
     rng = _set_seed(cfg.seed, cfg.threads)
     split = load_split(data_dir, skip_bad_lines=cfg.skip_bad_lines, max_history=model_cfg.max_history)
     for rep in split.reports:
@@ -222,6 +233,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             cand_vec = vec[inv[b * h:]].view(b, cands.shape[1], -1)                    # (B, 1+K, D)
             hist_stats = torch.from_numpy(tr.history_stats[imp_idx[sel], :h])             # (B, H, S)
             cand_stats = torch.from_numpy(cand_stats_rows[sel])                         # (B, 1+K, S)
+            cand_stats = drop_stats(cand_stats, cfg.stats_dropout, rng)
             profile = torch.from_numpy(tr.profile[imp_idx[sel]])                        # (B, K)
             out = model.heads(hist_vec, hist > 0, item_cat[hist], item_sub[hist], cand_vec, item_cat[cands],
                               item_sub[cands], hist_stats, cand_stats, profile, explain=False)

@@ -6,13 +6,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import torch
 from workers import THREADS
 
 from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig, ModelConfig, TrainConfig
+from genrec.core.stats import N_STATS
 from genrec.evaluate import evaluate
-from genrec.train import train
+from genrec.train import drop_stats, train
 
 
 def test_tiny_training_learns_the_planted_structure(trained_run, tiny_data):
@@ -62,13 +64,25 @@ def test_evaluate_cli_json(trained_run, tiny_data):
     assert result["impressions"] + result["skipped_impressions"] <= 50
 
 
+def test_stats_dropout_shows_a_share_of_candidates_as_new_items():
+    stats = torch.rand(64, 5, N_STATS) + 1.0                     # every candidate has statistics
+    out = drop_stats(stats, 0.3, np.random.default_rng(0))
+    cold = (out == 0).all(-1)                                      # (64, 5): rows with none left
+    assert 0.25 < cold.float().mean() < 0.35
+    assert ((out == 0).any(-1) == cold).all()                      # whole rows only (counts and vector)
+    assert torch.equal(out[~cold], stats[~cold])                   # the others untouched
+    assert drop_stats(stats, 0.0, np.random.default_rng(0)) is stats
+
+
 def test_finetune_top_layer_and_alpha(tiny_data, tmp_path):
     # ONCE-style: fine-tune the top MiniLM layer on cached lower-layer outputs; custom task weights
     res = train(tiny_data / "train", tmp_path, ModelConfig(finetune_layers=1, dim=32),
-                TrainConfig(epochs=1, max_impressions=300, threads=THREADS, alpha={"click": 1.0, "topic": 0.5}),
+                TrainConfig(epochs=1, max_impressions=300, threads=THREADS, alpha={"click": 1.0, "topic": 0.5},
+                            stats_dropout=0.5),
                 progress=False, log=lambda _m: None)
     ckpt = Checkpoint.load(res.checkpoint_path)
     assert ckpt.model_config.finetune_layers == 1 and ckpt.train_config["alpha"] == {"click": 1.0, "topic": 0.5}
+    assert ckpt.train_config["stats_dropout"] == 0.5
     base = Checkpoint.load(res.checkpoint_path)
     from genrec.model import load_pretrained_lm
     fresh = base.build_model()
@@ -84,3 +98,5 @@ def test_unknown_task_weight_is_rejected(tiny_data, tmp_path):
     import pytest
     with pytest.raises(ValueError, match="unknown task"):
         train(tiny_data / "train", tmp_path, ModelConfig(), TrainConfig(alpha={"dwell": 1.0}), progress=False)
+    with pytest.raises(ValueError, match="stats_dropout"):
+        train(tiny_data / "train", tmp_path, ModelConfig(), TrainConfig(stats_dropout=1.0), progress=False)
