@@ -31,8 +31,8 @@ demo: setup
 	$(VENV)/bin/genrec demo
 
 # two workers, one test file each at a time in tests/conftest.py SCHEDULE order (module fixtures stay per file),
-# one CPU thread each (tests/workers.py); the session's model is trained
-# and exported once and shared (tests/conftest.py built_once). Plain `pytest` runs serially.
+# one CPU thread each (tests/workers.py); the session's model is trained and exported once and shared
+# (tests/conftest.py built_once). Plain `pytest` runs serially.
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 

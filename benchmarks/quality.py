@@ -3,11 +3,11 @@
 Entry point: ``run_quality(QualityConfig) -> dict``. For every dataset (the real MovieLens 100K set from
 ``../shared/data/ml-100k`` when present, imported with the standard protocol, and the synthetic demo set)
 and every variant (content only / + item counts / + collaborative vectors / + the click logit started at the
-strongest baseline (the default) / default + training with some candidates' statistics dropped (new items)
-/ + fine-tuned top LM layer / + summaries as item text), it trains with each
-seed and evaluates on the test split with ``genrec.evaluate`` -- the same impressions give the simple baselines.
-Writes OUT/results.json and OUT/results.md (the README's table). Selection is on validation only (early
-stopping); the test split is scored once per run. Finished runs are reused only for the same code and settings.
+strongest baseline (the default) / default + training with some candidates' statistics dropped (new items) /
++ fine-tuned top LM layer / + summaries as item text), it trains with each seed and evaluates on the test split
+with ``genrec.evaluate`` -- the same impressions give the simple baselines. Writes OUT/results.json and
+OUT/results.md (the README's table). Selection is on validation only (early stopping); the test split is scored
+once per run. Finished runs are reused only for the same code and settings.
 """
 
 from __future__ import annotations
