@@ -13,8 +13,9 @@ import pytest
 import torch
 from workers import THREADS
 
+from genrec.benchmarks.workload import plausible_stats
 from genrec.checkpoint import Checkpoint
-from genrec.core.contract import CF_DIM, ENCODER, HEADS, ITEM_COUNTS, ITEM_STATS, RETRIEVAL
+from genrec.core.contract import ENCODER, HEADS, ITEM_COUNTS, ITEM_STATS, RETRIEVAL
 from genrec.core.runtime import OrtHeads, Pipeline
 from genrec.export import ExportConfig, ParityError, export
 from genrec.export.graphs import HeadsGraph, example_inputs
@@ -81,14 +82,10 @@ def test_heads_cold_user_and_single_candidate(artifacts, trained_run, n_hist, n_
     ckpt = Checkpoint.load(trained_run)
     heads = HeadsGraph(ckpt.build_model().heads).eval()
     rng = np.random.default_rng(0)
-    def stats(n: int) -> np.ndarray:   # what `genrec stats build` writes: counts with clicks <= exposures and a
-        exposures = rng.integers(1, 200, n)                  # unit collaborative vector; some rows unknown (zeros)
-        counts = np.stack([exposures, rng.integers(0, exposures + 1), rng.integers(0, exposures + 1)], axis=1)
-        cf = rng.standard_normal((n, CF_DIM))
-        out = np.concatenate([counts, cf / np.linalg.norm(cf, axis=1, keepdims=True)], axis=1)
-        out *= rng.random((n, 1)) > 0.3
+    def stats(n: int) -> np.ndarray:   # as `genrec stats build` writes them, some rows unknown, the first known
+        out = plausible_stats(n, rng, unknown=0.3)
         out[:1, :len(ITEM_COUNTS)] = [150.0, 40.0, 20.0]
-        return out.astype(np.float32)
+        return out
 
     vecs = rng.standard_normal((n_hist + n_cand, ckpt.model_config.dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)          # unit rows, as the encoder emits (the gate's domain)
