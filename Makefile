@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PA_VENV  := .venv-perf-analyzer
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: setup demo test bench quality bench-gpu bench-gpu-prepare bench-gpu-dry-run lint clean
+.PHONY: setup demo test bench quality bench-gpu bench-gpu-prepare bench-gpu-dry-run lint docs docs-flags clean
 
 setup: $(STAMP) $(PA_STAMP)
 
@@ -68,6 +68,15 @@ bench-gpu-dry-run: setup
 	$(PY) benchmarks/gpu.py prepare --checkpoint $(GPU_CKPT) --out build/gpu-dry/model --precision fp32 \
 	    --catalog-items 200 --parity-impressions 20
 	$(PY) -m genrec.benchmarks.gpu run --dry-run --model build/gpu-dry/model --out build/gpu-dry/out
+
+# The docs site (docs/, mkdocs.yml) -> build/docs-site/, offline; --strict: a broken link, anchor, code reference
+# or stale flag table fails it (docs/hooks.py; tests/test_docs.py runs the same build in `make test`).
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
+
+# docs/cli.md and every <!-- flags: genrec ... --> table, regenerated from the CLI (= the config dataclasses)
+docs-flags: setup
+	$(PY) docs/hooks.py --write
 
 lint: setup
 	$(VENV)/bin/ruff check genrec export model_repository server client benchmarks tests
