@@ -272,6 +272,7 @@ def parity_gate(model_dir: Path, art, device: str, log) -> dict[str, Any]:
     from genrec.core.artifacts import ServingAssets
     from genrec.export import torchscript
     from genrec.export.parity import ParityError, gate, measure, resolve_tolerances
+    from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
 
     path = model_dir / "parity.pkl"
     if not path.is_file():
@@ -281,7 +282,7 @@ def parity_gate(model_dir: Path, art, device: str, log) -> dict[str, Any]:
     prec = saved["precision"]
     tok = ServingAssets.load(art.assets).tokenizer()
     t = time.perf_counter()
-    stats = measure(saved["inputs"], torchscript.TorchScriptEncoder(art.graph(prec, torchscript.GRAPH), device),
+    stats = measure(saved["inputs"], TorchScriptEncoder(art.graph(prec, torchscript.GRAPH), device),
                     art.graph(prec, "heads"), tok)
     out: dict[str, Any] = {"precision": prec, "device": device, "parity": stats,
                            "tolerances": resolve_tolerances({})[prec]}
@@ -304,8 +305,9 @@ def raw_anchor(art, prec: str, device: str, requests, batches: tuple[int, ...], 
 
     from genrec.core.artifacts import ServingAssets
     from genrec.export import torchscript
+    from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
 
-    enc = torchscript.TorchScriptEncoder(art.graph(prec, torchscript.GRAPH), device)
+    enc = TorchScriptEncoder(art.graph(prec, torchscript.GRAPH), device)
     tok = ServingAssets.load(art.assets).tokenizer()
 
     def timed(fn, runs_min: int = 5) -> list[float]:

@@ -11,12 +11,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from genrec.client import core
+from genrec.client import common
 from genrec.client.errors import GenrecClientError, Unavailable
 from genrec.client.types import NewItem, Recommendations, RecommendRequest
 
 
-class AsyncRecommenderClient(core.ClientBase):
+class AsyncRecommenderClient(common.ClientBase):
     """Same parameters and semantics as :class:`genrec.client.RecommenderClient`, awaitable."""
 
     GRPC = aioclient
@@ -34,20 +34,20 @@ class AsyncRecommenderClient(core.ClientBase):
             except InferenceServerException as exc:
                 await asyncio.sleep(self._retry.delay_after(exc, attempt, deadline))
 
-    async def served(self, model: str | None = None, deadline: float | None = None) -> core.Served:
+    async def served(self, model: str | None = None, deadline: float | None = None) -> common.Served:
         """As the sync client's: fetched once; ``deadline`` is the calling request's."""
         model = model or self.model
         async with self._served_lock:
             if model not in self._served:
-                spec = core.RECOMMEND if model == self.index_model else core.ENSEMBLE
+                spec = common.RECOMMEND if model == self.index_model else common.ENSEMBLE
                 deadline = time.monotonic() + self.timeout if deadline is None else deadline
                 metadata = await self._call(
                     lambda t: self._grpc.get_model_metadata(model, client_timeout=t), deadline)
-                core.check_metadata(metadata, model, spec)
+                common.check_metadata(metadata, model, spec)
                 config = (await self._call(
                     lambda t: self._grpc.get_model_config(model, client_timeout=t), deadline)).config
                 version = metadata.versions[-1] if metadata.versions else ""
-                self._served[model] = core.served_from_config(config, version)
+                self._served[model] = common.served_from_config(config, version)
             return self._served[model]
 
     check_contract = served
@@ -75,11 +75,11 @@ class AsyncRecommenderClient(core.ClientBase):
         start = time.perf_counter()
         deadline = time.monotonic() + self.timeout               # one deadline for the whole call
         served = await self.served(model, deadline)
-        user = core.prepare(req, served.limits, served)
-        inputs = core.encode_inputs(user, grpcclient.InferInput, req)
+        user = common.prepare(req, served.limits, served)
+        inputs = common.encode_inputs(user, grpcclient.InferInput, req)
         result = await self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
                                                              compression_algorithm=self.compression), deadline)
-        return core.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)
+        return common.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)
 
     async def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 32,
                              return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:
@@ -101,13 +101,13 @@ class AsyncRecommenderClient(core.ClientBase):
         except InferenceServerException:
             return {"live": False, "ready": False, "model_ready": False}
 
-    async def wait_until_ready(self, timeout: float = 60.0) -> core.Served:
+    async def wait_until_ready(self, timeout: float = 60.0) -> common.Served:
         deadline = time.monotonic() + timeout
         attempt = 0
         while time.monotonic() < deadline:
             if (await self.health())["model_ready"]:
                 return await self.served()
-            await asyncio.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._retry.rng) + 0.05,
+            await asyncio.sleep(min(common.backoff_delay(attempt, 0.1, 1.0, self._retry.rng) + 0.05,
                                     max(0.0, deadline - time.monotonic())))
             attempt += 1
         raise Unavailable(f"{self.url}: model '{self.model}' not ready after {timeout}s")

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from genrec.client import core
+from genrec.client import common
 from genrec.client.errors import GenrecClientError, Unavailable
 from genrec.client.types import NewItem, Recommendations, RecommendRequest
 
 
-class RecommenderClient(core.ClientBase):
+class RecommenderClient(common.ClientBase):
     """Ranks candidates for one user per call against the ``genrec`` ensemble.
 
     ``timeout`` is the whole call's deadline in seconds, retries included. ``retries`` applies to
@@ -28,7 +28,7 @@ class RecommenderClient(core.ClientBase):
     (``dns:///genrec-headless:8001`` for a Kubernetes headless Service, ``ipv4:10.0.0.1:8001,10.0.0.2:8001``).
     gRPC itself balances them (``round_robin``: one connection per replica, requests only to connected ones) and
     retries UNAVAILABLE on another replica (its retry policy), so a replica that dies costs no failed call while
-    another is up; it gets traffic again once it is back (see :func:`genrec.client.core.grpc_target`).
+    another is up; it gets traffic again once it is back (see :func:`genrec.client.common.grpc_target`).
     """
 
     GRPC = grpcclient
@@ -47,19 +47,19 @@ class RecommenderClient(core.ClientBase):
             except InferenceServerException as exc:
                 time.sleep(self._retry.delay_after(exc, attempt, deadline))
 
-    def served(self, model: str | None = None, deadline: float | None = None) -> core.Served:
+    def served(self, model: str | None = None, deadline: float | None = None) -> common.Served:
         """Contract check + limits of ``model`` (default: the text ensemble), fetched once (thread-safe).
         ``deadline`` (time.monotonic() based): the calling request's, so its first call has one deadline."""
         model = model or self.model
         with self._lock:
             if model in self._served:
                 return self._served[model]
-        spec = core.RECOMMEND if model == self.index_model else core.ENSEMBLE
+        spec = common.RECOMMEND if model == self.index_model else common.ENSEMBLE
         deadline = time.monotonic() + self.timeout if deadline is None else deadline
         metadata = self._call(lambda t: self._grpc.get_model_metadata(model, client_timeout=t), deadline)
-        core.check_metadata(metadata, model, spec)
+        common.check_metadata(metadata, model, spec)
         config = self._call(lambda t: self._grpc.get_model_config(model, client_timeout=t), deadline).config
-        served = core.served_from_config(config, metadata.versions[-1] if metadata.versions else "")
+        served = common.served_from_config(config, metadata.versions[-1] if metadata.versions else "")
         with self._lock:
             self._served[model] = served
         return served
@@ -106,11 +106,11 @@ class RecommenderClient(core.ClientBase):
         start = time.perf_counter()
         deadline = time.monotonic() + self.timeout               # one deadline for the whole call
         served = self.served(model, deadline)
-        user = core.prepare(req, served.limits, served)                  # same checks and messages as the server
-        inputs = core.encode_inputs(user, grpcclient.InferInput, req)
+        user = common.prepare(req, served.limits, served)                  # same checks and messages as the server
+        inputs = common.encode_inputs(user, grpcclient.InferInput, req)
         result = self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
                                                        compression_algorithm=self.compression), deadline)
-        return core.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)
+        return common.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)
 
     def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 8,
                        return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:
@@ -134,14 +134,14 @@ class RecommenderClient(core.ClientBase):
         except InferenceServerException:
             return {"live": False, "ready": False, "model_ready": False}
 
-    def wait_until_ready(self, timeout: float = 60.0) -> core.Served:
+    def wait_until_ready(self, timeout: float = 60.0) -> common.Served:
         """Poll until the server and model are ready, then check the contract; Unavailable on timeout."""
         deadline = time.monotonic() + timeout
         attempt = 0
         while time.monotonic() < deadline:
             if self.health()["model_ready"]:
                 return self.served()
-            time.sleep(min(core.backoff_delay(attempt, 0.1, 1.0, self._retry.rng) + 0.05,
+            time.sleep(min(common.backoff_delay(attempt, 0.1, 1.0, self._retry.rng) + 0.05,
                            max(0.0, deadline - time.monotonic())))
             attempt += 1
         raise Unavailable(f"{self.url}: model '{self.model}' not ready after {timeout}s")

@@ -1,4 +1,7 @@
-"""The two exported graphs as torch modules whose signatures follow ``genrec.core.contract``."""
+"""The exported graphs as torch modules whose signatures follow ``genrec.core.contract``: the encoder, the heads, and
+the retrieval graph (``retrieval.onnx``): the heads' user encoder and item representation on their own, so serving
+can search the whole catalog by ``user . item_repr`` (the click logit's match term) and an index build can compute
+every item's retrieval vector."""
 
 from __future__ import annotations
 
@@ -67,3 +70,22 @@ def example_inputs(dim: int, n_categories: int = 0, n_subcategories: int = 0):
              torch.ones(n_cand, dtype=torch.int64), stats(n_hist), stats(n_cand),
              (torch.arange(max(1, n_categories)) % 2).float())                  # a profile of every other topic
     return enc, heads
+
+
+class RetrievalGraph(nn.Module):
+    """item_vectors (N, D), category (N,), subcategory (N,) -> item_repr (N, D) and user_vector (D,): the user
+    vector of a user whose history is these N items (N = 0: the sentinel, a cold user)."""
+
+    def __init__(self, heads: RecommenderHeads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, item_vectors: torch.Tensor, category: torch.Tensor, subcategory: torch.Tensor):
+        v, c, s = item_vectors.unsqueeze(0), category.unsqueeze(0), subcategory.unsqueeze(0)
+        user, _, hist = self.heads.user_encoder(v, torch.ones_like(c, dtype=torch.bool), c, s)
+        return hist[0, 1:], user[0]                                            # the contract's order
+
+
+def retrieval_example_inputs(dim: int, n: int = 7) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, dim, generator=g), torch.ones(n, dtype=torch.int64), torch.ones(n, dtype=torch.int64)

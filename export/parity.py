@@ -18,6 +18,7 @@ Unlike optimum (which only warns), a check outside its bound raises :class:`Pari
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 
 from genrec.core.artifacts import ExportError
 from genrec.core.requests import N_STATS
+from genrec.core.retrieval import OrtRetrieval
 from genrec.core.runtime import OrtEncoder, OrtHeads
 from genrec.core.text import TextTokenizer, encode_length_sorted
 from genrec.core.vocab import Vocab
@@ -222,3 +224,37 @@ def gate(precision: str, stats: dict[str, float], tolerances: dict[str, float]) 
         if not r.passed:
             raise ParityError(precision, r.name, r.value, r.bound, r.kind)
     return results
+
+
+# The retrieval graph is FP32 everywhere (a LayerNorm and an attention over <= 50 rows): max |diff| against PyTorch of
+# the item representations, the user vectors and the match term user . item_repr / sqrt(D) of the parity set. Gated
+# like the other graphs: ONNX Runtime must reproduce the PyTorch heads on the parity set, or the export fails.
+RETRIEVAL_TOLERANCE = 1e-3
+
+
+def retrieval_parity(model, path, inputs, precision: str, threads: int = 1) -> dict[str, Any]:
+    """ORT ``retrieval.onnx`` against PyTorch over the parity set (its items and its users' histories), and the
+    match term against the heads' own (the retrieval score must be the very score the heads add)."""
+    ort = OrtRetrieval(path, threads)
+    heads = model.heads.eval()
+    d = inputs.ref_vectors.shape[1]
+    item_diff = user_diff = match_diff = 0.0
+    with torch.no_grad():
+        for imp in inputs.impressions:
+            hv, cv = inputs.ref_vectors[imp["hist"]], inputs.ref_vectors[imp["cand"]]
+            got_items = ort.item_repr(cv, imp["cc"], imp["cs"])
+            got_user = ort.user_vector(hv, imp["hc"], imp["hs"])
+            t = lambda a: torch.from_numpy(np.asarray(a))[None]                    # noqa: E731
+            ref_items = heads.item_repr(t(cv), t(imp["cc"]), t(imp["cs"]))[0].numpy()
+            ref_user = heads.user_encoder(t(hv), torch.ones(1, len(hv), dtype=torch.bool), t(imp["hc"]),
+                                          t(imp["hs"]))[0][0].numpy()
+            item_diff = max(item_diff, float(np.abs(got_items - ref_items).max(initial=0)))
+            user_diff = max(user_diff, float(np.abs(got_user - ref_user).max()))
+            match_diff = max(match_diff, float(np.abs(got_items @ got_user - ref_items @ ref_user).max(initial=0))
+                             / math.sqrt(d))
+    stats = {"retrieval_item_max_abs_diff": item_diff, "retrieval_user_max_abs_diff": user_diff,
+             "retrieval_match_max_abs_diff": match_diff, "tolerance": RETRIEVAL_TOLERANCE}
+    worst = max(item_diff, user_diff, match_diff)
+    if not worst <= RETRIEVAL_TOLERANCE:
+        raise ParityError(precision, "retrieval_max_abs_diff", worst, RETRIEVAL_TOLERANCE, "max")
+    return stats

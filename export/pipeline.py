@@ -30,7 +30,7 @@ from genrec.core.runtime import OrtEncoder, OrtHeads
 from genrec.core.text import sha256_file
 from genrec.export import torchscript
 from genrec.export.convert import INT8_RECIPES, to_fp16, to_int8, to_onnx
-from genrec.export.graphs import EncoderGraph, HeadsGraph, example_inputs
+from genrec.export.graphs import EncoderGraph, HeadsGraph, RetrievalGraph, example_inputs, retrieval_example_inputs
 from genrec.export.parity import (
     CHECK_KIND,
     ExportError,
@@ -40,10 +40,8 @@ from genrec.export.parity import (
     measure,
     prepare,
     resolve_tolerances,
+    retrieval_parity,
 )
-from genrec.export.retrieval import RetrievalGraph
-from genrec.export.retrieval import example_inputs as retrieval_inputs
-from genrec.export.retrieval import parity as retrieval_parity
 
 # The gate runs every graph with ONNX Runtime's CPU provider: the FP16 graph's GPU kernels are never exercised.
 FP16_ON_CPU = ("FP16 gated on CPU (ONNX Runtime CPUExecutionProvider): the GPU kernels it is meant for were not "
@@ -141,8 +139,8 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                                           ckpt.model_config.n_subcategories)
         fp32_enc = to_onnx(EncoderGraph(model.encoder), enc_ex, ENCODER, tmp / "encoder.onnx", cfg.opset)
         fp32_heads = to_onnx(HeadsGraph(model.heads), heads_ex, HEADS, tmp / "heads.onnx", cfg.opset)
-        fp32_retrieval = to_onnx(RetrievalGraph(model.heads), retrieval_inputs(ckpt.model_config.dim), RETRIEVAL,
-                                 tmp / "retrieval.onnx", cfg.opset)
+        fp32_retrieval = to_onnx(RetrievalGraph(model.heads), retrieval_example_inputs(ckpt.model_config.dim),
+                                 RETRIEVAL, tmp / "retrieval.onnx", cfg.opset)
         for prec in cfg.precision:
             t = time.perf_counter()
             pdir = out / prec

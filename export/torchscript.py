@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from genrec.core.artifacts import TORCHSCRIPT_GRAPH
 from genrec.export.parity import ParityError, ParityInputs, gate, measure
+from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
 
 PRECISIONS = ("fp32", "fp16")
 GRAPH = TORCHSCRIPT_GRAPH               # the name in artifacts.json next to "encoder" and "heads"
@@ -81,45 +81,6 @@ def save(traced: torch.jit.ScriptModule, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     traced.save(str(path))
     return path
-
-
-class TorchScriptEncoder:
-    """numpy in, numpy out, like ``genrec.core.runtime.OrtEncoder``: (N, L) int64 x2 -> (N, D) float32.
-
-    ``device`` cpu or cuda (cuda:N); the weights keep the dtype they were traced in. On CUDA the inputs go
-    through pinned host memory and the call synchronizes once (the ``.cpu()`` of the result).
-
-    ``optimize`` (off by default): TorchScript's profiling executor specializes the graph to the input shapes
-    it sees and compiles fused kernels for them; a serving encoder sees a new (N, L) nearly every batch (ragged
-    requests padded to their longest text), so it runs the traced graph op by op, as eager PyTorch does."""
-
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0, optimize: bool = False):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={device} but torch sees no CUDA device (torch {torch.__version__})")
-        if threads > 0 and device == "cpu":
-            torch.set_num_threads(threads)
-        self.device = torch.device(device)
-        self.module = torch.jit.load(str(path), map_location=self.device).eval()
-        self.cuda = self.device.type == "cuda"
-        self.optimize = optimize
-
-    def torch_call(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.jit.optimized_execution(self.optimize):
-            return self.module(ids, mask)
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        ids = torch.from_numpy(np.ascontiguousarray(input_ids))
-        mask = torch.from_numpy(np.ascontiguousarray(attention_mask))
-        if self.cuda:
-            ids = ids.pin_memory().to(self.device, non_blocking=True)
-            mask = mask.pin_memory().to(self.device, non_blocking=True)
-        return self.torch_call(ids, mask).cpu().numpy()
-
-    def warmup(self, max_length: int = 32, batches: tuple[int, ...] = (1, 64, 512)) -> None:
-        """First calls pay for CUDA context, cuBLAS handles and kernel selection: keep them out of requests."""
-        for n in batches:
-            for length in (8, max_length):
-                self(np.full((n, length), 1000, dtype=np.int64), np.ones((n, length), dtype=np.int64))
 
 
 @dataclasses.dataclass

@@ -448,8 +448,8 @@ def _bench_subcommand(name: str, help: str, module: str, config: str, runner: st
 
 
 _bench_subcommand("soak", "mixed valid/invalid traffic for minutes: errors, latency drift, RSS growth "
-                          "(server/soak.py: a reliability check, kept under `bench` where operators look for it)",
-                  "genrec.server.soak", "SoakConfig", "run_soak", passed=lambda result: result["passed"])
+                          "(benchmarks/soak.py: a reliability check under load)",
+                  "soak", "SoakConfig", "run_soak", passed=lambda result: result["passed"])
 _bench_subcommand("replay", "replay a MIND impression log in time order: text path with and without the vector "
                             "cache, id path; side by side", "replay", "ReplayConfig", "run_replay")
 _bench_subcommand("ann", "ANN libraries for whole-catalog retrieval (faiss IVF / HNSW, usearch) against exact search: "

@@ -19,8 +19,9 @@ from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig  # noqa: F401  (re-exported)
 from genrec.core.mind import load_split
 from genrec.core.stats import CLICKS, CTR_POPULARITY_WEIGHT, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
-from genrec.items import ImpressionArrays, ItemTable, encode_items, score_impressions
 from genrec.metrics import ranking_metrics, topk_metrics
+from genrec.scoring import encode_items, score_impressions
+from genrec.tables import ImpressionArrays, ItemTable
 
 
 def baseline_scores(imps: ImpressionArrays, table: ItemTable, prior: BetaPrior,

@@ -1,4 +1,4 @@
-"""A real Ray cluster on this machine, for the tests, the benchmark (benchmarks/ray_index.py) and trying
+"""A real Ray cluster on this machine, for the tests, the benchmark (benchmarks/index_build.py) and trying
 ``--ray`` on one box: a head and worker nodes, each a ``ray start --block`` process of its own.
 
 Each node runs in its own process session, so stopping it (SIGTERM, then SIGKILL of its process group) ends

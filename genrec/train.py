@@ -31,9 +31,10 @@ from genrec.core.mind import load_split
 from genrec.core.stats import N_STATS, ItemStats
 from genrec.core.text import LM_PACKAGE, minilm_dir
 from genrec.core.vocab import Vocab
-from genrec.items import ImpressionArrays, ItemTable, encode_lower, score_impressions, upper_in_batches, upper_rows
 from genrec.metrics import ranking_metrics
 from genrec.model import GenRec, load_pretrained_lm
+from genrec.scoring import encode_lower, score_impressions, upper_in_batches, upper_rows
+from genrec.tables import ImpressionArrays, ItemTable
 
 
 @dataclasses.dataclass

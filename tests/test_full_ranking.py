@@ -34,7 +34,8 @@ def evaluated(trained_run, tiny_data):
 
     from genrec.checkpoint import Checkpoint
     from genrec.core.mind import load_split
-    from genrec.items import ImpressionArrays, ItemTable, encode_items
+    from genrec.scoring import encode_items
+    from genrec.tables import ImpressionArrays, ItemTable
 
     ckpt = Checkpoint.load(trained_run)
     model = ckpt.build_model().eval()
@@ -49,7 +50,8 @@ def evaluated(trained_run, tiny_data):
 
 def test_full_ranking_is_the_candidate_scorer_over_the_whole_catalog(evaluated):
     from genrec.evaluate import full_ranking
-    from genrec.items import ImpressionArrays, score_impressions
+    from genrec.scoring import score_impressions
+    from genrec.tables import ImpressionArrays
 
     ckpt, model, table, imps, vectors = evaluated
     res = full_ranking(model.heads, vectors, table, imps, ckpt.item_stats, ks=(5, 20), retrieval_m=len(table))

@@ -15,6 +15,7 @@ from workers import THREADS
 
 from genrec.export import torchscript
 from genrec.export.parity import ParityError, resolve_tolerances
+from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
 
 PARITY_IMPRESSIONS = 6           # enough rows for every check; small enough to keep this file fast
 
@@ -52,7 +53,7 @@ def test_torchscript_export_passes_its_gate_and_matches_pytorch(ckpt, parity_inp
     assert res.report["parity"]["encoder_cosine_min"] >= 0.99999 and all(c["passed"] for c in res.report["checks"])
     assert res.file_entry("fp32")["path"] == "fp32/encoder.pt" and len(res.file_entry("fp32")["sha256"]) == 64
     # the contract: int64 (N, L) in, float32 (N, D) out, any N and L, padding honoured like PyTorch
-    enc = torchscript.TorchScriptEncoder(res.path)
+    enc = TorchScriptEncoder(res.path)
     tok = ckpt.tokenizer()(inputs.texts[:5])
     out = enc(tok.input_ids, tok.attention_mask)
     assert out.dtype.name == "float32" and out.shape == (5, ckpt.model_config.dim)

@@ -183,8 +183,8 @@ def test_fine_tuned_rows_run_length_sorted_and_equal_the_full_width_encoder():
     import json
 
     from genrec.core.text import TextTokenizer
-    from genrec.items import encode_lower, upper_rows
     from genrec.model import ItemEncoder
+    from genrec.scoring import encode_lower, upper_rows
     from genrec.train import load_pretrained_lm, minilm_dir
 
     torch.manual_seed(0)

@@ -118,7 +118,7 @@ def test_real_llm_writes_items_for_short_histories_only(enriched):
 
 def test_training_extends_short_histories_and_fills_the_profile_matrix(enriched):
     from genrec.core.vocab import Vocab
-    from genrec.items import ImpressionArrays, ItemTable
+    from genrec.tables import ImpressionArrays, ItemTable
 
     data, *_ = enriched
     split = load_split(data)
@@ -268,7 +268,7 @@ def test_profile_validation_names_what_and_where():
 
 
 def test_client_sends_generated_titles_as_the_oldest_history_and_topics_as_the_profile():
-    from genrec.client.core import Served, encode_inputs, prepare
+    from genrec.client.common import Served, encode_inputs, prepare
     from genrec.client.types import RecommendRequest
     from genrec.core.requests import Limits
 

@@ -517,7 +517,7 @@ def test_every_listening_socket_is_loopback_by_default(server):
 def test_15_second_soak(fp32_repository, tmp_path):
     """Short: what it proves (every kind of bad request answered, both paths served, nothing unexpected, RSS
     bounded) shows within seconds; `genrec bench soak` runs the real minutes."""
-    from genrec.server.soak import SoakConfig, run_soak
+    from genrec.benchmarks.soak import SoakConfig, run_soak
 
     cfg = SoakConfig(repository=str(fp32_repository), concurrency=32, minutes=0.25, warmup_s=3, windows=3,
                      history_items=10, candidate_items=20, out=str(tmp_path / "soak.json"), max_rss_growth=0.5)

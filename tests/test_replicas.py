@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from genrec.client import AsyncRecommenderClient, GenrecClientError, RecommenderClient, RecommendRequest
-from genrec.client.core import channel_args, grpc_target, service_config
+from genrec.client.common import channel_args, grpc_target, service_config
 from genrec.server.launcher import ServerConfig, TritonServer
 
 HISTORY = ["Quarterback injury hits playoff hopes", "Coach praises linebacker after victory"]

@@ -65,8 +65,8 @@ def test_retrieval_gate_fails_on_a_graph_from_other_weights(fp32_export, model, 
 
     from genrec.core.contract import RETRIEVAL
     from genrec.export.convert import to_onnx
-    from genrec.export.parity import ParityError, prepare
-    from genrec.export.retrieval import RetrievalGraph, example_inputs, parity
+    from genrec.export.graphs import RetrievalGraph, retrieval_example_inputs
+    from genrec.export.parity import ParityError, prepare, retrieval_parity
 
     ckpt, m = model
     other = copy.deepcopy(m.heads)
@@ -74,11 +74,13 @@ def test_retrieval_gate_fails_on_a_graph_from_other_weights(fp32_export, model, 
         # (a constant shift would vanish in the LayerNorm: perturb per dimension)
         noise = torch.randn(other.cat_emb.weight.shape, generator=torch.Generator().manual_seed(0))
         other.cat_emb.weight.add_(0.05 * noise)
-    path = to_onnx(RetrievalGraph(other), example_inputs(ckpt.model_config.dim), RETRIEVAL, tmp_path / "r.onnx", 17)
+    path = to_onnx(RetrievalGraph(other), retrieval_example_inputs(ckpt.model_config.dim), RETRIEVAL,
+                   tmp_path / "r.onnx", 17)
     inputs = prepare(m, ckpt.parity_set[:20], ckpt.tokenizer(), ckpt.category_vocab, ckpt.subcategory_vocab)
-    assert parity(m, fp32_export.graph("fp32", "retrieval"), inputs, "fp32")["retrieval_item_max_abs_diff"] < 1e-3
+    assert retrieval_parity(m, fp32_export.graph("fp32", "retrieval"), inputs,
+                            "fp32")["retrieval_item_max_abs_diff"] < 1e-3
     with pytest.raises(ParityError, match="retrieval_max_abs_diff"):
-        parity(m, path, inputs, "fp32")
+        retrieval_parity(m, path, inputs, "fp32")
 
 
 def test_ivf_index_finds_what_exact_search_finds(tmp_path):

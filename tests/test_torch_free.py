@@ -72,15 +72,11 @@ def test_index_repository_and_serving_without_torch(artifacts, tiny_data, item_s
 ROOT = Path(__file__).resolve().parents[1]
 # Each serving folder may import the core and its own package. The only ways out name another runtime by
 # definition: options of the offline index build (the TorchScript encoder needs torch, the Ray fan-out needs
-# Ray), imported inside the function that uses them, and the `--backend torch` model, which only a torch image
-# serves.
+# Ray), imported inside the function that uses them.
 SERVING = {"genrec/core": "genrec.core", "client": "genrec.client", "model_repository": "genrec.model_repository",
            "server": "genrec.server"}
-PLUGINS = {("genrec/core/index.py", "genrec.export.torchscript"): "lazy",
-           ("genrec/core/index.py", "genrec.index_ray"): "lazy",
-           ("model_repository/backends/encoder_torch.py", "genrec.export.torchscript"): "anywhere"}
-# server/soak.py is a load tool that drives the server as a client would, with the benchmarks' workload.
-CLIENT_TOOLS = {"server/soak.py": ("genrec.client", "genrec.benchmarks.workload")}
+PLUGINS = {("genrec/core/index.py", "genrec.model_repository.torchscript_runtime"): "lazy",
+           ("genrec/core/index.py", "genrec.ray_encoder"): "lazy"}
 
 
 def _genrec_imports(path: Path) -> list[tuple[str, bool]]:
@@ -104,7 +100,7 @@ def test_the_serving_folders_import_only_the_core_and_themselves():
     for folder, own in SERVING.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = str(path.relative_to(ROOT))
-            allowed = ("genrec.core", own, *CLIENT_TOOLS.get(rel, ()))
+            allowed = ("genrec.core", own)
             for module, top_level in _genrec_imports(path):
                 if module == "genrec" or any(module == a or module.startswith(a + ".") for a in allowed):
                     continue

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import tritonclient.grpc as grpcclient
 
-from genrec.client import core as client_core
+from genrec.client import common as client_common
 
 
 def bytes_input(name: str, values, dtype: str = "BYTES") -> grpcclient.InferInput:
-    return client_core.bytes_input(grpcclient.InferInput, name, values, dtype)
+    return client_common.bytes_input(grpcclient.InferInput, name, values, dtype)
 
 
 def text_inputs(history, candidates) -> list[grpcclient.InferInput]:

@@ -189,12 +189,12 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         if cfg.encoder != "onnx":
             raise ValueError("--ray encodes with the ONNX encoder (actors hold ONNX Runtime sessions); drop "
                              "--encoder torchscript or --ray")
-        from genrec.index_ray import encode_on_ray
+        from genrec.ray_encoder import encode_on_ray
 
         return encode_on_ray(catalog, art.graph(cfg.precision, graph), assets, out, manifest, done, cfg,
                              progress=progress, log=log, on_chunk=on_chunk)
     if cfg.encoder == "torchscript":
-        from genrec.export.torchscript import TorchScriptEncoder
+        from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
 
         encoder = TorchScriptEncoder(art.graph(cfg.precision, graph), device=cfg.device, threads=cfg.threads)
     else:
@@ -261,7 +261,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
 
 def encode_texts(encoder, tokenizer, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(vectors (n, D) float32, truncated (n,) bool) of ``texts``: the one encoding step of a build, in this
-    process or in a Ray actor (genrec.index_ray)."""
+    process or in a Ray actor (genrec.ray_encoder)."""
     tok = tokenizer(texts, pad_to=tokenizer.max_length)
     return encode_length_sorted(encoder, tok, batch_size), tok.truncated
 

@@ -12,9 +12,9 @@ without it; the NGC container can use the native pytorch or onnxruntime backends
 
 from __future__ import annotations
 
-from genrec.export.torchscript import TorchScriptEncoder
 from genrec.model_repository.backends.common import model_params, version_dir
 from genrec.model_repository.backends.encoder import EncoderModel
+from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
 
 
 class TorchEncoderModel(EncoderModel):

@@ -1,7 +1,7 @@
 """`genrec index build` in one process vs on a Ray cluster of 1 and 2 workers: items/s, and the time 10M and 100M
 items would take.
 
-    python -m genrec.benchmarks.ray_index [--artifacts build/demo/artifacts] [--catalog .../news.tsv] \
+    python -m genrec.benchmarks.index_build [--artifacts build/demo/artifacts] [--catalog .../news.tsv] \
         [--items 4000] [--out benchmarks/results/ray-index-2core]
 
 The catalog's rows are repeated under new ids up to ``--items`` and built with the text dedupe off, so every row is

@@ -30,7 +30,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from genrec.benchmarks.workload import plausible_stats
-from genrec.client.core import bytes_input
+from genrec.client.common import bytes_input
 from genrec.core.contract import ENSEMBLE, ITEM_STATS, RECOMMEND, ServedParams
 from genrec.server.launcher import running_server, stub_processes
 
