@@ -4,7 +4,7 @@
   checkout and rewritten for the built site; mkdocs checks the links and anchors between pages itself.
 * Code references: every inline-code path of this repository (``genrec/core/stats.py``) must exist, every
   dotted name (``genrec.core.contract.ITEM_STATS``) must be defined, and names given with a file
-  (``client/core.py`` (``prepare``)) must be defined in that file.
+  (``client/common.py`` (``prepare``)) must be defined in that file.
 * Flag tables: the blocks between ``<!-- flags: genrec train -->`` and ``<!-- /flags -->`` are generated from
   the CLI parser, whose flags come from the config dataclasses (``genrec.cliargs``); a stale block fails the
   build. ``python docs/hooks.py --write`` (``make docs-flags``) regenerates them.

@@ -92,10 +92,10 @@ def test_readme_references_hold():
 
 def test_checks_catch_what_they_name():
     hooks = _hooks()
-    refs = hooks.check_code_refs("`client/core.py` (`prepare`, `no_such_fn`), `genrec/model.py` `NoSuchClass`, "
+    refs = hooks.check_code_refs("`client/common.py` (`prepare`, `no_such_fn`), `genrec/model.py` `NoSuchClass`, "
                                  "`genrec.core.contract.ITEM_STATS`, `genrec.core.nomodule`, `server/none.yaml`, "
                                  "`build/examples/are/fine`")
-    assert refs == ["`client/core.py` (`no_such_fn`): client/core.py defines no `no_such_fn`",
+    assert refs == ["`client/common.py` (`no_such_fn`): client/common.py defines no `no_such_fn`",
                     "`genrec/model.py` (`NoSuchClass`): genrec/model.py defines no `NoSuchClass`",
                     "`genrec.core.nomodule`: genrec/core/__init__.py defines no `nomodule`",
                     "`server/none.yaml`: no such file or folder in the repository"]
