@@ -1,7 +1,11 @@
-"""The exported graphs as torch modules whose signatures follow ``genrec.core.contract``: the encoder, the heads, and
-the retrieval graph (``retrieval.onnx``): the heads' user encoder and item representation on their own, so serving
-can search the whole catalog by ``user . item_repr`` (the click logit's match term) and an index build can compute
-every item's retrieval vector."""
+"""The exported graphs as torch modules whose signatures follow ``genrec.core.contract``, each one part of
+``genrec.model.GenRec``'s composition: the encoder (``GenRec.item_vectors``), the heads (``GenRec.score_user``) and
+the retrieval graph (``GenRec.retrieval``: the heads' user encoder and item representation on their own, so serving
+can search the whole catalog by ``user . item_repr``, the click logit's match term, and an index build can compute
+every item's retrieval vector).
+
+Each graph holds only the part of the model it runs, under the checkpoint's name (``encoder``, ``heads``), so the
+exported weights keep their names; its forward is the composition step the model's method is."""
 
 from __future__ import annotations
 
@@ -9,18 +13,18 @@ import torch
 from torch import nn
 
 from genrec.core.contract import HEADS, ITEM_STATS
-from genrec.model import ItemEncoder, RecommenderHeads
+from genrec.model import GenRec
 
 
 class EncoderGraph(nn.Module):
     """input_ids, attention_mask (N, L) int64 -> item_vectors (N, D): LM, pooling and projection."""
 
-    def __init__(self, encoder: ItemEncoder):
+    def __init__(self, model: GenRec):
         super().__init__()
-        self.encoder = encoder
+        self.encoder = model.encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids, attention_mask)                          # (N, D)
+        return self.encoder(input_ids, attention_mask)                          # (N, D): GenRec.item_vectors
 
 
 class HeadsGraph(nn.Module):
@@ -31,15 +35,15 @@ class HeadsGraph(nn.Module):
     H comes from ``history_category``'s length, so H = 0 (a cold user) needs no special input.
     """
 
-    def __init__(self, heads: RecommenderHeads):
+    def __init__(self, model: GenRec):
         super().__init__()
-        self.heads = heads
+        self.heads = model.heads
 
     def forward(self, item_vectors: torch.Tensor, history_category: torch.Tensor, history_subcategory: torch.Tensor,
                 candidate_category: torch.Tensor, candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
                 candidate_stats: torch.Tensor, user_profile: torch.Tensor):
         out = self.heads.one_user(item_vectors, history_category, history_subcategory, candidate_category,
-                                  candidate_subcategory, history_stats, candidate_stats, user_profile)
+                                  candidate_subcategory, history_stats, candidate_stats, user_profile)   # score_user
         return tuple(out[name] for name in HEADS.output_names)                  # the contract's order
 
 
@@ -76,14 +80,12 @@ class RetrievalGraph(nn.Module):
     """item_vectors (N, D), category (N,), subcategory (N,) -> item_repr (N, D) and user_vector (D,): the user
     vector of a user whose history is these N items (N = 0: the sentinel, a cold user)."""
 
-    def __init__(self, heads: RecommenderHeads):
+    def __init__(self, model: GenRec):
         super().__init__()
-        self.heads = heads
+        self.heads = model.heads
 
     def forward(self, item_vectors: torch.Tensor, category: torch.Tensor, subcategory: torch.Tensor):
-        v, c, s = item_vectors.unsqueeze(0), category.unsqueeze(0), subcategory.unsqueeze(0)
-        user, _, hist = self.heads.user_encoder(v, torch.ones_like(c, dtype=torch.bool), c, s)
-        return hist[0, 1:], user[0]                                            # the contract's order
+        return self.heads.retrieval(item_vectors, category, subcategory)      # GenRec.retrieval: the contract's order
 
 
 def retrieval_example_inputs(dim: int, n: int = 7) -> tuple[torch.Tensor, ...]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from genrec.core.artifacts import ExportError
+from genrec.core.contract import HEADS
 from genrec.core.requests import N_STATS
 from genrec.core.retrieval import OrtRetrieval
 from genrec.core.runtime import OrtEncoder, OrtHeads
@@ -95,8 +96,9 @@ def _encode_batches(fn, tokenizer: TextTokenizer, texts: list[str], batch: int =
 
 def prepare(model, parity_set: list[dict[str, Any]], tokenizer: TextTokenizer, cat_vocab: Vocab,
             sub_vocab: Vocab) -> ParityInputs:
-    from genrec.export.graphs import HeadsGraph
-
+    """The PyTorch reference of ``model`` (a ``genrec.model.GenRec``): its ``item_vectors`` of every parity-set
+    text and its ``score_user`` outputs of every impression, the very composition the graphs export."""
+    model.eval()
     texts: list[str] = []
     index: dict[str, int] = {}
 
@@ -119,20 +121,17 @@ def prepare(model, parity_set: list[dict[str, Any]], tokenizer: TextTokenizer, c
 
     def torch_encode(ids, mask):
         with torch.no_grad():
-            return model.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            return model.item_vectors(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
     ref_vectors = _encode_batches(torch_encode, tokenizer, texts)
-    heads = HeadsGraph(model.heads).eval()
     ref_outputs = []
     with torch.no_grad():
         for imp in imps:
-            feeds = _heads_feeds(ref_vectors, imp)
-            outs = heads(*(torch.from_numpy(v) for v in feeds))
-            ref_outputs.append({k: o.numpy() for k, o in zip(_HEADS_OUT, outs)})
+            outs = model.score_user(*(torch.from_numpy(v) for v in _heads_feeds(ref_vectors, imp)))
+            ref_outputs.append({k: outs[k].numpy() for k in HEADS.output_names})
     return ParityInputs(texts, imps, ref_vectors, ref_outputs)
 
 
-_HEADS_OUT = ("scores", "topic_affinity", "category_confidence", "explanation", "user_topics")
 UNKNOWN_EVERY = 5      # every 5th item row of the parity set (staggered per impression) replays as "no statistics"
 
 
@@ -197,7 +196,7 @@ def measure(inputs: ParityInputs, encoder_path, heads_path, tokenizer: TextToken
     onnx_scores, taus = [], []
     for imp, ref_out in zip(inputs.impressions, inputs.ref_outputs):
         same = heads(*_heads_feeds(ref, imp))                              # identical inputs
-        for k in _HEADS_OUT:
+        for k in HEADS.output_names:
             if ref_out[k].size:
                 max_diff = max(max_diff, float(np.abs(same[k].astype(np.float64) - ref_out[k]).max()))
         e2e = heads(*_heads_feeds(vectors, imp))["scores"]                 # ONNX end to end
@@ -234,9 +233,10 @@ RETRIEVAL_TOLERANCE = 1e-3
 
 def retrieval_parity(model, path, inputs, precision: str, threads: int = 1) -> dict[str, Any]:
     """ORT ``retrieval.onnx`` against PyTorch over the parity set (its items and its users' histories), and the
-    match term against the heads' own (the retrieval score must be the very score the heads add)."""
+    match term against the heads' own (the retrieval score must be the very score the heads add). The reference is
+    ``GenRec.retrieval``: the candidates' retrieval vectors, the history's user vector."""
     ort = OrtRetrieval(path, threads)
-    heads = model.heads.eval()
+    model.eval()
     d = inputs.ref_vectors.shape[1]
     item_diff = user_diff = match_diff = 0.0
     with torch.no_grad():
@@ -244,10 +244,9 @@ def retrieval_parity(model, path, inputs, precision: str, threads: int = 1) -> d
             hv, cv = inputs.ref_vectors[imp["hist"]], inputs.ref_vectors[imp["cand"]]
             got_items = ort.item_repr(cv, imp["cc"], imp["cs"])
             got_user = ort.user_vector(hv, imp["hc"], imp["hs"])
-            t = lambda a: torch.from_numpy(np.asarray(a))[None]                    # noqa: E731
-            ref_items = heads.item_repr(t(cv), t(imp["cc"]), t(imp["cs"]))[0].numpy()
-            ref_user = heads.user_encoder(t(hv), torch.ones(1, len(hv), dtype=torch.bool), t(imp["hc"]),
-                                          t(imp["hs"]))[0][0].numpy()
+            t = lambda a: torch.from_numpy(np.asarray(a))                          # noqa: E731
+            ref_items = model.retrieval(t(cv), t(imp["cc"]), t(imp["cs"]))[0].numpy()
+            ref_user = model.retrieval(t(hv), t(imp["hc"]), t(imp["hs"]))[1].numpy()
             item_diff = max(item_diff, float(np.abs(got_items - ref_items).max(initial=0)))
             user_diff = max(user_diff, float(np.abs(got_user - ref_user).max()))
             match_diff = max(match_diff, float(np.abs(got_items @ got_user - ref_items @ ref_user).max(initial=0))

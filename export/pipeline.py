@@ -137,9 +137,9 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
         tmp = Path(tmp)
         enc_ex, heads_ex = example_inputs(ckpt.model_config.dim, ckpt.model_config.n_categories,
                                           ckpt.model_config.n_subcategories)
-        fp32_enc = to_onnx(EncoderGraph(model.encoder), enc_ex, ENCODER, tmp / "encoder.onnx", cfg.opset)
-        fp32_heads = to_onnx(HeadsGraph(model.heads), heads_ex, HEADS, tmp / "heads.onnx", cfg.opset)
-        fp32_retrieval = to_onnx(RetrievalGraph(model.heads), retrieval_example_inputs(ckpt.model_config.dim),
+        fp32_enc = to_onnx(EncoderGraph(model), enc_ex, ENCODER, tmp / "encoder.onnx", cfg.opset)
+        fp32_heads = to_onnx(HeadsGraph(model), heads_ex, HEADS, tmp / "heads.onnx", cfg.opset)
+        fp32_retrieval = to_onnx(RetrievalGraph(model), retrieval_example_inputs(ckpt.model_config.dim),
                                  RETRIEVAL, tmp / "retrieval.onnx", cfg.opset)
         for prec in cfg.precision:
             t = time.perf_counter()

@@ -8,6 +8,7 @@ against the whole catalog (:func:`full_ranking`): the retrieval use-case, where 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from genrec.config import EvalConfig  # noqa: F401  (re-exported)
 from genrec.core.mind import load_split
 from genrec.core.stats import CLICKS, CTR_POPULARITY_WEIGHT, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
 from genrec.metrics import ranking_metrics, topk_metrics
+from genrec.model import GenRec, HeadsBatch
 from genrec.scoring import encode_items, score_impressions
 from genrec.tables import ImpressionArrays, ItemTable
 
@@ -52,7 +54,7 @@ def baseline_scores(imps: ImpressionArrays, table: ItemTable, prior: BetaPrior,
 
 
 @torch.no_grad()
-def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays,
+def explanation_metrics(model: GenRec, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays,
                         explanations: list[np.ndarray], n_impressions: int, seed: int = 0) -> dict[str, Any]:
     """Are explanations faithful, and do they make sense? Measured by re-scoring, not by trusting them.
 
@@ -86,11 +88,10 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
         h_stats = torch.from_numpy(imps.history_stats[i][:n_h])[None].expand(2 * c, n_h, -1)
         c_stats = torch.from_numpy(imps.candidate_stats[i]).repeat(2, 1)[:, None]     # (2C, 1, S)
         prof = torch.from_numpy(imps.profile[i])[None].expand(2 * c, -1) if imps.profile is not None else None
-        args = (vectors[hist_b], None, cat[hist_b], sub[hist_b], vectors[cand_b], cat[cand_b], sub[cand_b],
-                h_stats, c_stats)
-        full = heads(*(torch.ones_like(mask) if a is None else a for a in args), profile=prof,
-                     explain=False)["click_logit"]
-        less = heads(*(mask if a is None else a for a in args), profile=prof, explain=False)["click_logit"]
+        batch = HeadsBatch.from_rows(vectors, cat, sub, hist_b, cand_b, h_stats, c_stats, prof,
+                                     history_mask=torch.ones_like(mask))
+        full = model.score(batch, explain=False)["click_logit"]
+        less = model.score(dataclasses.replace(batch, hist_mask=mask), explain=False)["click_logit"]
         drop = (full - less)[:, 0].numpy()                                            # (2C,)
         drops_top.append(drop[:c]), drops_rand.append(drop[c:])
         cand_cat = table.category[imps.candidates[i]]
@@ -107,7 +108,7 @@ def explanation_metrics(heads, vectors: torch.Tensor, table: ItemTable, imps: Im
 
 
 @torch.no_grad()
-def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays, stats: ItemStats,
+def full_ranking(model: GenRec, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays, stats: ItemStats,
                  ks: tuple[int, ...] = (10, 50), retrieval_m: int = 200, popular_m: int = 0) -> dict[str, Any]:
     """Rank the *whole catalog* for every impression with clicks, exactly, in process; history items excluded.
 
@@ -125,13 +126,13 @@ def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: Impressio
     ``heads_top10_in_retrieval_top_m`` = share of the exact full ranking's top 10 found in the retrieval top M:
     what the first stage loses, independent of the clicks.
     """
-    heads.eval()
+    model.eval()
     n_items = len(table)
     rows = torch.arange(1, n_items)                                               # catalog rows (0 is padding)
     cat, sub = torch.from_numpy(table.category), torch.from_numpy(table.subcategory)
     per_row = torch.from_numpy(stats.lookup(table.ids))                           # (N, S); row 0: zeros
     per_row[0] = 0
-    item_repr = heads.item_repr(vectors[rows][None], cat[rows][None], sub[rows][None])[0]   # (N-1, D)
+    item_repr = model.retrieval(vectors[rows], cat[rows], sub[rows])[0]            # (N-1, D) retrieval vectors
     counts = per_row[rows].double()
     popularity = (counts[:, CLICKS] + counts[:, HISTORY_USERS]).numpy()           # (N-1,)
 
@@ -161,8 +162,8 @@ def full_ranking(heads, vectors: torch.Tensor, table: ItemTable, imps: Impressio
         cand = rows.expand(b, -1)                                                 # (B, N-1)
         profile = (torch.from_numpy(imps.profile[[i for i, _, _ in part]]) if imps.profile is not None
                    else None)                                                     # (B, K)
-        out = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cand], cat[cand], sub[cand],
-                    hist_stats, per_row[cand], profile, explain=False)
+        out = model.score(HeadsBatch.from_rows(vectors, cat, sub, hist, cand, hist_stats, per_row[cand], profile),
+                          explain=False)
         score = out["click_logit"].double().numpy()                              # (B, N-1)
         retrieval = (out["user"] @ item_repr.T).double().numpy()                 # (B, N-1)
         for j, (_, hrows, _) in enumerate(part):
@@ -209,8 +210,8 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
                                   categories=["", *ckpt.category_vocab.to_list()], generated=gen)
     stats = ckpt.item_stats if cfg.stats is None else ItemStats.load(cfg.stats)
     imps.attach_stats(stats, table)
-    vectors, n_trunc = encode_items(model.encoder, ckpt.tokenizer(), table.texts, progress=progress)
-    out = score_impressions(model.heads, vectors, table, imps, cfg.batch_size,
+    vectors, n_trunc = encode_items(model, ckpt.tokenizer(), table.texts, progress=progress)
+    out = score_impressions(model, vectors, table, imps, cfg.batch_size,
                             keys=("click_logit", "topic_logits", "explanation"))
     scores = out["click_logit"]
     result: dict[str, Any] = ranking_metrics(zip(imps.labels, scores)).as_dict()
@@ -240,7 +241,7 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
         total += int((clicked > 0).sum())
     result["task_topic_hit@3"] = hits / total if total else None
 
-    result.update(explanation_metrics(model.heads, vectors, table, imps, out["explanation"], cfg.explain_impressions))
+    result.update(explanation_metrics(model, vectors, table, imps, out["explanation"], cfg.explain_impressions))
 
     baselines = baseline_scores(imps, table, stats.prior)
     result["baselines"] = {name: ranking_metrics(zip(imps.labels, s)).group_auc for name, s in baselines.items()}
@@ -248,7 +249,7 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
     result["strongest_baseline"] = best
     result["margin_over_strongest_baseline"] = result["group_auc"] - result["baselines"][best]
     if cfg.full_ranking:
-        result["full_ranking"] = full_ranking(model.heads, vectors, table, imps, stats, cfg.full_ranking_k,
+        result["full_ranking"] = full_ranking(model, vectors, table, imps, stats, cfg.full_ranking_k,
                                               cfg.retrieval_m, cfg.retrieval_popular)
     result.update({"truncated_texts": n_trunc, "missing_history_ids": imps.missing_history,
                    "missing_candidate_ids": imps.missing_candidates,

@@ -9,11 +9,18 @@ Two modules, exported separately (see ``genrec.export``):
 * :class:`RecommenderHeads` -- everything after item text vectors: category/subcategory embeddings,
   engineered features, additive-attention user encoder, click head and auxiliary task heads.
 
-Tensor shapes: B users, H history items, C candidates, D vector size, L tokens, K categories.
+:class:`GenRec` holds both and is the one place that composes them: item texts -> item vectors
+(``item_vectors``, ``cached_item_vectors`` in training), B users over precomputed vectors (``score`` of a
+:class:`HeadsBatch`), one user as served (``score_user``, the heads graph's contract), the retrieval vectors
+(``retrieval``), and the whole served forward (``forward``). Training, evaluation, export, the parity gates and the
+benchmarks call these; ``genrec.core.runtime.Pipeline`` mirrors the same structure over the ONNX graphs.
+
+Tensor shapes: B users, H history items, C candidates, D vector size, L tokens, K categories, S item statistics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -109,6 +116,30 @@ class ItemEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.upper(self.lower(input_ids, attention_mask), attention_mask)  # (N, D)
+
+    def upper_rows(self, cache: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor,
+                   batch_size: int = 256) -> torch.Tensor:
+        """The trainable part for cache ``rows`` (outputs of ``lower``) -> (len(rows), D), with gradients.
+
+        With fine-tuned layers the cache holds (N, max_length, H) hidden states; running the top layers
+        over all max_length positions would spend ~3x the work on padding (ml-100k titles: median 8 of
+        32 tokens), so the rows run in length-sorted chunks, each cut to its own longest text (the one
+        length-sorted batching of genrec.core.text). Padding is masked out of attention and pooling, so the
+        vectors are those of the full width.
+        """
+        from genrec.core.text import length_sorted_batches
+
+        if mask is None:
+            return self.upper(cache[rows].float(), None)                          # (R, D) pooled cache
+        row_mask = mask[rows]                                                     # (R, L)
+        out = None
+        for idx, width in length_sorted_batches(row_mask.numpy(), batch_size):
+            sel = torch.from_numpy(idx)
+            vec = self.upper(cache[:, :width][rows[sel]].float(), row_mask[sel, :width])   # (b, D)
+            if out is None:
+                out = vec.new_zeros(len(rows), vec.shape[1])
+            out = out.index_copy(0, sel, vec)
+        return out if out is not None else torch.zeros(0, self.cfg.dim)
 
 
 class AdditiveAttention(nn.Module):
@@ -212,6 +243,15 @@ class RecommenderHeads(nn.Module):
         hist = torch.cat([sentinel, self.item_repr(hist_vec, hist_cat, hist_sub)], dim=1)  # (B, 1+H, D)
         weights = self.attention(hist, attn_mask)                                 # (B, 1+H)
         return (weights.unsqueeze(-1) * hist).sum(1), weights, hist
+
+    def retrieval(self, item_vectors: torch.Tensor, category: torch.Tensor,
+                  subcategory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """item_vectors (N, D), category/subcategory (N,) -> (item_repr (N, D), user_vector (D,)): the retrieval
+        vectors of the N items, and the user vector of a user whose history is these N items (N = 0: the
+        sentinel, a cold user). The retrieval score ``user . item_repr / sqrt(D)`` is the click logit's match term."""
+        v, c, s = item_vectors.unsqueeze(0), category.unsqueeze(0), subcategory.unsqueeze(0)
+        user, _, hist = self.user_encoder(v, torch.ones_like(c, dtype=torch.bool), c, s)
+        return hist[0, 1:], user[0]
 
     def features(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                  hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor, cand_sub: torch.Tensor,
@@ -369,12 +409,44 @@ class RecommenderHeads(nn.Module):
                 "user_topics": torch.softmax(out["topic_logits"][0], dim=-1)}
 
 
-class GenRec(nn.Module):
-    """Item encoder + heads; the whole model as trained and checkpointed.
+@dataclasses.dataclass
+class HeadsBatch:
+    """B users over precomputed item vectors, padded: the inputs of ``RecommenderHeads.forward`` (shapes: the module
+    docstring). Built from an item table's rows by :meth:`from_rows`; every caller that scores users in batches
+    (training, validation, evaluation, full ranking, the explanation check) scores one with ``GenRec.score``."""
 
-    ``forward`` composes it for one user as served (the contract's order): tokenized history then candidate
-    texts -> item vectors -> heads outputs. The export splits it into its two graphs (encoder, heads), the
-    benchmarks' PyTorch anchor calls it whole; training runs the same two modules over cached LM outputs.
+    hist_vec: torch.Tensor                     # (B, H, D) history item vectors
+    hist_mask: torch.Tensor                    # (B, H) bool: a real history item (not padding)
+    hist_cat: torch.Tensor                     # (B, H) int64 category ids (0 = unknown)
+    hist_sub: torch.Tensor                     # (B, H) int64 subcategory ids
+    cand_vec: torch.Tensor                     # (B, C, D) candidate item vectors
+    cand_cat: torch.Tensor                     # (B, C) int64
+    cand_sub: torch.Tensor                     # (B, C) int64
+    hist_stats: torch.Tensor                   # (B, H, S) raw item statistics (ITEM_STATS; zeros = none)
+    cand_stats: torch.Tensor                   # (B, C, S)
+    profile: torch.Tensor | None = None        # (B, K) profile topic weights (None = no profile)
+
+    @classmethod
+    def from_rows(cls, vectors: torch.Tensor, category: torch.Tensor, subcategory: torch.Tensor,
+                  history: torch.Tensor, candidates: torch.Tensor, history_stats: torch.Tensor,
+                  candidate_stats: torch.Tensor, profile: torch.Tensor | None = None,
+                  history_mask: torch.Tensor | None = None) -> HeadsBatch:
+        """``vectors`` (N, D) and ``category``/``subcategory`` (N,) per item row; ``history`` (B, H) and
+        ``candidates`` (B, C) rows into them. ``history_mask`` defaults to ``history > 0`` (row 0 of an item table
+        is the padding item)."""
+        mask = history > 0 if history_mask is None else history_mask
+        return cls(vectors[history], mask, category[history], subcategory[history], vectors[candidates],
+                   category[candidates], subcategory[candidates], history_stats, candidate_stats, profile)
+
+
+class GenRec(nn.Module):
+    """Item encoder + heads: the whole model as trained and checkpointed, and the one place that composes them.
+
+    ``forward`` is the model as served for one user (the contract's order): tokenized history then candidate
+    texts -> ``item_vectors`` -> ``score_user``. The export writes its parts as graphs (encoder: ``item_vectors``;
+    heads: ``score_user``; retrieval: ``retrieval``), the parity gates replay them in PyTorch through these
+    methods, training runs ``cached_item_vectors`` (the trainable top over cached LM outputs) and ``score`` over
+    batches, evaluation ``score`` over precomputed vectors, the benchmarks' PyTorch anchor ``forward``.
     """
 
     def __init__(self, cfg: ModelConfig, lm_config: dict):
@@ -383,17 +455,54 @@ class GenRec(nn.Module):
         self.encoder = ItemEncoder(cfg, lm_config)
         self.heads = RecommenderHeads(cfg)
 
+    # ---- the encoder side: item texts -> item vectors
+
+    def item_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Tokenized item texts (N, L) -> item vectors (N, D): the encoder graph."""
+        return self.encoder(input_ids, attention_mask)
+
+    def cached_item_vectors(self, cache: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None,
+                            batch_size: int = 256) -> torch.Tensor:
+        """Item vectors (R, D) of cache ``rows`` (all rows when None) from cached outputs of the frozen LM
+        (``genrec.scoring.encode_lower``), with gradients through the trainable part."""
+        rows = torch.arange(len(cache)) if rows is None else rows
+        return self.encoder.upper_rows(cache, mask, rows, batch_size)
+
+    # ---- the heads side, over precomputed item vectors
+
+    def score(self, batch: HeadsBatch, explain: bool = True) -> dict[str, torch.Tensor]:
+        """B users -> ``RecommenderHeads.forward`` outputs (click_logit, explanation, topic_affinity,
+        category_confidence, topic_logits, user); ``explain=False`` skips the explanations (training)."""
+        return self.heads(batch.hist_vec, batch.hist_mask, batch.hist_cat, batch.hist_sub, batch.cand_vec,
+                          batch.cand_cat, batch.cand_sub, batch.hist_stats, batch.cand_stats, batch.profile,
+                          explain=explain)
+
+    def score_user(self, item_vectors: torch.Tensor, history_category: torch.Tensor,
+                   history_subcategory: torch.Tensor, candidate_category: torch.Tensor,
+                   candidate_subcategory: torch.Tensor, history_stats: torch.Tensor, candidate_stats: torch.Tensor,
+                   user_profile: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One user as served over precomputed vectors (H + C, D), history rows first: the heads graph's contract
+        (``genrec.core.contract.HEADS``), outputs keyed by its output names."""
+        return self.heads.one_user(item_vectors, history_category, history_subcategory, candidate_category,
+                                   candidate_subcategory, history_stats, candidate_stats, user_profile)
+
+    def retrieval(self, item_vectors: torch.Tensor, category: torch.Tensor,
+                  subcategory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) item vectors -> (their retrieval vectors (N, D), the user vector (D,) of a user with that
+        history): the retrieval graph."""
+        return self.heads.retrieval(item_vectors, category, subcategory)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, history_category: torch.Tensor,
                 history_subcategory: torch.Tensor, candidate_category: torch.Tensor,
                 candidate_subcategory: torch.Tensor, history_stats: torch.Tensor,
                 candidate_stats: torch.Tensor, user_profile: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """input_ids/attention_mask (H + C, L), history rows first -> ``RecommenderHeads.one_user`` outputs
-        (``user_profile`` None = no profile)."""
+        """input_ids/attention_mask (H + C, L), history rows first -> ``score_user`` outputs (``user_profile``
+        None = no profile)."""
         if user_profile is None:
             user_profile = history_stats.new_zeros(self.cfg.n_categories)
-        return self.heads.one_user(self.encoder(input_ids, attention_mask), history_category, history_subcategory,
-                                   candidate_category, candidate_subcategory, history_stats, candidate_stats,
-                                   user_profile)
+        return self.score_user(self.item_vectors(input_ids, attention_mask), history_category, history_subcategory,
+                               candidate_category, candidate_subcategory, history_stats, candidate_stats,
+                               user_profile)
 
 
 def load_pretrained_lm(encoder: ItemEncoder) -> None:

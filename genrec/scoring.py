@@ -10,7 +10,7 @@ import torch
 
 from genrec.core.stats import N_STATS
 from genrec.core.text import TextTokenizer, length_sorted_batches
-from genrec.model import ItemEncoder, RecommenderHeads
+from genrec.model import GenRec, HeadsBatch, ItemEncoder
 from genrec.tables import ImpressionArrays, ItemTable
 
 
@@ -47,52 +47,23 @@ def encode_lower(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence
 
 
 @torch.no_grad()
-def encode_items(encoder: ItemEncoder, tokenizer: TextTokenizer, texts: Sequence[str], batch_size: int = 128,
+def encode_items(model: GenRec, tokenizer: TextTokenizer, texts: Sequence[str], batch_size: int = 128,
                  progress: bool = False) -> tuple[torch.Tensor, int]:
-    """Full item encoder over ``texts`` -> ((N, D) vectors, number of truncated texts)."""
-    cache, mask, n_trunc = encode_lower(encoder, tokenizer, texts, batch_size, progress)
-    return upper_in_batches(encoder, cache, mask, batch_size), n_trunc
-
-
-def upper_rows(encoder: ItemEncoder, cache: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor,
-               batch_size: int = 256) -> torch.Tensor:
-    """The trainable part of the encoder for cache ``rows`` -> (len(rows), D), with gradients.
-
-    With fine-tuned layers the cache holds (N, max_length, H) hidden states; running the top layers
-    over all max_length positions would spend ~3x the work on padding (ml-100k titles: median 8 of
-    32 tokens), so the rows run in length-sorted chunks, each cut to its own longest text (the one
-    length-sorted batching of genrec.core.text). Padding is masked out of attention and pooling, so the
-    vectors are those of the full width.
-    """
-    if mask is None:
-        return encoder.upper(cache[rows].float(), None)                          # (R, D) pooled cache
-    row_mask = mask[rows]                                                         # (R, L)
-    out = None
-    for idx, width in length_sorted_batches(row_mask.numpy(), batch_size):
-        sel = torch.from_numpy(idx)
-        vec = encoder.upper(cache[:, :width][rows[sel]].float(), row_mask[sel, :width])   # (b, D)
-        if out is None:
-            out = vec.new_zeros(len(rows), vec.shape[1])
-        out = out.index_copy(0, sel, vec)
-    return out if out is not None else torch.zeros(0, encoder.cfg.dim)
-
-
-def upper_in_batches(encoder: ItemEncoder, cache: torch.Tensor, mask: torch.Tensor | None,
-                     batch_size: int = 256) -> torch.Tensor:
-    """Item vectors (N, D) for the whole cache, without gradients."""
-    with torch.no_grad():
-        return upper_rows(encoder, cache, mask, torch.arange(len(cache)), batch_size)
+    """Item vectors of ``texts`` -> ((N, D) vectors, number of truncated texts): the frozen part once
+    (``encode_lower``), then ``GenRec.cached_item_vectors``."""
+    cache, mask, n_trunc = encode_lower(model.encoder, tokenizer, texts, batch_size, progress)
+    return model.cached_item_vectors(cache, mask, batch_size=batch_size), n_trunc
 
 
 @torch.no_grad()
-def score_impressions(heads: RecommenderHeads, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays,
+def score_impressions(model: GenRec, vectors: torch.Tensor, table: ItemTable, imps: ImpressionArrays,
                       batch_size: int = 64, keys: tuple[str, ...] = ("click_logit",)) -> dict[str, list[np.ndarray]]:
-    """Run the heads over every impression. vectors (N, D) item vectors aligned with ``table``.
+    """Score every impression (``GenRec.score``, in batches). vectors (N, D) item vectors aligned with ``table``.
 
     Returns, per requested key, one array per impression: (C_i,) for per-candidate outputs, the
     full row for per-user outputs such as ``topic_logits``.
     """
-    heads.eval()
+    model.eval()
     if imps.history_stats is None or imps.candidate_stats is None:
         raise ValueError("impressions have no item statistics: call attach_stats() or attach_stats_as_of() first")
     cat, sub = torch.from_numpy(table.category), torch.from_numpy(table.subcategory)
@@ -112,8 +83,7 @@ def score_impressions(heads: RecommenderHeads, vectors: torch.Tensor, table: Ite
             cand_stats[j, : len(c)] = torch.from_numpy(st)
         hist_stats = torch.from_numpy(imps.history_stats[sl, :width])              # (B, H, S)
         profile = torch.from_numpy(imps.profile[sl]) if imps.profile is not None else None   # (B, K)
-        res = heads(vectors[hist], hist > 0, cat[hist], sub[hist], vectors[cands], cat[cands], sub[cands],
-                    hist_stats, cand_stats, profile)
+        res = model.score(HeadsBatch.from_rows(vectors, cat, sub, hist, cands, hist_stats, cand_stats, profile))
         for k in keys:
             val = res[k].numpy()
             for j, c in enumerate(c_lists):

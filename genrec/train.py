@@ -32,8 +32,8 @@ from genrec.core.stats import N_STATS, ItemStats
 from genrec.core.text import LM_PACKAGE, minilm_dir
 from genrec.core.vocab import Vocab
 from genrec.metrics import ranking_metrics
-from genrec.model import GenRec, load_pretrained_lm
-from genrec.scoring import encode_lower, score_impressions, upper_in_batches, upper_rows
+from genrec.model import GenRec, HeadsBatch, load_pretrained_lm
+from genrec.scoring import encode_lower, score_impressions
 from genrec.tables import ImpressionArrays, ItemTable
 
 
@@ -105,16 +105,27 @@ def _parity_set(imps, table: ItemTable, cat_vocab: Vocab, sub_vocab: Vocab, n: i
     return out
 
 
-def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = ModelConfig(),
-          cfg: TrainConfig = TrainConfig(), *, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
-    t_start = time.perf_counter()
-    unknown = set(cfg.alpha) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown task(s) in alpha: {sorted(unknown)}; tasks are {list(TASKS)}")
-    if not 0.0 <= cfg.stats_dropout < 1.0:
-        raise ValueError(f"stats_dropout = {cfg.stats_dropout}: must be in [0, 1)")
-    rng = _set_seed(cfg.seed, cfg.threads)
+@dataclasses.dataclass
+class TrainData:
+    """The training log as the model sees it: item table, training and validation impressions with the item
+    statistics each may see (no leakage), and the vocabularies (``model_cfg`` carries their sizes)."""
+
+    model_cfg: ModelConfig              # the caller's, with n_categories / n_subcategories from the vocabularies
+    used_cfg: TrainConfig               # the caller's, with the statistics staleness actually used
+    impressions: list                   # every impression used, in time order (train then validation)
+    n_train: int                        # the first n_train of them train, the rest validate
+    cat_vocab: Vocab
+    sub_vocab: Vocab
+    table: ItemTable
+    train: ImpressionArrays             # statistics as of each impression's time (minus a random staleness)
+    val: ImpressionArrays               # statistics of the training part, frozen
+    train_stats: ItemStats              # counted on the training part
+
+
+def load_data(data_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig,
+              log: Callable[[str], None] = print) -> TrainData:
+    """Read, split (temporal: the latest ``val_fraction`` validates) and index the training log, and attach the item
+    statistics each impression may see."""
     split = load_split(data_dir, skip_bad_lines=cfg.skip_bad_lines, max_history=model_cfg.max_history)
     for rep in split.reports:
         if rep.skipped:
@@ -158,111 +169,168 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     log(f"data: {len(table) - 1} items, {len(cat_vocab)} categories, {len(sub_vocab)} subcategories, "
         f"{len(train_imps)} train / {len(val_imps)} validation impressions; item statistics up to "
         f"{stale_h:.1f} h stale in training")
+    return TrainData(model_cfg, used_cfg, impressions, len(train_imps), cat_vocab, sub_vocab, table, tr, va,
+                     train_stats)
+
+
+class EmaWeights:
+    """Exponential moving average of the trainable weights (``TrainConfig.ema``): validated and saved instead of the
+    raw weights, so one noisy step on a small dataset does not decide the model; training continues from the raw
+    weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.avg = {n: p.detach().clone() for n, p in self.trainable.items()} if decay > 0 else None
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.avg is not None:
+            for n, p in self.trainable.items():
+                self.avg[n].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap_in(self) -> dict[str, torch.Tensor] | None:
+        """Put the averages in the model; returns the raw weights for ``restore`` (None when off)."""
+        if self.avg is None:
+            return None
+        raw = {n: p.detach().clone() for n, p in self.trainable.items()}
+        for n, p in self.trainable.items():
+            p.copy_(self.avg[n])
+        return raw
+
+    @torch.no_grad()
+    def restore(self, raw: dict[str, torch.Tensor] | None) -> None:
+        if raw is not None:
+            for n, p in self.trainable.items():
+                p.copy_(raw[n])
+
+
+def _optimizer(model: GenRec, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW: projection and heads at ``lr``, fine-tuned LM layers (if any) at ``lm_lr``."""
+    lm_params = [p for p in model.encoder.lm.parameters() if p.requires_grad]
+    other = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.lm.")]
+    groups = [{"params": other, "lr": cfg.lr}]
+    if lm_params:
+        groups.append({"params": lm_params, "lr": cfg.lm_lr})
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def _batch_losses(model: GenRec, data: TrainData, cache: torch.Tensor, cache_mask: torch.Tensor | None,
+                  imp_idx: np.ndarray, rows: np.ndarray, cand_stats: np.ndarray, alpha: dict[str, float],
+                  cfg: TrainConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """One step's task losses L_t (click, and the auxiliary tasks whose alpha is set) for the sampled clicks:
+    impressions ``imp_idx`` (B,), candidate rows (B, 1+K) with the clicked item first, their statistics."""
+    item_cat = torch.from_numpy(data.table.category)
+    item_sub = torch.from_numpy(data.table.subcategory)
+    tr = data.train
+    hist = torch.from_numpy(tr.history[imp_idx])                                   # (B, Hmax)
+    hist = hist[:, : max(1, int((hist > 0).sum(1).max()))]                         # (B, H)
+    cands = torch.from_numpy(rows)                                                 # (B, 1+K)
+    b, h = hist.shape
+    uniq, inv = torch.unique(torch.cat([hist.reshape(-1), cands.reshape(-1)]), return_inverse=True)
+    vec = model.cached_item_vectors(cache, cache_mask, uniq)                       # (U, D)
+    hist_stats = torch.from_numpy(tr.history_stats[imp_idx, :h])                    # (B, H, S)
+    stats = drop_stats(torch.from_numpy(cand_stats), cfg.stats_dropout, rng)       # (B, 1+K, S)
+    profile = torch.from_numpy(tr.profile[imp_idx])                                 # (B, K)
+    # the batch's unique rows are its item table: vectors, categories and positions into them
+    batch = HeadsBatch.from_rows(vec, item_cat[uniq], item_sub[uniq], inv[: b * h].view(b, h),
+                                 inv[b * h:].view(b, cands.shape[1]), hist_stats, stats, profile,
+                                 history_mask=hist > 0)
+    out = model.score(batch, explain=False)
+    target = torch.zeros(b, dtype=torch.long)                                      # clicked item is column 0
+    task_loss = {"click": F.cross_entropy(out["click_logit"], target)}
+    real = uniq > 0
+    if alpha["category"] and bool((item_cat[uniq][real] > 0).any()):
+        task_loss["category"] = F.cross_entropy(model.heads.category_head(vec[real]), item_cat[uniq][real],
+                                                ignore_index=0)
+    clicked_cat = item_cat[cands[:, 0]]
+    if alpha["topic"] and bool((clicked_cat > 0).any()):
+        task_loss["topic"] = F.cross_entropy(out["topic_logits"], clicked_cat, ignore_index=0)
+    return task_loss
+
+
+def _train_epoch(model: GenRec, data: TrainData, cache: torch.Tensor, cache_mask: torch.Tensor | None,
+                 optim: torch.optim.Optimizer, ema: EmaWeights, cfg: TrainConfig, rng: np.random.Generator,
+                 desc: str, progress: bool) -> tuple[Counter, int]:
+    """One epoch over freshly sampled clicks (K negatives each) -> (summed losses per task and in all, steps)."""
+    model.train()
+    model.encoder.lm.eval()   # LM dropout off: the cached lower part was computed without it
+    alpha = {t: float(cfg.alpha.get(t, 0.0)) for t in TASKS}
+    imp_idx, rows, cand_stats_rows = _sample_clicks(data.train, cfg.negatives, rng,
+                                                    first=int(data.n_train * cfg.stats_warmup))
+    order = rng.permutation(len(rows))
+    steps = range(0, len(order), cfg.batch_size)
+    bar = steps
+    if progress:
+        from genrec.core.progress import progress as progress_bar
+        bar = progress_bar(steps, desc=desc, unit="step", leave=False)
+    losses, n_steps = Counter(), 0
+    for start in bar:
+        sel = order[start: start + cfg.batch_size]
+        task_loss = _batch_losses(model, data, cache, cache_mask, imp_idx[sel], rows[sel], cand_stats_rows[sel],
+                                  alpha, cfg, rng)
+        loss = sum(alpha[t] * v for t, v in task_loss.items())
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optim.step()
+        ema.update()
+        n_steps += 1
+        losses["loss"] += float(loss.detach())
+        for t, v in task_loss.items():
+            losses[t] += float(v.detach())
+        if progress:
+            bar.set_postfix(loss=f"{losses['loss'] / n_steps:.4f}")
+    return losses, n_steps
+
+
+def _validate(model: GenRec, data: TrainData, cache: torch.Tensor, cache_mask: torch.Tensor | None) -> dict[str, Any]:
+    """Ranking metrics of the validation impressions (``group_auc`` decides early stopping)."""
+    model.eval()
+    with torch.no_grad():
+        vecs = model.cached_item_vectors(cache, cache_mask)
+    scores = score_impressions(model, vecs, data.table, data.val)["click_logit"]
+    return ranking_metrics(zip(data.val.labels, scores)).as_dict()
+
+
+def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = ModelConfig(),
+          cfg: TrainConfig = TrainConfig(), *, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    t_start = time.perf_counter()
+    unknown = set(cfg.alpha) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) in alpha: {sorted(unknown)}; tasks are {list(TASKS)}")
+    if not 0.0 <= cfg.stats_dropout < 1.0:
+        raise ValueError(f"stats_dropout = {cfg.stats_dropout}: must be in [0, 1)")
+    rng = _set_seed(cfg.seed, cfg.threads)
+    data = load_data(data_dir, model_cfg, cfg, log)
+    model_cfg = data.model_cfg
 
     lm_dir = minilm_dir()
     lm_config = json.loads((lm_dir / "config.json").read_text())
     tokenizer_json = (lm_dir / "tokenizer.json").read_text(encoding="utf-8")
     model = GenRec(model_cfg, lm_config)
     load_pretrained_lm(model.encoder)
-    model.heads.set_stats_transform(train_stats.prior.alpha, train_stats.prior.beta,
-                                    torch.from_numpy(np.concatenate(tr.candidate_stats)))
+    model.heads.set_stats_transform(data.train_stats.prior.alpha, data.train_stats.prior.beta,
+                                    torch.from_numpy(np.concatenate(data.train.candidate_stats)))
 
     from genrec.core.text import TextTokenizer
     tokenizer = TextTokenizer(tokenizer_json, max_length=model_cfg.max_length)
     t0 = time.perf_counter()
-    cache, cache_mask, n_trunc = encode_lower(model.encoder, tokenizer, table.texts, progress=progress)
-    log(f"cached frozen LM outputs for {len(table) - 1} items in {time.perf_counter() - t0:.1f}s "
+    cache, cache_mask, n_trunc = encode_lower(model.encoder, tokenizer, data.table.texts, progress=progress)
+    log(f"cached frozen LM outputs for {len(data.table) - 1} items in {time.perf_counter() - t0:.1f}s "
         f"({n_trunc} texts cut to {model_cfg.max_length} tokens)")
 
-    item_cat = torch.from_numpy(table.category)
-    item_sub = torch.from_numpy(table.subcategory)
-    lm_params = [p for p in model.encoder.lm.parameters() if p.requires_grad]
-    other = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.lm.")]
-    groups = [{"params": other, "lr": cfg.lr}]
-    if lm_params:
-        groups.append({"params": lm_params, "lr": cfg.lm_lr})
-    optim = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    alpha = {t: float(cfg.alpha.get(t, 0.0)) for t in TASKS}
-
-    # Exponential moving average of the trainable weights: validated and saved instead of the raw weights,
-    # so one noisy step on a small dataset does not decide the model.
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    ema = {n: p.detach().clone() for n, p in trainable.items()} if cfg.ema > 0 else None
-
-    def validate() -> dict[str, Any]:
-        model.eval()
-        raw = None
-        if ema is not None:
-            raw = {n: p.detach().clone() for n, p in trainable.items()}
-            with torch.no_grad():
-                for n, p in trainable.items():
-                    p.copy_(ema[n])
-        vecs = upper_in_batches(model.encoder, cache, cache_mask)
-        scores = score_impressions(model.heads, vecs, table, va)["click_logit"]
-        result = ranking_metrics(zip(va.labels, scores)).as_dict()
-        return result, raw
-
-    def restore(raw) -> None:
-        if raw is not None:
-            with torch.no_grad():
-                for n, p in trainable.items():
-                    p.copy_(raw[n])
-
+    optim = _optimizer(model, cfg)
+    ema = EmaWeights(model, cfg.ema)
     best_auc, best_epoch, best_state, history, bad_epochs = -1.0, 0, None, [], 0
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        model.encoder.lm.eval()   # LM dropout off: the cached lower part was computed without it
-        imp_idx, rows, cand_stats_rows = _sample_clicks(tr, cfg.negatives, rng,
-                                                        first=int(len(train_imps) * cfg.stats_warmup))
-        order = rng.permutation(len(rows))
-        steps = range(0, len(order), cfg.batch_size)
-        bar = steps
-        if progress:
-            from genrec.core.progress import progress as progress_bar
-            bar = progress_bar(steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", leave=False)
-        t_epoch, losses = time.perf_counter(), Counter()
-        n_steps = 0
-        for start in bar:
-            sel = order[start: start + cfg.batch_size]
-            hist = torch.from_numpy(tr.history[imp_idx[sel]])                          # (B, Hmax)
-            hist = hist[:, : max(1, int((hist > 0).sum(1).max()))]                     # (B, H)
-            cands = torch.from_numpy(rows[sel])                                        # (B, 1+K)
-            b, h = hist.shape
-            uniq, inv = torch.unique(torch.cat([hist.reshape(-1), cands.reshape(-1)]), return_inverse=True)
-            vec = upper_rows(model.encoder, cache, cache_mask, uniq)                   # (U, D)
-            hist_vec = vec[inv[: b * h]].view(b, h, -1)                                # (B, H, D)
-            cand_vec = vec[inv[b * h:]].view(b, cands.shape[1], -1)                    # (B, 1+K, D)
-            hist_stats = torch.from_numpy(tr.history_stats[imp_idx[sel], :h])             # (B, H, S)
-            cand_stats = torch.from_numpy(cand_stats_rows[sel])                         # (B, 1+K, S)
-            cand_stats = drop_stats(cand_stats, cfg.stats_dropout, rng)
-            profile = torch.from_numpy(tr.profile[imp_idx[sel]])                        # (B, K)
-            out = model.heads(hist_vec, hist > 0, item_cat[hist], item_sub[hist], cand_vec, item_cat[cands],
-                              item_sub[cands], hist_stats, cand_stats, profile, explain=False)
-            target = torch.zeros(b, dtype=torch.long)                                  # clicked item is column 0
-            task_loss = {"click": F.cross_entropy(out["click_logit"], target)}
-            real = uniq > 0
-            if alpha["category"] and bool((item_cat[uniq][real] > 0).any()):
-                task_loss["category"] = F.cross_entropy(model.heads.category_head(vec[real]), item_cat[uniq][real],
-                                                        ignore_index=0)
-            clicked_cat = item_cat[cands[:, 0]]
-            if alpha["topic"] and bool((clicked_cat > 0).any()):
-                task_loss["topic"] = F.cross_entropy(out["topic_logits"], clicked_cat, ignore_index=0)
-            loss = sum(alpha[t] * v for t, v in task_loss.items())
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optim.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for n, p in trainable.items():
-                        ema[n].lerp_(p.detach(), 1.0 - cfg.ema)
-            n_steps += 1
-            losses["loss"] += float(loss.detach())
-            for t, v in task_loss.items():
-                losses[t] += float(v.detach())
-            if progress:
-                bar.set_postfix(loss=f"{losses['loss'] / n_steps:.4f}")
-        val, raw_weights = validate()
+        t_epoch = time.perf_counter()
+        losses, n_steps = _train_epoch(model, data, cache, cache_mask, optim, ema, cfg, rng,
+                                       f"epoch {epoch}/{cfg.epochs}", progress)
+        raw_weights = ema.swap_in()
+        val = _validate(model, data, cache, cache_mask)
         record = {"epoch": epoch, "seconds": round(time.perf_counter() - t_epoch, 1),
                   **{f"train_{k}": round(v / max(1, n_steps), 4) for k, v in losses.items()},
                   **{f"val_{k}": v for k, v in val.items()}}
@@ -273,7 +341,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}   # EMA weights if on
         else:
             bad_epochs += 1
-        restore(raw_weights)                          # training continues from the raw weights
+        ema.restore(raw_weights)                      # training continues from the raw weights
         log(f"epoch {epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}  val group-AUC {val['group_auc']:.4f}  "
             f"MRR {val['mrr']:.4f}  ({record['seconds']}s){'  *best' if improved else ''}")
         if bad_epochs >= cfg.patience:
@@ -284,12 +352,13 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     best = next(r for r in history if r["epoch"] == best_epoch)
     metrics = {"best_epoch": best_epoch, **{k[4:]: v for k, v in best.items() if k.startswith("val_")},
                "train_seconds": round(time.perf_counter() - t_start, 1), "truncated_texts": n_trunc}
-    item_stats = ItemStats.from_impressions(impressions, info={"data": str(Path(data_dir).resolve())})
+    item_stats = ItemStats.from_impressions(data.impressions, info={"data": str(Path(data_dir).resolve())})
     ckpt = Checkpoint(
         model_config=model_cfg, lm_config=lm_config, state_dict=model.state_dict(),
-        category_vocab=cat_vocab, subcategory_vocab=sub_vocab, tokenizer_json=tokenizer_json,
-        tokenizer_source=f"{LM_PACKAGE}:model/tokenizer.json", train_config=_jsonable(dataclasses.asdict(used_cfg)),
-        metrics=metrics, parity_set=_parity_set(va, table, cat_vocab, sub_vocab, cfg.parity_impressions, rng),
+        category_vocab=data.cat_vocab, subcategory_vocab=data.sub_vocab, tokenizer_json=tokenizer_json,
+        tokenizer_source=f"{LM_PACKAGE}:model/tokenizer.json",
+        train_config=_jsonable(dataclasses.asdict(data.used_cfg)), metrics=metrics,
+        parity_set=_parity_set(data.val, data.table, data.cat_vocab, data.sub_vocab, cfg.parity_impressions, rng),
         item_stats=item_stats, provenance={**provenance(), "data": str(Path(data_dir).resolve()),
                                                  "history": history},
     )

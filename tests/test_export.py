@@ -80,7 +80,7 @@ def test_int8_is_quantized_and_fp16_is_half(artifacts):
 @pytest.mark.parametrize("n_hist, n_cand", [(0, 5), (4, 1), (0, 1), (50, 300)])
 def test_heads_cold_user_and_single_candidate(artifacts, trained_run, n_hist, n_cand):
     ckpt = Checkpoint.load(trained_run)
-    heads = HeadsGraph(ckpt.build_model().heads).eval()
+    heads = HeadsGraph(ckpt.build_model()).eval()
     rng = np.random.default_rng(0)
     def stats(n: int) -> np.ndarray:   # as `genrec stats build` writes them, some rows unknown, the first known
         out = plausible_stats(n, rng, unknown=0.3)

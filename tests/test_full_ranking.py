@@ -44,7 +44,7 @@ def evaluated(trained_run, tiny_data):
     imps = ImpressionArrays.build(split.impressions[:60], table, ckpt.model_config.max_history)
     imps.attach_stats(ckpt.item_stats, table)
     with torch.no_grad():
-        vectors, _ = encode_items(model.encoder, ckpt.tokenizer(), table.texts)
+        vectors, _ = encode_items(model, ckpt.tokenizer(), table.texts)
     return ckpt, model, table, imps, vectors
 
 
@@ -54,7 +54,7 @@ def test_full_ranking_is_the_candidate_scorer_over_the_whole_catalog(evaluated):
     from genrec.tables import ImpressionArrays
 
     ckpt, model, table, imps, vectors = evaluated
-    res = full_ranking(model.heads, vectors, table, imps, ckpt.item_stats, ks=(5, 20), retrieval_m=len(table))
+    res = full_ranking(model, vectors, table, imps, ckpt.item_stats, ks=(5, 20), retrieval_m=len(table))
     assert res["users"] > 10 and res["catalog_items"] == len(table) - 1
     # independent path: each user's candidates = every catalog item not in its history, scored as a candidate list
     users = [i for i, c in enumerate(imps.candidates)
@@ -62,7 +62,7 @@ def test_full_ranking_is_the_candidate_scorer_over_the_whole_catalog(evaluated):
     cands = [np.setdiff1d(np.arange(1, len(table)), imps.history[i]) for i in users]
     sub = ImpressionArrays(imps.history[users], cands, None, [imps.user_ids[i] for i in users])
     sub.attach_stats(ckpt.item_stats, table)
-    scores = score_impressions(model.heads, vectors, table, sub, batch_size=8)["click_logit"]
+    scores = score_impressions(model, vectors, table, sub, batch_size=8)["click_logit"]
     ranked = [c[np.argsort(-s, kind="stable")][:20] for c, s in zip(cands, scores)]
     targets = [set(imps.candidates[i][imps.labels[i] == 1].tolist()) - set(imps.history[i].tolist()) for i in users]
     want = topk_metrics(ranked, targets, (5, 20))
@@ -87,7 +87,7 @@ def test_full_ranking_excludes_history_and_small_m_loses_little(evaluated, monke
         return real(ranked, targets, ks)
 
     monkeypatch.setattr(ev, "topk_metrics", spy)
-    res = ev.full_ranking(model.heads, vectors, table, imps, ckpt.item_stats, ks=(10,), retrieval_m=50)
+    res = ev.full_ranking(model, vectors, table, imps, ckpt.item_stats, ks=(10,), retrieval_m=50)
     users = [i for i, c in enumerate(imps.candidates)
              if set(c[imps.labels[i] == 1].tolist()) - set(imps.history[i][imps.history[i] > 0].tolist())]
     for ranked in seen:                                   # every system ranks only items outside the history

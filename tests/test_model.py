@@ -184,7 +184,7 @@ def test_fine_tuned_rows_run_length_sorted_and_equal_the_full_width_encoder():
 
     from genrec.core.text import TextTokenizer
     from genrec.model import ItemEncoder
-    from genrec.scoring import encode_lower, upper_rows
+    from genrec.scoring import encode_lower
     from genrec.train import load_pretrained_lm, minilm_dir
 
     torch.manual_seed(0)
@@ -202,7 +202,7 @@ def test_fine_tuned_rows_run_length_sorted_and_equal_the_full_width_encoder():
     full.square().sum().backward()
     want = [p.grad.clone() for p in enc.parameters() if p.requires_grad]
     enc.zero_grad()
-    packed = upper_rows(enc, cache, mask, rows, batch_size=2)               # 3 chunks of different widths
+    packed = enc.upper_rows(cache, mask, rows, batch_size=2)                # 3 chunks of different widths
     packed.square().sum().backward()
     got = [p.grad for p in enc.parameters() if p.requires_grad]
     assert torch.allclose(packed, full, atol=1e-5)

@@ -69,11 +69,11 @@ def test_retrieval_gate_fails_on_a_graph_from_other_weights(fp32_export, model, 
     from genrec.export.parity import ParityError, prepare, retrieval_parity
 
     ckpt, m = model
-    other = copy.deepcopy(m.heads)
+    other = copy.deepcopy(m)
     with torch.no_grad():
         # (a constant shift would vanish in the LayerNorm: perturb per dimension)
-        noise = torch.randn(other.cat_emb.weight.shape, generator=torch.Generator().manual_seed(0))
-        other.cat_emb.weight.add_(0.05 * noise)
+        noise = torch.randn(other.heads.cat_emb.weight.shape, generator=torch.Generator().manual_seed(0))
+        other.heads.cat_emb.weight.add_(0.05 * noise)
     path = to_onnx(RetrievalGraph(other), retrieval_example_inputs(ckpt.model_config.dim), RETRIEVAL,
                    tmp_path / "r.onnx", 17)
     inputs = prepare(m, ckpt.parity_set[:20], ckpt.tokenizer(), ckpt.category_vocab, ckpt.subcategory_vocab)

@@ -172,7 +172,9 @@ class OrtHeads:
 
 
 class Pipeline:
-    """texts + categories of one user -> every heads output, entirely in process."""
+    """The exported model entirely in process: ``genrec.model.GenRec``'s composition over the ONNX graphs, step for
+    step. ``item_vectors`` (tokenizer + encoder.onnx) is ``GenRec.item_vectors``, ``score_user`` (heads.onnx) is
+    ``GenRec.score_user``, and ``recommend`` (one user's texts and category names) is ``GenRec.forward``."""
 
     def __init__(self, artifacts_dir: str | Path, precision: str, threads: int = 0, device: str = "cpu",
                  pad_to_multiple_of: int = 1):
@@ -182,9 +184,18 @@ class Pipeline:
         self.encoder = OrtEncoder(root / precision / "encoder.onnx", threads, device)
         self.heads = OrtHeads(root / precision / "heads.onnx", threads, device)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def item_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Item texts -> (N, D) item vectors."""
         tok = self.tokenizer(list(texts))
         return self.encoder(tok.input_ids, tok.attention_mask)                 # (N, D)
+
+    def score_user(self, item_vectors: np.ndarray, history_category: np.ndarray, history_subcategory: np.ndarray,
+                   candidate_category: np.ndarray, candidate_subcategory: np.ndarray, history_stats=None,
+                   candidate_stats=None, user_profile=None) -> dict[str, np.ndarray]:
+        """One user over precomputed vectors (H + C, D), history rows first, and category ids -> every heads output
+        (``OrtHeads``: None statistics / profile = zeros = none)."""
+        return self.heads(item_vectors, history_category, history_subcategory, candidate_category,
+                          candidate_subcategory, history_stats, candidate_stats, user_profile)
 
     def recommend(self, history: Sequence[str], candidates: Sequence[str],
                   history_categories: Sequence[str] | None = None, history_subcategories: Sequence[str] | None = None,
@@ -195,9 +206,9 @@ class Pipeline:
         raw counts, then the collaborative vector); None = zeros = no statistics, i.e. the training prior.
         ``user_profile``: optional (K,) topic weights (``genrec.core.profiles.profile_vector``); None = no profile."""
         cv, sv = self.assets.category_vocab, self.assets.subcategory_vocab
-        vectors = self.encode([*history, *candidates])                          # (H + C, D)
-        return self.heads(vectors, cv.lookup(history_categories or [""] * len(history)),
-                          sv.lookup(history_subcategories or [""] * len(history)),
-                          cv.lookup(candidate_categories or [""] * len(candidates)),
-                          sv.lookup(candidate_subcategories or [""] * len(candidates)),
-                          history_stats, candidate_stats, user_profile)
+        return self.score_user(self.item_vectors([*history, *candidates]),                    # (H + C, D)
+                               cv.lookup(history_categories or [""] * len(history)),
+                               sv.lookup(history_subcategories or [""] * len(history)),
+                               cv.lookup(candidate_categories or [""] * len(candidates)),
+                               sv.lookup(candidate_subcategories or [""] * len(candidates)),
+                               history_stats, candidate_stats, user_profile)
