@@ -15,8 +15,9 @@ one thread, side by side: no difference beyond the noise (README "LLM enrichment
 
 pip's wheel cache keys a built wheel by the source archive alone, not by ``CMAKE_ARGS``: a wheel built
 natively before, with the old flags, would be reused silently. So ``ensure`` asks the installed build what
-it was compiled with (``llama_print_system_info``); anything but this set, and it removes pip's cached
-llama-cpp-python wheels and builds it again with these flags. ``make setup`` runs it after installing the
+it was compiled with (``llama_print_system_info``); anything but this set, and it installs it again (pip's
+cached wheel, when that is a portable one), and if that is still the wrong build, removes pip's cached
+llama-cpp-python wheels and builds it with these flags. ``make setup`` runs it after installing the
 project; the local backend also checks each build at run time (``genrec.llm.unsafe_extra_buffers``).
 
 Stdlib only, runnable as a script before the project is installed:
@@ -99,20 +100,23 @@ def ensure(python: str, log=print) -> int:
         log(f"{PACKAGE}: the portable build ({' '.join(sorted(EXPECTED_ISA))})")
         return 0
     version = wanted_version(python)
-    log(f"{why}: building {PACKAGE}=={version} again (a few minutes)")
-    # the cached wheel is what pip would take again, whatever CMAKE_ARGS says: out with it (no cache: no-op)
-    subprocess.run([python, "-m", "pip", "cache", "remove", "llama_cpp_python"], capture_output=True)
     env = {**os.environ, "CMAKE_ARGS": " ".join(CMAKE_ARGS)}
     cmd = [python, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", f"{PACKAGE}=={version}"]
-    if subprocess.run(cmd, env=env).returncode != 0:
-        log(f"{PACKAGE}: the build failed ({' '.join(cmd)})")
-        return 1
-    why = verdict(installed_build(python))
-    if why:
-        log(f"{why}: even after a fresh build")
-        return 1
-    log(f"{PACKAGE}: the portable build ({' '.join(sorted(EXPECTED_ISA))})")
-    return 0
+    # first what pip has (a wheel it cached may be a portable one another venv built), then, if that is the
+    # wrong build, without it: pip's cache would hand the same wheel back whatever CMAKE_ARGS says
+    for attempt in ("from pip's cache or built", "built anew, pip's cached wheels of it removed"):
+        log(f"{why}: installing {PACKAGE}=={version} again, {attempt} (a build takes a few minutes)")
+        if attempt.startswith("built anew"):
+            subprocess.run([python, "-m", "pip", "cache", "remove", "llama_cpp_python"], capture_output=True)
+        if subprocess.run(cmd, env=env).returncode != 0:
+            log(f"{PACKAGE}: the install failed ({' '.join(cmd)})")
+            return 1
+        why = verdict(installed_build(python))
+        if not why:
+            log(f"{PACKAGE}: the portable build ({' '.join(sorted(EXPECTED_ISA))})")
+            return 0
+    log(f"{why}: even when built anew")
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
