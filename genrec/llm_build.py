@@ -95,13 +95,17 @@ def verdict(build: tuple[str, str] | None) -> str:
 
 def ensure(python: str, log=print) -> int:
     """Make the llama-cpp-python of ``python`` the portable build; 0 when it is, 1 if it cannot be."""
-    why = verdict(installed_build(python))
+    build = installed_build(python)
+    why = verdict(build)
     if not why:
         log(f"{PACKAGE}: the portable build ({' '.join(sorted(EXPECTED_ISA))})")
         return 0
     version = wanted_version(python)
     env = {**os.environ, "CMAKE_ARGS": " ".join(CMAKE_ARGS)}
-    cmd = [python, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", f"{PACKAGE}=={version}"]
+    if build is None:                         # not there (or not importable): with what it needs, [server] too
+        cmd = [python, "-m", "pip", "install", "--quiet", f"{PACKAGE}[server]=={version}"]
+    else:                                     # the wrong build: only it, its dependencies are in place
+        cmd = [python, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", f"{PACKAGE}=={version}"]
     # first what pip has (a wheel it cached may be a portable one another venv built), then, if that is the
     # wrong build, without it: pip's cache would hand the same wheel back whatever CMAKE_ARGS says
     for attempt in ("from pip's cache or built", "built anew, pip's cached wheels of it removed"):
