@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from genrec.checkpoint import Checkpoint
+from genrec.core import fsio
 from genrec.core.artifacts import ASSETS, FORMAT, MANIFEST, PRECISIONS, Artifacts, ServingAssets
 from genrec.core.contract import CONTRACT_VERSION, ENCODER, HEADS, ITEM_STATS, RETRIEVAL
 from genrec.core.runtime import OrtEncoder, OrtHeads
@@ -132,6 +133,7 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                                            "retrieval": dataclasses.asdict(RETRIEVAL)},
                                 "precisions": {}, "assets": ASSETS, "weights_sha256": _weights_sha256(model)}
     _keep_other_precisions(out, manifest, report, cfg.precision, log)
+    fsio.remove(out / MANIFEST)     # until the new one is in, the folder names no graph that is being rewritten
     failure: ParityError | None = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -196,9 +198,12 @@ def export(checkpoint: str | Path | Checkpoint, out_dir: str | Path, cfg: Export
                 manifest["precisions"][prec] = entry["files"]
             else:
                 shutil.rmtree(pdir)              # a failed precision leaves no artifact behind
-    (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "export_report.md").write_text(report_markdown(report))
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    fsio.write_json(out / "export_report.json", report)
+    fsio.write_text(out / "export_report.md", report_markdown(report))
+    for files in manifest["precisions"].values():            # the graphs durable before the manifest names them
+        for f in files.values():
+            fsio.fsync_path(out / f["path"])
+    fsio.write_json(out / MANIFEST, manifest)                 # the commit point: atomic and durable
     if failure is not None:
         raise failure
     return Artifacts(out, manifest)

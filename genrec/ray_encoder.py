@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from genrec.core.artifacts import ServingAssets
-from genrec.core.index import IndexConfig, _chunks, _write_json, encode_texts
+from genrec.core.index import IndexConfig, _chunks, _write_json, encode_texts, seal
 from genrec.core.mind import iter_news
 from genrec.core.text import item_text
 from genrec.core.vcache import VectorLRU
@@ -178,7 +178,7 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
     truncated = int(np.count_nonzero(cut))
     manifest.update(complete=True, seconds=round(time.perf_counter() - t0, 1), truncated_texts=truncated,
                     encoded_texts=counts["encoded"], reused_texts=counts["reused"])
-    _write_json(out / "index.json", manifest)
+    seal(out, manifest)                      # the data files durable, then the manifest: complete
     per_worker = ", ".join(f"{d['host']}:{d['pid']} {d['texts']} texts in {d['seconds']} s" for d in described)
     log(f"indexed {n} items into {out} on Ray ({manifest['seconds']} s for this run; {counts['encoded']} texts "
         f"encoded by {workers} workers [{per_worker}], {counts['reused']} repeated texts reused; {truncated} texts "

@@ -6,7 +6,11 @@ REPO/
               or the TorchScript encoder run by torch in the python backend (torch: CUDA on GPU machines)
   heads/      ONNX fusion heads, one user per request
   genrec/     the ensemble: tokenizer -> encoder -> heads, the contract online services call
-  repository.json
+  repository.json   what built it ("format": genrec.repository/1): the marker that lets a rebuild replace REPO
+
+A build writes a new folder beside REPO and swaps it in atomically (``genrec.core.fsio.staged_dir``): a crash
+leaves the old repository or the new one, and a folder that is not a genrec repository (artifacts, an index,
+``.``) is never replaced.
 
 Every ``config.pbtxt`` is built from Triton's protobuf ``ModelConfig`` (``tritonclient.grpc.model_config_pb2``)
 and printed with ``text_format``; tensor names and dims come from ``genrec.core.contract``.
@@ -22,6 +26,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from genrec.core import fsio
 from genrec.core.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
 from genrec.core.contract import (
     CONTRACT_VERSION,
@@ -37,6 +42,14 @@ from genrec.core.contract import (
     TensorSpec,
 )
 from genrec.core.contract import MAX_HISTORY as CONTRACT_MAX_HISTORY
+from genrec.core.errors import UserError
+
+REPOSITORY_FORMAT = "genrec.repository/1"
+MANIFEST = "repository.json"
+
+
+class RepositoryError(UserError, ValueError):
+    """The repository cannot be built as asked (incompatible options, missing export, an --out that is not ours)."""
 
 BACKENDS = ("python-ort", "onnxruntime", "torch")
 PYTHON_BACKENDS = ("python-ort", "torch")            # backends whose models are genrec's python-backend code
@@ -159,8 +172,8 @@ def tokenizer_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelCo
 def encoder_config(cfg: RepositoryConfig, assets: ServingAssets) -> mc.ModelConfig:
     max_batch = cfg.encoder_max_batch or 2 * (cfg.max_history + cfg.max_candidates)
     if max_batch < cfg.max_history + cfg.max_candidates:
-        raise ValueError(f"encoder_max_batch {max_batch} is below one full request "
-                         f"({cfg.max_history} + {cfg.max_candidates} texts)")
+        raise RepositoryError(f"--encoder-max-batch {max_batch} is below one full request "
+                              f"({cfg.max_history} + {cfg.max_candidates} texts)")
     m = mc.ModelConfig(name="encoder", max_batch_size=max_batch)
     _io(m, ENCODER, batched=True, fixed={"D": assets.dim})
     if cfg.backend in PYTHON_BACKENDS:
@@ -284,18 +297,50 @@ def _thin_model_py(path: Path, module: str, cls: str) -> None:
     path.write_text(THIN_MODEL_PY.format(module=module, cls=cls))
 
 
+def is_repository(folder: Path) -> bool:
+    """Whether ``folder`` is a model repository this tool built: its repository.json says so (also those written
+    before the format field: contract version, config and artifacts)."""
+    try:
+        m = fsio.read_json(folder / MANIFEST, RepositoryError)
+    except (OSError, RepositoryError):
+        return False
+    return isinstance(m, dict) and (m.get("format") == REPOSITORY_FORMAT
+                                    or {"contract_version", "config", "artifacts"} <= m.keys())
+
+
+def check_out(out: Path, inputs: dict[str, str | Path]) -> None:
+    """Refuse an ``out`` a rebuild must not replace: an existing folder that is not a genrec repository, or one
+    that holds (or is inside) something the build reads."""
+    if out.exists() and not out.is_dir():
+        raise RepositoryError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_repository(out):
+        raise RepositoryError(f"--out {out} exists and is not a genrec model repository (no {MANIFEST} of "
+                              f"{REPOSITORY_FORMAT}): not replacing it; choose a new folder or remove it yourself")
+    real = out.resolve()
+    for flag, path in inputs.items():
+        if not path:
+            continue
+        p = Path(path).resolve()
+        if p == real or real in p.parents:
+            raise RepositoryError(f"--out {out} holds {flag} {path}: the repository is replaced as a whole, so it "
+                                  "must be a folder of its own")
+
+
 def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: RepositoryConfig = RepositoryConfig()) -> Path:
-    """Write the repository; an existing ``out`` is replaced. Returns its path."""
+    """Write the repository into a new folder beside ``out`` and swap it in atomically; an existing ``out`` is
+    replaced only when it is a repository this tool built. Returns its path."""
 
     if cfg.backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+        raise RepositoryError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
     if cfg.backend == "torch" and cfg.precision not in ("fp32", "fp16"):
-        raise ValueError(f"the torch backend serves the fp32 or fp16 TorchScript encoder, not {cfg.precision}")
+        raise RepositoryError(f"the torch backend serves the fp32 or fp16 TorchScript encoder, not {cfg.precision}")
     if not 1 <= cfg.max_candidates:
-        raise ValueError("max_candidates must be >= 1")
+        raise RepositoryError("--max-candidates must be >= 1")
     if cfg.stats and not cfg.index:
-        raise ValueError("--stats serves item statistics on the id path: it needs --index too (on the text "
-                         "path clients send history_stats/candidate_stats themselves)")
+        raise RepositoryError("--stats serves item statistics on the id path: it needs --index too (on the text "
+                              "path clients send history_stats/candidate_stats themselves)")
+    out = Path(out)
+    check_out(out, {"--artifacts": artifacts_dir, "--index": cfg.index, "--stats": cfg.stats})
     if cfg.stats:
         from genrec.core.statstore import StatsTable
 
@@ -303,18 +348,25 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
     art = Artifacts.load(artifacts_dir)
     graph = encoder_graph(cfg)
     if graph not in art.manifest["precisions"].get(cfg.precision, {}):
-        raise ValueError(f"{art.root} has no {cfg.precision} {graph}: export with `genrec export --torchscript`")
+        how = ("`genrec export --torchscript`" if graph == TORCHSCRIPT_GRAPH else
+               f"`genrec export --precision {cfg.precision}`")
+        raise RepositoryError(f"{art.root} has no {cfg.precision} {graph} (it has "
+                              f"{', '.join(art.precisions) or 'no precision'}): export it with {how}, or serve "
+                              f"another with --precision")
     enc_src, heads_src = art.graph(cfg.precision, graph), art.graph(cfg.precision, "heads")
     assets = ServingAssets.load(art.assets)
     trained = int(assets.info.get("max_history", CONTRACT_MAX_HISTORY))
     if cfg.max_history > trained:
-        raise ValueError(f"--max-history {cfg.max_history} exceeds the {trained} history items the model was trained "
-                         "on (its history-length feature would leave the range it learned); train with "
-                         f"--max-history {cfg.max_history} or serve at most {trained}")
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+        raise RepositoryError(f"--max-history {cfg.max_history} exceeds the {trained} history items the model was "
+                              "trained on (its history-length feature would leave the range it learned); train with "
+                              f"--max-history {cfg.max_history} or serve at most {trained}")
+    with fsio.staged_dir(out) as staged:
+        _write_repository(staged, art, graph, enc_src, heads_src, assets, cfg)
+    return out
 
+
+def _write_repository(out: Path, art: Artifacts, graph: str, enc_src: Path, heads_src: Path, assets: ServingAssets,
+                      cfg: RepositoryConfig) -> None:
     tok_dir = out / "tokenizer"
     write_config(tok_dir, tokenizer_config(cfg, assets))
     shutil.copytree(art.assets, tok_dir / "1" / "assets")
@@ -350,14 +402,13 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
 
     write_config(out / ENSEMBLE.name, ensemble_config(cfg, assets))
     (out / ENSEMBLE.name / "1").mkdir(parents=True, exist_ok=True)     # Triton requires a version folder
-    manifest = {"contract_version": CONTRACT_VERSION, "config": dataclasses.asdict(cfg),
+    manifest = {"format": REPOSITORY_FORMAT, "contract_version": CONTRACT_VERSION, "config": dataclasses.asdict(cfg),
                 "artifacts": str(art.root.resolve()), "encoder_sha256": art.sha256(cfg.precision, graph),
                 "heads_sha256": art.sha256(cfg.precision, "heads"), "dim": assets.dim,
                 "categories": len(assets.category_vocab),
                 "index": str(Path(cfg.index).resolve()) if cfg.index else None,
                 "stats": str(Path(cfg.stats).resolve()) if cfg.stats else None}
-    (out / "repository.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")       # fsynced with the folder
 
 
 def load_configs(repo: str | Path) -> dict[str, mc.ModelConfig]:

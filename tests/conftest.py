@@ -29,6 +29,7 @@ SCHEDULE = (
     "test_stats.py", "test_refresh.py", "test_vcache.py", "test_quality.py", "test_docs.py",  # no model
     "test_reliability.py", "test_export.py", "test_gpu_path.py", "test_train.py", "test_client.py",
     "test_server.py", "test_index_ray.py", "test_full_ranking.py", "test_profiles.py", "test_index.py",
+    "test_durability.py",
     "test_batch_invariance.py", "test_enrich.py", "test_index_live.py", "test_replicas.py", "test_torch_free.py",
     "test_retrieval_server.py", "test_retrieval.py",
 )

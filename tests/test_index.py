@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -14,6 +15,7 @@ from workers import THREADS
 
 from genrec.client import InvalidRequest, RecommenderClient
 from genrec.core.contract import ITEM_STATS
+from genrec.core.errors import UserError
 from genrec.core.index import IndexConfig, IndexMismatch, ItemIndex, build_index
 from genrec.core.mind import load_split
 from genrec.core.statstore import LiveStats, StatsLoadError, StatsTable, build_stats
@@ -126,7 +128,9 @@ def test_new_items_are_encoded_then_cached_with_the_same_scores(server, tiny_dat
     for recs in (first, second):
         for it in recs:
             assert it.score == pytest.approx(want[it.index], abs=1e-5)
-    assert second.items[0].text or second.items[0].source == "index"
+    for it in second:          # new items carry the text they were sent with and come from the cache now
+        want_text, want_source = (fresh[it.item_id][0], "cache") if it.item_id in fresh else ("", "index")
+        assert (it.text, it.source) == (want_text, want_source), it
 
 
 def test_id_path_reports_truncated_texts_like_the_text_path(server, tiny_data, fp32_index):
@@ -252,13 +256,26 @@ def test_live_stats_swaps_whole_snapshots_and_skips_a_half_written_folder(tiny_d
     assert live.check() and live.table is not first and live.loads == 2
     np.testing.assert_array_equal(first.lookup(ids), seen_by_a_reader)   # a snapshot never changes under a reader
     np.testing.assert_array_equal(live.table.lookup(ids), StatsTable.read(folder).lookup(ids))
-    # a writer caught mid-way: data newer than the manifest -> not loaded, the current snapshot stays
+    # a folder that is not one whole version (its manifest names a data file that is not there) -> not loaded,
+    # the current snapshot stays
     current = live.table
-    manifest = (folder / "stats.json").read_text()
-    (folder / "stats.json").write_text(manifest.replace('"count"', '"count" '))   # new generation ...
+    manifest = json.loads((folder / "stats.json").read_text())
+    legacy = {"ids.txt": (folder / manifest["files"]["ids"]).read_bytes(),
+              "counts.f32": (folder / manifest["files"]["counts"]).read_bytes()}
+    broken = {**manifest, "files": {**manifest["files"], "counts": "counts-x.f32"}}
+    (folder / "stats.json").write_text(json.dumps(broken))
+    assert not live.check() and live.table is current
+    assert "counts-x.f32, named by stats.json, is missing" in messages[-1]
+    with pytest.raises(StatsLoadError, match="is missing"):
+        StatsTable.read(folder)
+    # the layout before content-named files (ids.txt, counts.f32, no "files"): read, unless a writer is mid-way
+    for name, data in legacy.items():
+        (folder / name).write_bytes(data)
+    del manifest["files"]
+    (folder / "stats.json").write_text(json.dumps(manifest))
+    assert live.check() and live.table.lookup(ids).tolist() == current.lookup(ids).tolist()
     time.sleep(0.05)
-    (folder / "ids.txt").write_text((folder / "ids.txt").read_text())                # ... data rewritten after
-    assert not live.check() and live.table is current and "being rewritten" in messages[-1]
+    (folder / "ids.txt").write_bytes(legacy["ids.txt"])                           # data newer than the manifest
     with pytest.raises(StatsLoadError, match="being rewritten"):
         StatsTable.read(folder)
     assert current.lookup(["no-such-id"]).tolist() == [[0.0] * len(ITEM_STATS)]   # unknown id: the prior
@@ -285,8 +302,10 @@ def test_rows_query_has_the_sorted_dtype_and_long_ids_do_not_match(fp32_index, m
 
 
 def test_stats_need_an_index(artifacts, item_stats_dir, tmp_path):
-    with pytest.raises(ValueError, match="needs --index"):
+    """A user error (the CLI's one `genrec: error:` line, exit 2), not a ValueError traceback."""
+    with pytest.raises(UserError, match="needs --index"):
         build_repository(artifacts.root, tmp_path / "r", RepositoryConfig(precision="fp32", stats=str(item_stats_dir)))
+    assert not (tmp_path / "r").exists()
 
 
 def test_repeated_texts_are_encoded_once_and_equal_encoding_every_row(artifacts, tiny_data, fp32_index, tmp_path):

@@ -60,7 +60,7 @@ def test_cached_tokenizer_equals_the_tokenizer_and_stays_within_its_bytes():
     assert cached(batches[0]).truncated.tolist() == [False, False, True]
     assert (cached.misses, cached.hits) == (4, 15)      # 4 distinct texts tokenized once; 19 lookups in all
     assert len(cached) == 4
-    one = cached._cost("Heat (1995)", tuple(plain.encode(["Heat (1995)"])[0][0]))
+    one = cached._cost("Heat (1995)", np.asarray(plain.encode(["Heat (1995)"])[0][0], np.int32).tobytes())
     small = CachedTokenizer(plain, 2 * one + 10)         # room for two entries of this size
     small(["Heat (1995)"])
     small(["Heat (1996)"])
@@ -68,3 +68,33 @@ def test_cached_tokenizer_equals_the_tokenizer_and_stays_within_its_bytes():
     small(["Heat (1997)"])
     assert small.nbytes <= small.capacity_bytes and len(small) == 2
     assert "Heat (1995)" in small._data and "Heat (1996)" not in small._data
+
+
+def test_cached_tokenizer_counts_the_bytes_it_really_holds():
+    """Issue 27.12: the count was half the allocation (token ids as a tuple of int objects, the text's length
+    instead of its object). Measured with tracemalloc over 3000 distinct titles: within 15 %."""
+    import gc
+    import random
+    import tracemalloc
+
+    from genrec.core.text import CachedTokenizer, TextTokenizer
+    from genrec.train import minilm_dir
+
+    plain = TextTokenizer((minilm_dir() / "tokenizer.json").read_text(), max_length=32)
+    words = "market stocks rally coach team wins storm coast election vote budget film review season final".split()
+    rng = random.Random(0)
+    cached = CachedTokenizer(plain, 1 << 30)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 14))) + f" {i}" for i in range(3000)]
+        for i in range(0, len(texts), 100):
+            cached(texts[i: i + 100])
+        del texts                                    # the cache holds the texts it keeps
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(cached) == 3000
+    assert 0.85 <= cached.nbytes / held <= 1.15, (cached.nbytes, held)

@@ -10,7 +10,8 @@ server, ``index build``, ``stats build`` and ``repository build`` import -- and 
   the encoder's vector cache, and live reloading of files that change under a running server;
 * ``artifacts``, ``runtime`` -- the exported artifacts' manifest (writer and reader) and the ONNX Runtime
   pipeline that runs them;
-* ``errors``     -- the user-error type and exit codes.
+* ``errors``     -- the user-error type and exit codes;
+* ``fsio``       -- atomic, durable writes of files and folders (every persistent write goes through it).
 
 numpy, tokenizers, onnxruntime and faiss only: ``tests/test_torch_free.py`` imports every module here with
 torch made unimportable, and checks that no module here imports genrec outside ``genrec.core``.

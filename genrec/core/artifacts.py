@@ -13,10 +13,10 @@ ART_DIR/
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
+from genrec.core import fsio
 from genrec.core.contract import CONTRACT_VERSION
 from genrec.core.errors import UserError
 from genrec.core.text import TextTokenizer, sha256_text
@@ -48,9 +48,12 @@ class Artifacts:
         path = root / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `genrec export --checkpoint RUN_DIR --out {root}` first")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ExportError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+        manifest = fsio.read_json(path, ExportError, "an artifacts manifest: re-export with `genrec export`")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            got = manifest.get("format") if isinstance(manifest, dict) else manifest
+            raise ExportError(f"{path}: format {got!r} is not {FORMAT!r}")
+        if not isinstance(manifest.get("precisions"), dict):
+            raise ExportError(f"{path}: no 'precisions' table: re-export with `genrec export`")
         return cls(root, manifest)
 
     @property
@@ -84,18 +87,18 @@ class ServingAssets:
     @classmethod
     def load(cls, folder: str | Path) -> ServingAssets:
         folder = Path(folder)
-        info = json.loads((folder / SERVING_JSON).read_text())
+        info = fsio.read_json(folder / SERVING_JSON, ExportError, "the serving assets: re-export with `genrec export`")
         return cls((folder / TOKENIZER_JSON).read_text(encoding="utf-8"), info["max_length"], info["dim"],
                    Vocab.from_list(info["categories"]), Vocab.from_list(info["subcategories"]), info)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / TOKENIZER_JSON).write_text(self.tokenizer_json, encoding="utf-8")
+        fsio.write_text(folder / TOKENIZER_JSON, self.tokenizer_json)
         info = {**self.info, "contract_version": CONTRACT_VERSION, "max_length": self.max_length, "dim": self.dim,
                 "categories": self.category_vocab.to_list(), "subcategories": self.subcategory_vocab.to_list(),
                 "tokenizer_sha256": sha256_text(self.tokenizer_json)}
-        (folder / SERVING_JSON).write_text(json.dumps(info, indent=2) + "\n")
+        fsio.write_json(folder / SERVING_JSON, info)
         return folder
 
     def tokenizer(self, pad_to_multiple_of: int = 1) -> TextTokenizer:

@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from genrec.core import fsio
 from genrec.core.artifacts import TORCHSCRIPT_GRAPH, Artifacts, ServingAssets
 from genrec.core.contract import CONTRACT_VERSION
 from genrec.core.errors import UserError
@@ -59,10 +61,18 @@ MAX_ID_BYTES = 64
 
 FILES = ("index.json", "ids.bin", "order.i64", "category.i64", "subcategory.i64", "vectors.f32", "truncated.u8",
          "progress.json")
+DATA_FILES = FILES[1:7]                      # fsynced before the manifest that declares them complete
+# a segment's retrieval files (genrec.core.retrieval: RETRIEVAL_VECTORS, ANN_INDEX, ANN_MANIFEST): derived from
+# its vectors, so a rebuild removes them with the rest (they would describe another catalog)
+DERIVED_FILES = ("ann.json", "ann.faiss", "retrieval.f32")
 
 
 class IndexMismatch(UserError, RuntimeError):
     """The index is missing, incomplete, or was built by another encoder."""
+
+
+class CatalogError(UserError, ValueError):
+    """The catalog cannot be indexed: no items, a duplicate id, an id too long."""
 
 
 @dataclasses.dataclass
@@ -122,7 +132,11 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     if cfg.encoder == "torchscript":
         graph = TORCHSCRIPT_GRAPH
     if graph not in art.manifest["precisions"].get(cfg.precision, {}):
-        raise ValueError(f"{art.root} has no {cfg.precision} {graph}")
+        how = ("`genrec export --torchscript`" if graph == TORCHSCRIPT_GRAPH else
+               f"`genrec export --precision {cfg.precision}`")
+        raise IndexMismatch(f"{art.root} has no {cfg.precision} {graph} (it has {', '.join(art.precisions) or 'none'}):"
+                            f" export it with {how}, or index with --precision "
+                            f"{next(iter(art.precisions), cfg.precision)}")
     encoder_sha = art.sha256(cfg.precision, graph)
     if (out / CURRENT).exists():
         raise IndexMismatch(f"{out} holds live generations ({CURRENT}): publish items with `genrec index add`, "
@@ -131,36 +145,51 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     manifest_path = out / "index.json"
     out.mkdir(parents=True, exist_ok=True)
 
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    try:       # never garbage when written by us (atomic writes): anything else there is not ours to replace
+        manifest = fsio.read_json(manifest_path, IndexMismatch, "not a genrec index: choose another --out")
+    except FileNotFoundError:
+        manifest = None
+    if manifest is not None and not (isinstance(manifest, dict)
+                                     and str(manifest.get("format", "")).startswith("genrec.index/")):
+        raise IndexMismatch(f"{manifest_path} is not a genrec index manifest: not rebuilding {out} over it; "
+                            "choose another --out")
     same = manifest is not None and manifest.get("format") == FORMAT and \
-        manifest["encoder_sha256"] == encoder_sha and manifest["catalog_sha256"] == fingerprint
+        manifest.get("encoder_sha256") == encoder_sha and manifest.get("catalog_sha256") == fingerprint
+    if same and not manifest.get("complete"):
+        try:
+            int(fsio.read_json(out / "progress.json", IndexMismatch)["rows"])
+        except (OSError, IndexMismatch, KeyError, TypeError, ValueError):
+            same = False                   # no usable resume point: start over
     if same and manifest["complete"]:
         log(f"{out}: already complete for this catalog and encoder ({manifest['count']} items)")
         return out
     if manifest is not None and not same:
         log(f"{out}: built for another catalog, encoder or index format; rebuilding from scratch")
-        for name in FILES:
-            (out / name).unlink(missing_ok=True)
+        for name in (*FILES, *DERIVED_FILES):          # the manifest first: the folder stops being an index
+            fsio.remove(out / name)
         manifest = None
 
     n = 0
     id_width = 1
     if manifest is None:
+        for name in DERIVED_FILES:                     # left by an interrupted rebuild: another catalog's
+            fsio.remove(out / name)
         for item in iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines):
             raw = item.news_id.encode("utf-8")
             if len(raw) > MAX_ID_BYTES:
-                raise ValueError(f"item id {item.news_id[:80]!r} is longer than {MAX_ID_BYTES} bytes")
+                raise CatalogError(f"{catalog}: item id {item.news_id[:80]!r} is longer than {MAX_ID_BYTES} bytes")
             n += 1
             id_width = max(id_width, len(raw))
         if n == 0:
-            raise ValueError(f"{catalog} has no items")
+            raise CatalogError(f"{catalog} has no items: nothing to index")
         manifest = {"format": FORMAT, "contract_version": CONTRACT_VERSION, "encoder_sha256": encoder_sha,
                     "precision": cfg.precision, "dim": assets.dim, "count": n, "id_width": id_width,
                     "catalog": str(catalog.resolve()), "catalog_sha256": fingerprint,
                     "use_abstract": bool(assets.info.get("use_abstract", False)),
                     "categories_sha256": hashlib.sha256(
                         json.dumps(assets.category_vocab.to_list()).encode()).hexdigest(),
-                    "complete": False, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+                    "complete": False, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "build_id": uuid.uuid4().hex}          # what the segment's retrieval files record (ann.json)
         ids = np.memmap(out / "ids.bin", dtype=f"S{id_width}", mode="w+", shape=(n,))
         cats = np.memmap(out / "category.i64", dtype=np.int64, mode="w+", shape=(n,))
         subs = np.memmap(out / "subcategory.i64", dtype=np.int64, mode="w+", shape=(n,))
@@ -172,16 +201,20 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         sorted_ids = ids[order]
         dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
         if dup.size:
-            raise ValueError(f"{catalog}: duplicate item id {sorted_ids[dup[0]].decode()!r} "
-                             f"({dup.size} duplicates); ids must be unique")
-        np.memmap(out / "order.i64", dtype=np.int64, mode="w+", shape=(n,))[:] = order
+            raise CatalogError(f"{catalog}: duplicate item id {sorted_ids[dup[0]].decode(errors='replace')!r} "
+                               f"({dup.size} duplicates); ids must be unique")
+        fsio.write_array(out / "order.i64", order, np.int64)
         ids.flush(), cats.flush(), subs.flush()
+        del ids, cats, subs
         np.memmap(out / "vectors.f32", dtype=np.float32, mode="w+", shape=(n, assets.dim)).flush()
         np.memmap(out / "truncated.u8", dtype=np.uint8, mode="w+", shape=(n,)).flush()
+        for name in DATA_FILES:
+            fsio.fsync_path(out / name)
+        fsio.checkpoint(f"{out}: data files created")
         _write_json(out / "progress.json", {"rows": 0})
         _write_json(manifest_path, manifest)
     n = manifest["count"]
-    done = json.loads((out / "progress.json").read_text())["rows"]
+    done = int(fsio.read_json(out / "progress.json", IndexMismatch)["rows"])
     if done:
         log(f"{out}: resuming at row {done} of {n}")
 
@@ -241,6 +274,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
             reused += 1
         vectors[start:row] = out_vec
         cut[start:row] = out_cut
+        fsio.checkpoint(f"{out}: rows {start}..{row} in the maps")
         cut.flush()
         vectors.flush()
         _write_json(out / "progress.json", {"rows": row})       # only after the rows are on disk
@@ -251,9 +285,10 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     if bar is not None:
         bar.close()
     truncated = int(np.count_nonzero(cut))
+    del vectors, cut
     manifest.update(complete=True, seconds=round(time.perf_counter() - t0, 1), truncated_texts=truncated,
                     encoded_texts=encoded_texts, reused_texts=reused)
-    _write_json(manifest_path, manifest)
+    seal(out, manifest)
     log(f"indexed {n} items into {out} ({manifest['seconds']} s for this run; {encoded_texts} texts encoded, "
         f"{reused} repeated texts reused; {truncated} texts cut to {tokenizer.max_length} tokens)")
     return out
@@ -267,9 +302,15 @@ def encode_texts(encoder, tokenizer, texts: list[str], batch_size: int) -> tuple
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+    fsio.write_json(path, value)                       # atomic and durable (temp, fsync, rename, fsync folder)
+
+
+def seal(out: Path, manifest: dict[str, Any]) -> None:
+    """Declare the segment at ``out`` complete: its data files made durable, then the manifest replaced in one
+    rename. Before this the folder is an incomplete build every reader refuses (and the next build resumes)."""
+    for name in DATA_FILES:
+        fsio.fsync_path(out / name)
+    fsio.write_json(out / "index.json", {**manifest, "complete": True})
 
 
 class Segment:
@@ -283,11 +324,14 @@ class Segment:
         st = path.stat()
         self.folder = folder
         self.key = (str(folder.resolve()), st.st_ino, st.st_mtime_ns)      # what identifies this written segment
-        self.manifest = m = json.loads(path.read_text())
-        if m.get("format") != FORMAT:
-            raise IndexMismatch(f"{path}: format {m.get('format')!r} is not {FORMAT!r}")
-        if not m["complete"]:
-            rows = json.loads((folder / "progress.json").read_text())["rows"]
+        self.manifest = m = fsio.read_json(path, IndexMismatch, "the index manifest")
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise IndexMismatch(f"{path}: format {m.get('format') if isinstance(m, dict) else m!r} is not {FORMAT!r}")
+        if not m.get("complete"):
+            try:
+                rows = fsio.read_json(folder / "progress.json", IndexMismatch)["rows"]
+            except (OSError, IndexMismatch, KeyError, TypeError):
+                rows = "?"
             raise IndexMismatch(f"{folder} is incomplete ({rows} of {m['count']} rows): "
                                 "rerun `genrec index build` to resume it")
         if expect_encoder_sha256 is not None and m["encoder_sha256"] != expect_encoder_sha256:
@@ -340,12 +384,13 @@ class ItemIndex:
         else:
             gpath = folder / name / GENERATION
             try:
-                gm = json.loads(gpath.read_text())
+                gm = fsio.read_json(gpath, IndexMismatch, "a generation manifest")
             except FileNotFoundError:
                 raise IndexMismatch(f"{folder}: CURRENT names {name}, which has no {GENERATION} "
                                     "(removed by a newer `genrec index add`?)") from None
-            if gm.get("format") != GEN_FORMAT:
-                raise IndexMismatch(f"{gpath}: format {gm.get('format')!r} is not {GEN_FORMAT!r}")
+            if not isinstance(gm, dict) or gm.get("format") != GEN_FORMAT:
+                raise IndexMismatch(f"{gpath}: format {gm.get('format') if isinstance(gm, dict) else gm!r} is not "
+                                    f"{GEN_FORMAT!r}")
             self.generation = int(gm["generation"])
             names = gm["segments"]
         open_ = {s.key: s for s in reuse}
@@ -537,12 +582,7 @@ def _isin(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return s[pos] == a
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync = fsio.fsync_path
 
 
 def _write_segment(out: Path, parts: list[tuple[Segment, np.ndarray]], manifest: dict[str, Any],
@@ -577,12 +617,9 @@ def _write_segment(out: Path, parts: list[tuple[Segment, np.ndarray]], manifest:
     sorted_ids = ids[order]
     if n > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
         raise AssertionError("duplicate id in a merged segment")       # the merge keeps one row per id
-    order.astype(np.int64).tofile(out / "order.i64")
-    _fsync(out / "order.i64")
+    fsio.write_array(out / "order.i64", order, np.int64)
     _write_json(out / "progress.json", {"rows": n})
-    _write_json(out / "index.json", {**manifest, "count": n, "id_width": width, "complete": True,
-                                     "truncated_texts": cut})
-    _fsync(out / "index.json")
+    seal(out, {**manifest, "count": n, "id_width": width, "truncated_texts": cut, "build_id": uuid.uuid4().hex})
     return n
 
 
@@ -595,34 +632,42 @@ def _generations(index: Path) -> dict[int, Path]:
 
 
 def collect_garbage(index: str | Path, keep_generations: int = 1, *, log: Callable[[str], None] = print) -> list[str]:
-    """Delete generations older than the current one and ``keep_generations`` before it, except segments a kept
-    generation still uses (a delta's base). A server still mapping a deleted file keeps reading it: Linux frees
-    an unlinked file's pages when its last mapping goes, and the server drops a generation's maps when no
-    request uses it any more. Returns the removed names."""
+    """Delete every generation but the current one and the ``keep_generations`` published before it (the
+    chain of ``previous`` in generation.json), except segments a kept generation still uses (a delta's base); so
+    also generations an `index add` renamed in but died before it switched CURRENT to (never served). A server
+    still mapping a deleted file keeps reading it: Linux frees an unlinked file's pages when its last mapping
+    goes, and the server drops a generation's maps when no request uses it any more. Call with the writer lock
+    held (``add_items`` does). Returns the removed names."""
     index = Path(index)
     current = read_current(index)
-    if current is None:
-        return []
     gens = _generations(index)
-    cur = int(current[4:])
-    kept = [g for g in sorted(gens, reverse=True) if g <= cur][:1 + max(0, keep_generations)]
+    cur = int(current[4:]) if current is not None else 0       # no CURRENT: no generation was ever published
     used: set[str] = set()
-    for g in kept:
+    name, kept = current, 0                  # the current generation, then the ones published before it
+    while name is not None and name.startswith("gen-") and kept < 1 + max(0, keep_generations):
+        path = gens.get(int(name[4:]))
+        if path is None:
+            break
+        used.add(path.name)
+        kept += 1
         try:
-            used.update(json.loads((gens[g] / GENERATION).read_text())["segments"])
+            gm = fsio.read_json(path / GENERATION, IndexMismatch)
         except FileNotFoundError:
-            continue
-        used.add(gens[g].name)
+            break
+        used.update(gm["segments"])
+        name = gm.get("previous")
     removed = []
     for g, path in sorted(gens.items()):
-        if g < cur and path.name not in used:
+        if g != cur and path.name not in used:
+            fsio.checkpoint(f"removing generation {path.name}")
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    if "." not in used and (index / "index.json").exists():          # a legacy base nobody uses any more
-        for name in FILES:
+            removed.append(path.name + (" (never published)" if g > cur else ""))
+    if current is not None and "." not in used and (index / "index.json").exists():   # a legacy base nobody uses
+        for name in (*FILES, *DERIVED_FILES):
             (index / name).unlink(missing_ok=True)
         removed.append("the legacy base at the top of the folder")
     if removed:
+        fsio.fsync_path(index)
         log(f"{index}: removed {', '.join(removed)}")
     return removed
 
@@ -652,10 +697,13 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
             raise UserError(f"another `genrec index add` is writing {index}") from None
         cur = ItemIndex(index)
         m = cur.manifest
+        collect_garbage(index, cfg.keep_generations, log=log)      # what an interrupted add left behind
         art = Artifacts.load(artifacts)
         graph = _graph_for(art, m["precision"], m["encoder_sha256"], index)
         work = index / PARTIAL
         work.mkdir(exist_ok=True)
+        for stale in work.glob("gen-*"):                 # a generation an interrupted add was writing
+            shutil.rmtree(stale, ignore_errors=True)
         icfg = IndexConfig(precision=m["precision"], chunk_size=cfg.chunk_size, batch_size=cfg.batch_size,
                            threads=cfg.threads, encoder="onnx" if graph == "encoder" else "torchscript",
                            device=cfg.device, skip_bad_lines=cfg.skip_bad_lines, dedupe_mb=cfg.dedupe_mb)
@@ -695,6 +743,7 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
         rows = _write_segment(staged, parts, segment_manifest)
         if before_publish is not None:      # e.g. the segment's retrieval files: complete before it goes live
             before_publish(staged)
+            fsio.fsync_tree(staged)
         if compact:
             segments, count = [name], rows
         else:
@@ -710,17 +759,12 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
             "previous": cur.generation_name or ".", "added": len(new) - replaced, "replaced": replaced,
             **{k: m[k] for k in ("encoder_sha256", "precision", "dim", "use_abstract", "categories_sha256")},
             "created": segment_manifest["created"]})
-        _fsync(staged / GENERATION)
-        _fsync(staged)
+        fsio.fsync_tree(staged)
+        fsio.checkpoint(f"renaming {name} in")
         staged.rename(index / name)                    # the generation appears complete ...
+        fsio.checkpoint(f"renamed {name} in")
         _fsync(index)
-        tmp = index / f"{CURRENT}.tmp"
-        with open(tmp, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, index / CURRENT)               # ... and CURRENT switches to it in one rename
-        _fsync(index)
+        fsio.write_text(index / CURRENT, name + "\n")   # ... and CURRENT switches to it in one rename
         published = time.perf_counter()
         del new, cur, base, delta, parts
         shutil.rmtree(work, ignore_errors=True)

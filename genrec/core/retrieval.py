@@ -11,7 +11,11 @@ Per index segment, beside its vectors::
 
   retrieval.f32     (N, D) float32 retrieval vectors, row-aligned with the segment's vectors
   ann.faiss         the IVF index over them (ids = segment rows), memory-mapped when served
-  ann.json          format, encoder sha256, retrieval graph sha256, nlist, nprobe, count
+  ann.json          format, encoder sha256, retrieval graph sha256, nlist, nprobe, count, and the segment it was
+                    built from (its build id and row count): files of another build of the folder are not used
+
+Every file is written beside its target and renamed in (``genrec.core.fsio``), ann.json last: a server that has
+the old files memory-mapped keeps reading them, never a file rewritten under it.
 
 Segments smaller than ``exact_below`` items get no IVF: they are searched exactly (a live delta usually).
 """
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from genrec.core import fsio
 from genrec.core.contract import RETRIEVAL  # noqa: F401  (re-exported: the graph this module runs)
 
 ANN_FORMAT = "genrec.ann/1"
@@ -66,15 +71,31 @@ def default_nlist(n: int) -> int:
     return max(1, int(2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))))
 
 
+def segment_id(segment_manifest: dict[str, Any]) -> str:
+    """What identifies one build of an index segment: its build id (written since the retrieval files record it),
+    else a digest of what an older manifest holds (catalog, encoder, time, count)."""
+    if segment_manifest.get("build_id"):
+        return str(segment_manifest["build_id"])
+    import hashlib
+
+    keys = ("catalog_sha256", "encoder_sha256", "created", "count", "generation")
+    return "legacy-" + hashlib.sha256(json.dumps([segment_manifest.get(k) for k in keys]).encode()).hexdigest()[:16]
+
+
 def build_ann(folder: str | Path, vectors: np.ndarray, *, encoder_sha256: str, retrieval_sha256: str,
-              nprobe: int, exact_below: int = 20_000, threads: int = 0, seed: int = 0) -> dict[str, Any]:
-    """Write RETRIEVAL_VECTORS, (ANN_INDEX,) ANN_MANIFEST for one segment; the manifest last."""
+              nprobe: int, exact_below: int = 20_000, threads: int = 0, seed: int = 0,
+              segment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write RETRIEVAL_VECTORS, (ANN_INDEX,) ANN_MANIFEST for one segment (``segment``: its index.json, which
+    the manifest records), each beside its target then renamed in, the manifest last."""
     folder = Path(folder)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    vectors.tofile(folder / RETRIEVAL_VECTORS)
     n, d = vectors.shape
+    fsio.remove(folder / ANN_MANIFEST)             # from here until the new one is in, the files are not used
+    fsio.write_array(folder / RETRIEVAL_VECTORS, vectors)
     manifest: dict[str, Any] = {"format": ANN_FORMAT, "count": n, "dim": d, "encoder_sha256": encoder_sha256,
                                 "retrieval_sha256": retrieval_sha256, "kind": "exact"}
+    if segment is not None:
+        manifest.update(segment_id=segment_id(segment), segment_count=int(segment["count"]))
     if n >= exact_below:
         import faiss
 
@@ -85,11 +106,11 @@ def build_ann(folder: str | Path, vectors: np.ndarray, *, encoder_sha256: str, r
         sample = vectors[np.random.default_rng(seed).permutation(n)[: 64 * nlist]]
         ivf.train(sample)
         ivf.add(vectors)
-        faiss.write_index(ivf, str(folder / ANN_INDEX))
+        fsio.write_with(folder / ANN_INDEX, lambda tmp: faiss.write_index(ivf, str(tmp)))
         manifest.update(kind="ivf_flat", nlist=nlist, nprobe=min(nprobe, nlist))
-    tmp = folder / (ANN_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(folder / ANN_MANIFEST)
+    else:
+        fsio.remove(folder / ANN_INDEX)
+    fsio.write_json(folder / ANN_MANIFEST, manifest)
     return manifest
 
 
@@ -164,13 +185,16 @@ def has_retrieval(artifacts) -> str | None:
     return next((p for p in artifacts.precisions if "retrieval" in artifacts.manifest["precisions"][p]), None)
 
 
-def _valid(folder: Path, encoder_sha256: str, retrieval_sha256: str) -> bool:
+def _valid(folder: Path, encoder_sha256: str, retrieval_sha256: str, segment: dict[str, Any]) -> bool:
+    """Whether ``folder``'s retrieval files were built from this segment (its build and row count) with these
+    weights: files of another build of the same folder (another catalog) must not be searched."""
     try:
         m = json.loads((folder / ANN_MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return (m.get("format") == ANN_FORMAT and m.get("encoder_sha256") == encoder_sha256
-            and m.get("retrieval_sha256") == retrieval_sha256)
+    return (isinstance(m, dict) and m.get("format") == ANN_FORMAT and m.get("encoder_sha256") == encoder_sha256
+            and m.get("retrieval_sha256") == retrieval_sha256 and m.get("segment_id") == segment_id(segment)
+            and m.get("count") == m.get("segment_count") == int(segment["count"]))
 
 
 def segment_retrieval_builder(artifacts: str | Path, cfg: RetrievalConfig = RetrievalConfig(), *,
@@ -190,11 +214,11 @@ def segment_retrieval_builder(artifacts: str | Path, cfg: RetrievalConfig = Retr
     def build(folder: Path) -> bool:
         seg = Segment(folder)
         enc = seg.manifest["encoder_sha256"]
-        if _valid(seg.folder, enc, graph_sha):
+        if _valid(seg.folder, enc, graph_sha, seg.manifest):
             return False
         vectors = ort.item_repr(np.asarray(seg.vectors), np.asarray(seg.category), np.asarray(seg.subcategory))
         m = build_ann(seg.folder, vectors, encoder_sha256=enc, retrieval_sha256=graph_sha, nprobe=cfg.nprobe,
-                      exact_below=cfg.exact_below, threads=cfg.threads)
+                      exact_below=cfg.exact_below, threads=cfg.threads, segment=seg.manifest)
         log(f"retrieval: {seg.folder}: {m['count']} items, {m['kind']}"
             + (f" (nlist {m['nlist']}, nprobe {m['nprobe']})" if m["kind"] == "ivf_flat" else ""))
         return True
@@ -237,7 +261,7 @@ class Retriever:
         with self._lock:
             if seg.key not in self._searchers:
                 enc = seg.manifest["encoder_sha256"]
-                if _valid(seg.folder, enc, self.sha):
+                if _valid(seg.folder, enc, self.sha, seg.manifest):
                     s = SegmentSearcher(seg.folder, nprobe=self.nprobe)
                 else:
                     self.log(f"retrieval: {seg.folder} has no retrieval files for these weights; computing its "

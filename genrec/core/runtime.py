@@ -78,6 +78,30 @@ class OrtEncoder:
         return np.concatenate(list(outs))
 
 
+def check_attention_mask(mask: np.ndarray) -> None:
+    """Raise RequestError unless every row of ``mask`` (N, L) is a tokenizer's: 1 for the row's tokens, then 0
+    for padding (a prefix of ones), with at least one token. The per-text encoder reads a row as its first
+    ``mask.sum()`` tokens, so a mask with holes or other values describes tokens it does not encode."""
+    from genrec.core.requests import RequestError
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        return
+    bad = (mask != 0) & (mask != 1)
+    if bad.any():
+        r, c = (int(x) for x in np.argwhere(bad)[0])
+        raise RequestError(f"attention_mask[{r}][{c}] = {mask[r, c]}: must be 0 or 1")
+    first_zero = np.where(mask == 0, np.arange(mask.shape[1]), mask.shape[1]).min(1)     # (N,) padding start
+    after = (np.arange(mask.shape[1])[None, :] > first_zero[:, None]) & (mask == 1)        # a 1 after a 0
+    if after.any():
+        r, c = (int(x) for x in np.argwhere(after)[0])
+        raise RequestError(f"attention_mask[{r}] has a 1 at {c} after a 0 at {int(first_zero[r])}: a row must be "
+                           "ones for its tokens, then zeros for padding")
+    empty = np.flatnonzero(mask[:, 0] == 0)
+    if empty.size:
+        raise RequestError(f"attention_mask[{int(empty[0])}] is all zeros: every text has at least one token")
+
+
 class CachedEncoder:
     """An encoder with a content-addressed cache of item vectors in front (the text path's repeated items).
 
@@ -104,10 +128,16 @@ class CachedEncoder:
 
     @staticmethod
     def keys(input_ids: np.ndarray, attention_mask: np.ndarray) -> list[bytes]:
+        """Per row: a hash of exactly what the per-text encoder computes that row's vector from -- its first
+        ``max(1, mask.sum())`` token ids *and* mask values (the graph cuts each row there) -- so two rows share a
+        key only when the encoder sees the same input. (Masks that are not a tokenizer's are refused before the
+        encoder by :func:`check_attention_mask`; the key does not rely on it.)"""
         import hashlib
 
-        lengths = attention_mask.sum(1)
-        return [hashlib.blake2b(np.ascontiguousarray(input_ids[r, : lengths[r]], dtype=np.int64).tobytes(),
+        lengths = np.maximum(1, attention_mask.sum(1))
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        return [hashlib.blake2b(ids[r, : lengths[r]].tobytes() + b"|" + mask[r, : lengths[r]].tobytes(),
                                 digest_size=16).digest() for r in range(len(input_ids))]
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

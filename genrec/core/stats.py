@@ -29,13 +29,15 @@ user's latest history. Torch-free and numpy only: serving reads the same files.
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from genrec.core import fsio
 from genrec.core.contract import CF_DIM, ITEM_COUNTS, ITEM_STATS
 from genrec.core.contract import STATS_FORMAT as FORMAT
 from genrec.core.errors import UserError
@@ -207,34 +209,106 @@ class ItemStats:
     def __len__(self) -> int:
         return len(self.ids)
 
-    # ---- files: STATS_DIR/stats.json (manifest, prior) + ids.txt + counts.f32 ----------------------
+    # ---- files: STATS_DIR/stats.json (manifest, prior) + ids-<hash>.txt + counts-<hash>.f32 ---------------
     def save(self, folder: str | Path) -> Path:
+        """Write STATS_DIR: the data files under names derived from their content, then ``stats.json`` naming
+        them -- the one commit point (atomic, durable: :mod:`genrec.core.fsio`) -- then the data files no manifest
+        names any more. A crash at any point leaves the previous statistics or the new ones, never a mix."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
-        self.counts.astype("<f4").tofile(folder / "counts.f32")
+        fsio.remove_stale_temporaries(folder)              # from a save that was killed
+        ids_bytes = "".join(f"{i}\n" for i in self.ids).encode("utf-8")
+        counts = np.ascontiguousarray(self.counts, dtype="<f4")
+        files = {"ids": f"ids-{hashlib.sha256(ids_bytes).hexdigest()[:16]}.txt",
+                 "counts": f"counts-{hashlib.sha256(memoryview(counts).cast('B')).hexdigest()[:16]}.f32"}
+        if not _complete(folder / files["ids"], len(ids_bytes)):       # same content written before: kept
+            fsio.write_bytes(folder / files["ids"], ids_bytes)
+        if not _complete(folder / files["counts"], counts.nbytes):
+            fsio.write_array(folder / files["counts"], counts)
         manifest = {"format": FORMAT, "stats": list(ITEM_STATS), "count": len(self.ids),
-                    "prior": dataclasses.asdict(self.prior), "info": self.info}
-        tmp = folder / "stats.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.replace(folder / "stats.json")          # manifest last: a reader never sees half a folder
+                    "prior": dataclasses.asdict(self.prior), "info": self.info, "files": files}
+        fsio.write_json(folder / MANIFEST, manifest)          # the commit point
+        for stale in (*folder.glob("ids-*.txt"), *folder.glob("counts-*.f32"), folder / LEGACY_IDS,
+                      folder / LEGACY_COUNTS, folder / "stats.json.tmp"):
+            if stale.name not in files.values():
+                fsio.remove(stale)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> ItemStats:
-        folder = Path(folder)
-        path = folder / "stats.json"
-        if not path.is_file():
+        manifest, raw_ids, counts = read_folder(folder)
+        return cls([i.decode("utf-8") for i in raw_ids], counts, BetaPrior(**manifest["prior"]),
+                   manifest.get("info", {}))
+
+
+MANIFEST = "stats.json"
+
+
+def _complete(path: Path, size: int) -> bool:
+    """A content-named data file is complete when it exists (it appears only through a rename after fsync)."""
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
+LEGACY_IDS, LEGACY_COUNTS = "ids.txt", "counts.f32"      # the layout before content-named data files
+
+
+def manifest_state(folder: str | Path) -> tuple[int, int, int] | None:
+    """The manifest's (inode, mtime, size): what identifies one written version of STATS_DIR (every save
+    replaces it through a rename); None when there is none."""
+    try:
+        st = os.stat(Path(folder) / MANIFEST)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read_folder(folder: str | Path, attempts: int = 3) -> tuple[dict[str, Any], list[bytes], np.ndarray]:
+    """(manifest, ids as bytes, (N, N_STATS) float32 counts) of one consistent version of STATS_DIR.
+
+    The manifest names its data files; they are never rewritten, only replaced by new names and removed after a
+    newer manifest is in place, so a read that loses a file to a concurrent save sees the manifest change and
+    reads again (up to ``attempts`` times). A folder in the legacy layout (``ids.txt``, ``counts.f32``, no
+    ``files`` in the manifest) is refused while its data files are newer than the manifest (a writer mid-way).
+    Raises StatsError."""
+    folder = Path(folder)
+    for _ in range(attempts):
+        state = manifest_state(folder)
+        if state is None:
             raise StatsError(f"no item statistics at {folder} (build them with `genrec stats build`)")
-        m = json.loads(path.read_text())
-        if m.get("format") != FORMAT or tuple(m.get("stats", ())) != ITEM_STATS:
-            raise StatsError(f"{path}: format {m.get('format')!r} / stats {m.get('stats')} are not "
-                             f"{FORMAT!r} / {list(ITEM_STATS)}")
-        ids = (folder / "ids.txt").read_text(encoding="utf-8").splitlines()
-        counts = np.fromfile(folder / "counts.f32", dtype="<f4")
-        if len(ids) != m["count"] or counts.size != m["count"] * N_STATS:
-            raise StatsError(f"{folder}: {len(ids)} ids and {counts.size} counts for {m['count']} items")
-        return cls(ids, counts.reshape(-1, N_STATS), BetaPrior(**m["prior"]), m.get("info", {}))
+        try:
+            m = fsio.read_json(folder / MANIFEST, StatsError, "the statistics manifest")
+        except FileNotFoundError:
+            continue
+        if not isinstance(m, dict) or m.get("format") != FORMAT or tuple(m.get("stats", ())) != ITEM_STATS:
+            got = m if not isinstance(m, dict) else f"format {m.get('format')!r} / stats {m.get('stats')}"
+            raise StatsError(f"{folder / MANIFEST}: {got} is not {FORMAT!r} / {list(ITEM_STATS)}")
+        files = m.get("files")
+        legacy = files is None
+        names = (LEGACY_IDS, LEGACY_COUNTS) if legacy else (files.get("ids", ""), files.get("counts", ""))
+        if any("/" in n or not n for n in names):
+            raise StatsError(f"{folder / MANIFEST}: bad data file names {names}")
+        try:
+            if legacy:
+                newest = max(os.stat(folder / n).st_mtime_ns for n in names)
+                if newest > state[1]:
+                    raise StatsError(f"{folder} is being rewritten (data files newer than {MANIFEST})")
+            raw = (folder / names[0]).read_bytes()
+            counts = np.fromfile(folder / names[1], dtype="<f4")
+        except FileNotFoundError as exc:
+            if manifest_state(folder) != state:
+                continue                                # a newer save replaced the files: read it instead
+            raise StatsError(f"{folder}: {Path(exc.filename).name}, named by {MANIFEST}, is missing") from None
+        if manifest_state(folder) != state:
+            continue
+        raw_ids = raw.split(b"\n")
+        if raw_ids and raw_ids[-1] == b"":
+            raw_ids.pop()
+        n = m.get("count")
+        if not isinstance(n, int) or len(raw_ids) != n or counts.size != n * N_STATS:
+            raise StatsError(f"{folder}: {len(raw_ids)} ids and {counts.size} counts for {n} items")
+        return m, raw_ids, counts.reshape(n, N_STATS)
+    raise StatsError(f"{folder} changed while being read ({attempts} times)")
 
 
 def validate_counts(counts: np.ndarray, where: str) -> None:

@@ -3,7 +3,7 @@
 ``genrec stats build --behaviors behaviors.tsv --out STATS_DIR`` counts, per item, exposures, clicks and
 distinct history users and factorizes the click histories into collaborative vectors (``genrec.core.stats.ItemStats``,
 what training used) and writes STATS_DIR in
-the ``ItemStats.save`` layout (``stats.json`` manifest written last, ``ids.txt``, ``counts.f32``). Running
+the ``ItemStats.save`` layout (``stats.json`` written last naming its content-named data files). Running
 it again on fresh logs refreshes the statistics of a served model without retraining or re-encoding:
 
 * :class:`StatsTable` is one immutable snapshot: ids sorted once into a fixed-width numpy array, so a
@@ -12,8 +12,8 @@ it again on fresh logs refreshes the statistics of a served model without retrai
 * :class:`LiveStats` holds the current snapshot and a background thread that checks the manifest every
   ``refresh_ms``; a changed manifest is read into a new snapshot which then replaces the old one in a
   single reference assignment. A request reads ``live.table`` once, so it never mixes two generations.
-  A folder caught half-written (data files newer than the manifest, or changed while being read) is not
-  loaded: the old snapshot stays until the next check.
+  Every save is atomic (the manifest, renamed in last, names data files that are never rewritten), so a
+  refresh reads the old version or the new one; one that loses a race with a save is retried at the next check.
 
 Torch-free (the ``serve`` extra has no torch): the Triton ``recommend`` model uses this module.
 """
@@ -21,8 +21,6 @@ Torch-free (the ``serve`` extra has no torch): the Triton ``recommend`` model us
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,36 +29,24 @@ from typing import Any
 import numpy as np
 
 from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
-from genrec.core.contract import STATS_FORMAT as FORMAT
 from genrec.core.errors import UserError
 from genrec.core.index import sorted_lookup
 from genrec.core.refresh import Refresher
 
 N_STATS = len(ITEM_STATS)
 N_COUNTS = len(ITEM_COUNTS)
-MANIFEST, IDS, COUNTS = "stats.json", "ids.txt", "counts.f32"
 
 
 class StatsLoadError(UserError, RuntimeError):
     """The stats folder is missing, malformed, or was being rewritten while read (retry later)."""
 
 
-def _file_state(folder: Path) -> tuple[tuple[int, int, int], ...]:
-    out = []
-    for name in (MANIFEST, IDS, COUNTS):
-        st = os.stat(folder / name)
-        out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(out)
-
-
 def generation(folder: str | Path) -> tuple[int, int, int] | None:
     """What identifies one written version of the folder: the manifest's (inode, mtime, size); None if absent.
     ``ItemStats.save`` replaces the manifest last, through a rename, so a new generation means a new inode."""
-    try:
-        st = os.stat(Path(folder) / MANIFEST)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    from genrec.core.stats import manifest_state
+
+    return manifest_state(folder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,38 +72,27 @@ class StatsTable:
 
     @classmethod
     def read(cls, folder: str | Path) -> StatsTable:
-        """Read STATS_DIR consistently: refuse a folder whose data is newer than its manifest (a writer is
-        mid-way) or that changed while being read."""
+        """Read one consistent version of STATS_DIR (``genrec.core.stats.read_folder``): never a manifest with
+        another version's data, never a folder a writer is half-way through."""
+        from genrec.core.stats import StatsError, read_folder
+
         folder = Path(folder)
         try:
-            before = _file_state(folder)
-        except FileNotFoundError:
-            raise StatsLoadError(f"no item statistics at {folder} (build them with `genrec stats build`)") from None
-        if max(before[1][1], before[2][1]) > before[0][1]:
-            raise StatsLoadError(f"{folder} is being rewritten (data files newer than {MANIFEST})")
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-            raw_ids = (folder / IDS).read_bytes().split(b"\n")
-            counts = np.fromfile(folder / COUNTS, dtype="<f4")
-            after = _file_state(folder)
-        except (OSError, ValueError) as exc:
+            state = generation(folder)
+            manifest, raw_ids, counts = read_folder(folder)
+        except StatsError as exc:
+            raise StatsLoadError(str(exc)) from None
+        except OSError as exc:
             raise StatsLoadError(f"{folder}: {exc}") from None
-        if after != before:
+        if generation(folder) != state:
             raise StatsLoadError(f"{folder} changed while being read")
-        if manifest.get("format") != FORMAT or tuple(manifest.get("stats", ())) != ITEM_STATS:
-            raise StatsLoadError(f"{folder / MANIFEST}: format {manifest.get('format')!r} / stats "
-                                 f"{manifest.get('stats')} are not {FORMAT!r} / {list(ITEM_STATS)}")
-        if raw_ids and raw_ids[-1] == b"":
-            raw_ids.pop()
-        n = int(manifest["count"])
-        if len(raw_ids) != n or counts.size != n * N_STATS:
-            raise StatsLoadError(f"{folder}: {len(raw_ids)} ids and {counts.size} counts for {n} items")
-        counts = counts.reshape(n, N_STATS).astype(np.float32)
+        n = len(raw_ids)
+        counts = counts.astype(np.float32)
         if not (np.isfinite(counts).all() and (counts[:, :N_COUNTS] >= 0).all()):
             raise StatsLoadError(f"{folder}: statistics must be finite, counts >= 0")
-        ids = np.array(raw_ids, dtype=f"S{max(1, max((len(r) for r in raw_ids), default=1))}")
+        ids = np.array(raw_ids, dtype=f"S{max(1, max((len(r) for r in raw_ids), default=1))}").reshape(n)
         order = np.argsort(ids, kind="stable")
-        return cls(ids[order], np.ascontiguousarray(counts[order]), generation_of(before), manifest)
+        return cls(ids[order], np.ascontiguousarray(counts[order]), state, manifest)
 
     def __len__(self) -> int:
         return len(self.sorted_ids)
@@ -140,10 +115,6 @@ class StatsTable:
             pos, found = sorted_lookup(self.sorted_ids, raw)
             out[found] = self.counts[pos[found]]
         return out
-
-
-def generation_of(state: tuple[tuple[int, int, int], ...]) -> tuple[int, int, int]:
-    return state[0]
 
 
 class LiveStats:
@@ -188,7 +159,7 @@ class LiveStats:
 
 def build_stats(behaviors: Iterable[str | Path], out: str | Path, *, skip_bad_lines: bool = False,
                 log: Callable[[str], None] = print) -> Path:
-    """Count item statistics over MIND behaviors files and (re)write STATS_DIR (manifest last)."""
+    """Count item statistics over MIND behaviors files and (re)write STATS_DIR atomically (``ItemStats.save``)."""
     from genrec.core.mind import iter_behaviors
     from genrec.core.stats import ItemStats
 

@@ -2,7 +2,10 @@
 
 Triton hands ``execute`` the requests its dynamic batcher grouped. Each may have its own token length
 (``allow_ragged_batch``); valid ones are padded to the longest, concatenated and run through ONNX Runtime
-once, then split back. Invalid ones get their own INVALID_ARGUMENT and do not disturb the rest.
+once, then split back. Invalid ones get their own INVALID_ARGUMENT and do not disturb the rest: token ids
+outside the vocabulary, and an ``attention_mask`` that is not what a tokenizer writes (each row 1 for its tokens,
+then 0 for padding, at least one token) -- the encoder cuts each text to its mask's length, so any other mask
+would encode something else than the tokens a cache entry is filed under.
 
 With ``cache_bytes`` > 0 and a batch-invariant encoder (the per-text INT8 graph), texts encoded before are
 served from a content-addressed cache (``genrec.core.runtime.CachedEncoder``); hits, misses and cached bytes are
@@ -15,7 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from genrec.core.requests import RequestError
-from genrec.core.runtime import CachedEncoder, OrtEncoder
+from genrec.core.runtime import CachedEncoder, OrtEncoder, check_attention_mask
 from genrec.model_repository.backends.common import (
     CacheMetrics,
     error,
@@ -52,6 +55,7 @@ class EncoderModel:
             raise RequestError(f"token length must be 1..{self.max_length}, got {ids.shape[1]}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise RequestError(f"input_ids must be in [0, {self.vocab_size}), got [{ids.min()}, {ids.max()}]")
+        check_attention_mask(mask)
         return ids, mask
 
     def execute(self, requests):
