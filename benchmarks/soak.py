@@ -133,9 +133,22 @@ def invalid_requests(rng: np.random.Generator, served: Served) -> dict[str, tupl
         "oversized_text": ensemble([], ["x" * (served.max_text_bytes + 1)]),
         "misaligned_categories": ensemble([], [title, title], candidate_category=["sports"]),
         "nan_item_vectors": ("heads", heads),
+        # attention masks a tokenizer never writes, straight to the encoder (the vector-cache poisoning of issue
+        # 27.4: a hole in the mask under a real title's tokens)
+        "encoder_mask_with_a_hole": ("encoder", _encoder_inputs([[101, 7592, 2088, 102]], [[1, 1, 0, 1]])),
+        "encoder_mask_not_binary": ("encoder", _encoder_inputs([[101, 7592, 102]], [[1, 3, 1]])),
         "negative_item_stats": ("genrec", [*ensemble([title], [title])[1], _fp32_input("candidate_stats",
                                                                                      np.full((1, N_STATS), -1.0))]),
     }
+
+
+def _encoder_inputs(ids: list[list[int]], mask: list[list[int]]) -> list[grpcclient.InferInput]:
+    out = []
+    for name, value in (("input_ids", ids), ("attention_mask", mask)):
+        inp = grpcclient.InferInput(name, [len(value), len(value[0])], "INT64")
+        inp.set_data_from_numpy(np.asarray(value, dtype=np.int64))
+        out.append(inp)
+    return out
 
 
 def _fp32_input(name: str, value: np.ndarray) -> grpcclient.InferInput:

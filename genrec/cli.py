@@ -359,18 +359,22 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from genrec.client import GenrecClientError, RecommenderClient
+        from genrec.core.errors import UserError
 
         history = [(t, "", "", None) for t in args.history] + (
             _read_items(args.history_file) if args.history_file else [])
         retrieve = not args.candidates_file
         if retrieve and (history or not args.history_id):
-            print("genrec recommend: give --candidates-file (rank these), or --history-id without candidates "
-                  "(retrieve from the server's index)", file=sys.stderr)
-            return 2
+            raise UserError("recommend: give --candidates-file (rank these), or --history-id without candidates "
+                            "(retrieve from the server's index)")
         candidates = [] if retrieve else _read_items(args.candidates_file)
         try:
-            with RecommenderClient(args.url, timeout=args.timeout, ssl=args.ssl or bool(args.root_cert),
-                                   root_certificates=args.root_cert) as client:
+            client = RecommenderClient(args.url, timeout=args.timeout, ssl=args.ssl or bool(args.root_cert),
+                                       root_certificates=args.root_cert)
+        except ValueError as err:                  # the address: one line, like every other user error
+            raise UserError(f"recommend --url {args.url!r}: {err}") from None
+        try:
+            with client:
                 if retrieve:
                     recs = client.recommend(history_ids=args.history_id, k=args.top_k,
                                             exclude_ids=args.exclude_id or None, categories=args.category)
@@ -383,8 +387,7 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
                                             top_k=args.top_k, history_stats=_stats_column(history),
                                             candidate_stats=_stats_column(candidates))
         except GenrecClientError as err:
-            print(f"{type(err).__name__}: {err}", file=sys.stderr)
-            return 1
+            raise UserError(f"recommend: {type(err).__name__}: {err}") from None
         if args.json:
             import dataclasses
             print(json.dumps(dataclasses.asdict(recs)))
@@ -399,19 +402,24 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
 
 def _read_items(path: str) -> list[tuple[str, str, str, list[float] | None]]:
     """(text, category, subcategory, statistics or None) per non-empty line."""
+    from genrec.core.errors import UserError
+
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                parts = line.rstrip("\n").split("\t") + ["", "", "", ""]
-                stats = None
-                if parts[3].strip():
-                    try:
-                        stats = [float(x) for x in parts[3].split(",")]
-                    except ValueError:
-                        raise SystemExit(f"{path}:{lineno}: statistics must be numbers 'exposures,clicks,"
-                                         f"history_users', got {parts[3]!r}") from None
-                items.append((parts[0], parts[1], parts[2], stats))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    parts = line.rstrip("\n").split("\t") + ["", "", "", ""]
+                    stats = None
+                    if parts[3].strip():
+                        try:
+                            stats = [float(x) for x in parts[3].split(",")]
+                        except ValueError:
+                            raise UserError(f"{path}:{lineno}: statistics must be numbers 'exposures,clicks,"
+                                            f"history_users', got {parts[3]!r}") from None
+                    items.append((parts[0], parts[1], parts[2], stats))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err})") from None
     return items
 
 

@@ -17,6 +17,18 @@ backend does not restart a stub that died. The server and the model stay READY w
 that model fails with INTERNAL "Stub process 'encoder_0_0' is not healthy." (measured), so readiness probes
 cannot see it. ``supervise`` watches the server process and its stub processes and restarts the server on the
 same ports when either dies.
+
+Exposure (issue 27.5): every socket binds loopback unless ``--host`` says otherwise. Triton's administrative
+APIs -- shared-memory registration (a client that registers a /dev/shm region makes the server read and write
+it), model repository control, trace and log settings -- are restricted on gRPC and HTTP behind a header only
+``--admin-key`` opens (default: a random key per start, i.e. closed). With TLS on gRPC, HTTP cannot be secured
+(Triton 2.51's HTTP has no TLS): it then answers only health (live/ready, for probes and this launcher), every
+other HTTP API, inference first, is refused. Per-model visibility does not exist in Triton (``inference`` is
+one API for all models), so the composing models stay callable; they validate their inputs themselves.
+
+Signals (27.11): ``serve_forever`` answers SIGINT/SIGTERM at once, also while the server is still loading
+(``launch``) or being restarted: the start is abandoned and the server stopped; a second signal kills it
+without waiting for in-flight requests.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -67,6 +80,16 @@ class PortInUse(ServerError):
 _BIND_FAILED = re.compile(r"failed to start (\w+) service: .*?Socket '([^']+)' already in use")
 # ports probed free can be taken before tritonserver binds them; automatic ports are re-drawn this often
 PORT_ATTEMPTS = 3
+# Triton's restricted-API groups (--grpc-restricted-protocol / --http-restricted-api, 2.51)
+ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
+ALL_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+            "trace", "logging")
+ADMIN_HEADER = "genrec-admin"              # HTTP header name; gRPC clients send triton-grpc-protocol-genrec-admin
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+
+
+class LaunchAborted(ServerError):
+    """The launch or restart was abandoned because the caller asked to stop (a signal)."""
 
 
 @dataclasses.dataclass
@@ -92,6 +115,11 @@ class ServerConfig:
         "help": "close each gRPC client connection after this many ms (in-flight calls get half as long again to "
                 "finish): clients balancing over a DNS name of several replicas re-resolve it then and find new "
                 "ones (0 = connections live on)"})
+    admin_key: str = dataclasses.field(default="", metadata={
+        "help": "value of the header that opens Triton's administrative APIs (shared-memory registration, model "
+                "repository, trace and log settings), closed otherwise: gRPC metadata "
+                f"{GRPC_ADMIN_HEADER}, HTTP header {ADMIN_HEADER} (HTTP only without TLS). Empty = a random key per "
+                "start (closed). It is on tritonserver's command line: visible to local users of the machine"})
     max_restarts: int = dataclasses.field(default=5, metadata={
         "help": "restarts within 10 minutes when tritonserver exits or a python-backend stub dies (Triton 2.51 "
                 "never restarts a dead stub); then the supervisor gives up (0 = never restart)"})
@@ -208,6 +236,8 @@ class TritonServer:
         self.cfg = self._draw_ports(cfg)
         self.shm_prefix = f"genrec-{uuid.uuid4().hex[:12]}-"
         self.proc: subprocess.Popen | None = None
+        self.admin_key = cfg.admin_key or secrets.token_urlsafe(24)     # opens the administrative APIs
+        self.should_stop: Callable[[], bool] = lambda: False   # checked while waiting: abandons a launch/restart
         self.stubs: dict[int, str] = {}               # stubs seen at readiness: pid -> model instance name
         self.restarts: list[tuple[float, str]] = []   # (time.monotonic(), why) of each supervised restart
         self._own_log = not cfg.log_file
@@ -242,6 +272,10 @@ class TritonServer:
         return f"{self._connect_host}:{self.cfg.grpc_port}"
 
     @property
+    def tls(self) -> bool:
+        return bool(self.cfg.grpc_ssl_cert or self.cfg.grpc_ssl_key)
+
+    @property
     def http_url(self) -> str:
         return f"http://{self._connect_host}:{self.cfg.http_port}"
 
@@ -264,14 +298,29 @@ class TritonServer:
         if c.grpc_max_connection_age_ms > 0:
             cmd += [f"--grpc-max-connection-age={c.grpc_max_connection_age_ms}",
                     f"--grpc-max-connection-age-grace={c.grpc_max_connection_age_ms // 2}"]
-        if c.grpc_ssl_cert or c.grpc_ssl_key:
+        if self.tls:
             if not (c.grpc_ssl_cert and c.grpc_ssl_key):
                 raise ServerError("TLS needs both --grpc-ssl-cert and --grpc-ssl-key")
+            for flag in ("grpc_ssl_cert", "grpc_ssl_key", "grpc_ssl_root_cert"):
+                path = getattr(c, flag)
+                if path and not Path(path).is_file():
+                    raise ServerError(f"--{flag.replace('_', '-')} {path}: no such file")
             cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={c.grpc_ssl_cert}",
                     f"--grpc-server-key={c.grpc_ssl_key}"]
             if c.grpc_ssl_root_cert:
                 cmd += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={c.grpc_ssl_root_cert}"]
-        return cmd
+        return cmd + self.restriction_flags()
+
+    def restriction_flags(self) -> list[str]:
+        """Triton's restricted APIs: the administrative ones behind the admin key on both protocols; with TLS,
+        every HTTP API but health behind a key nobody has (plaintext HTTP must not serve inference)."""
+        grpc = f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+        if self.tls:
+            closed = [api for api in ALL_APIS if api != "health"]
+            http = f"--http-restricted-api={','.join(closed)}:{ADMIN_HEADER}={secrets.token_urlsafe(24)}"
+        else:
+            http = f"--http-restricted-api={','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+        return [grpc, http]
 
     def start(self) -> TritonServer:
         if self.proc is not None and self.proc.poll() is None:
@@ -297,6 +346,9 @@ class TritonServer:
     def wait_ready(self, timeout_s: float | None = None) -> TritonServer:
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.cfg.ready_timeout_s)
         while time.monotonic() < deadline:
+            if self.should_stop():
+                self.stop(timeout_s=5)                   # loading models: no requests to finish
+                raise LaunchAborted("stopped before tritonserver was ready")
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
                 self.stop(timeout_s=0)                   # its stubs may still be loading
@@ -410,6 +462,8 @@ def supervise(server: TritonServer, should_stop: Callable[[], bool], *, interval
             out(f"{why}: restarting tritonserver")
             try:
                 server.restart(why)
+            except LaunchAborted:
+                break
             except ServerError as err:
                 out(f"restart {len(server.restarts)} failed: {err}")
             else:
@@ -446,28 +500,53 @@ def running_server(repository: str | Path, cfg: ServerConfig | None = None, *, s
 
 def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> int:
     """Foreground server for ``genrec serve``: ready, supervised (restarted when it or a python-backend stub
-    dies, up to ``cfg.max_restarts`` times in 10 minutes), until SIGINT/SIGTERM; then a clean stop."""
-    stop = {"signal": None}
+    dies, up to ``cfg.max_restarts`` times in 10 minutes), until SIGINT/SIGTERM; then a clean stop (exit 0).
+
+    A signal is answered at once in every phase: while the server loads or restarts, the start is abandoned;
+    while it serves, in-flight requests finish (up to ``exit_timeout_s``). A second signal kills tritonserver
+    and its stubs immediately (exit 128 + the signal)."""
+    state: dict[str, object] = {"signal": None, "forced": None}
+    server: TritonServer | None = None
 
     def handle(signum, _frame):
-        stop["signal"] = signum
+        if state["signal"] is None:
+            state["signal"] = signum                     # the loops poll this: a launch is abandoned too
+            return
+        state["forced"] = signum                         # the second one: no more waiting
+        if server is not None and server.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server.proc.pid, signal.SIGKILL)
 
     old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = TritonServer(repository, cfg)
+    stopping = lambda: state["signal"] is not None            # noqa: E731
     try:
-        server.launch()
+        server = TritonServer(repository, cfg)
+        server.should_stop = stopping
+        try:
+            server.launch()
+        except LaunchAborted:
+            out(f"received {signal.Signals(state['signal']).name} while starting: stopped before it was ready")
+            return _exit_code(state)
         out(f"tritonserver ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}\n"
-            f"log: {server.log_path}  (Ctrl-C to stop)")
-        if not supervise(server, lambda: stop["signal"] is not None, out=out):
+            f"log: {server.log_path}  (Ctrl-C to stop; twice to stop at once)")
+        if not supervise(server, stopping, out=out):
             return 1
-        out(f"received {signal.Signals(stop['signal']).name}: stopping (in-flight requests finish first)")
+        out(f"received {signal.Signals(state['signal']).name}: stopping (in-flight requests finish first; "
+            "a second signal stops at once)")
         code = server.stop()
-        out(f"stopped (exit code {code})")
-        return 0
+        out(f"stopped (exit code {code})" if state["forced"] is None else
+            f"received {signal.Signals(state['forced']).name} again: killed (exit code {code})")
+        return _exit_code(state)
     except ServerError as err:
         out(str(err))
         return 1
     finally:
-        server.stop()
+        if server is not None:
+            server.stop(timeout_s=0 if state["forced"] is not None else 30.0)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _exit_code(state: dict[str, object]) -> int:
+    forced = state["forced"]
+    return 0 if forced is None else 128 + int(forced)

@@ -29,7 +29,7 @@ SCHEDULE = (
     "test_stats.py", "test_refresh.py", "test_vcache.py", "test_quality.py", "test_docs.py",  # no model
     "test_reliability.py", "test_export.py", "test_gpu_path.py", "test_train.py", "test_client.py",
     "test_server.py", "test_index_ray.py", "test_full_ranking.py", "test_profiles.py", "test_index.py",
-    "test_durability.py",
+    "test_durability.py", "test_cli_errors.py",
     "test_batch_invariance.py", "test_enrich.py", "test_index_live.py", "test_replicas.py", "test_torch_free.py",
     "test_retrieval_server.py", "test_retrieval.py",
 )
@@ -132,6 +132,15 @@ def server(fp32_repository):
 
     with running_server(fp32_repository) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    """Real `genrec` commands, forked from one warm process (tests/cli_runner.py): milliseconds to start."""
+    from cli_runner import CliRunner
+
+    with CliRunner(tmp_path_factory.mktemp("cli"), env={"OMP_NUM_THREADS": str(THREADS)}) as runner:
+        yield runner
 
 
 @pytest.fixture(scope="session")

@@ -43,12 +43,6 @@ from genrec.model_repository.builder import MANIFEST, RepositoryConfig, build_re
 SAMPLE = 5                     # kill points per command (besides the trace run), spread over its steps
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    with CliRunner(tmp_path_factory.mktemp("cli"), env={"OMP_NUM_THREADS": str(THREADS)}) as runner:
-        yield runner
-
-
 def kill_points(trace: list[str], *must: str) -> list[int]:
     """Steps to kill at (1-based): every step with GENREC_CRASH_POINTS=all; else the first, the last, the first
     step matching each ``must`` pattern, and evenly spread ones up to SAMPLE."""

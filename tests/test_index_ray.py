@@ -20,7 +20,7 @@ pytest.importorskip("ray", reason="genrec[ray] is not installed")
 from genrec.localray import LocalRayCluster  # noqa: E402  (after the skip: it needs the ray CLI)
 
 DATA_FILES = [f for f in FILES if f not in ("index.json", "progress.json")]
-VOLATILE = {"seconds", "created", "encoded_texts", "reused_texts"}      # facts of the run, not of the index
+VOLATILE = {"seconds", "created", "encoded_texts", "reused_texts", "build_id"}   # facts of the run, not the index
 CHUNK = 64                                                                         # many chunks, out of order
 
 

@@ -16,12 +16,15 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +37,15 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client import GenrecClientError, RecommenderClient
 from genrec.core.contract import ITEM_STATS, ServedParams
-from genrec.server.launcher import PortInUse, ServerConfig, TritonServer, running_server, supervise
+from genrec.server.launcher import (
+    ADMIN_HEADER,
+    GRPC_ADMIN_HEADER,
+    PortInUse,
+    ServerConfig,
+    TritonServer,
+    running_server,
+    supervise,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "bad_inputs.json"
 DEADLINE_S = 10.0                         # per-request deadline of the raw calls made during faults
@@ -202,6 +213,16 @@ def bad_inputs(served: dict[str, int]) -> dict[str, Case]:
         "encoder_ids_as_int32": encoder(ids, dtype="INT32"),
         "encoder_ids_of_rank_1": ("encoder", [tensor_input("input_ids", ids[0], "INT64"),
                                              tensor_input("attention_mask", np.ones(3, np.int64), "INT64")]),
+        # encoder: attention masks a tokenizer never writes (issue 27.4: the per-text encoder reads a row as its
+        # first mask.sum() tokens, so a hole made it encode one thing and cache it under another's key)
+        "encoder_right_padded_rows_are_served": encoder(np.array([[101, 7592, 102, 0], [101, 102, 0, 0]]),
+                                                        np.array([[1, 1, 1, 0], [1, 1, 0, 0]])),
+        "encoder_mask_with_a_hole": encoder(np.array([[101, 7592, 2088, 102]]), np.array([[1, 1, 0, 1]])),
+        "encoder_mask_hole_in_the_second_row": encoder(np.array([[101, 7592, 102], [101, 7592, 102]]),
+                                                       np.array([[1, 1, 1], [1, 0, 1]])),
+        "encoder_mask_of_twos": encoder(ids, np.array([[1, 2, 1]])),
+        "encoder_negative_mask": encoder(ids, np.array([[1, 1, -1]])),
+        "encoder_mask_all_zeros": encoder(ids, np.zeros((1, 3), np.int64)),
     }
 
 
@@ -314,6 +335,50 @@ def test_bad_input_corpus_matches_golden_and_leaves_the_server_serving(server, r
     assert server.stub_processes() == stubs and server.failure() is None        # the same stubs, all alive
     np.testing.assert_array_equal(reference_scores(client, requests_corpus[3]), before)
 
+
+
+@pytest.fixture(scope="module")
+def int8_cached(artifacts, tmp_path_factory):
+    """The INT8 text path with the encoder's vector cache on (batch-invariant per-text encoder)."""
+    from genrec.model_repository.builder import RepositoryConfig, build_repository
+
+    repo = build_repository(artifacts.root, tmp_path_factory.mktemp("repo") / "int8-cache",
+                            RepositoryConfig(precision="int8", encoder_cache_mb=8, encoder_threads=1))
+    with running_server(repo) as srv:
+        yield srv
+
+
+def test_golden_corpus_on_int8_and_no_crafted_mask_poisons_the_vector_cache(int8_cached, artifacts):
+    """Issue 27.4, the review's reproduction: a direct `encoder` request whose mask has a hole (same sum as the
+    title's length) was encoded with the hole but cached under the title's tokens, and the next user of that
+    title through the ensemble got its vector (cosine 0.925). Sent first, on a cold cache: it must be refused,
+    and the title's score through the ensemble must equal the in-process INT8 pipeline's. Then the text-path
+    corpus answers on INT8 exactly as tests/golden/bad_inputs.json says."""
+    from genrec.core.runtime import Pipeline
+
+    client = grpcclient.InferenceServerClient(int8_cached.grpc_url)
+    pipe = Pipeline(artifacts.root, "int8", threads=1)
+    history, candidates = [TITLE], ["Stocks rally", "Team wins"]
+    tok = pipe.tokenizer(candidates[:1])
+    n = int(tok.attention_mask.sum())
+    ids = np.zeros((1, n + 1), np.int64)
+    ids[0, :n] = tok.input_ids[0, :n]
+    mask = np.ones((1, n + 1), np.int64)
+    mask[0, n - 1] = 0                                  # hide [SEP]; the sum stays n: the title's cache key
+    crafted = answer(client, encoder(ids, mask))
+    assert crafted["status"] == "INVALID_ARGUMENT" and "attention_mask[0]" in crafted["message"], crafted
+    served = client.infer("genrec", [bytes_input(k, v) for k, v in texts(history, candidates).items()])
+    want = pipe.recommend(history, candidates)["scores"]
+    np.testing.assert_allclose(served.as_numpy("scores"), want, atol=1e-5, rtol=0)
+
+    golden = json.loads(GOLDEN.read_text())
+    got = {name: answer(client, case) for name, case in bad_inputs(served_params(client)).items()}
+    mismatches = {name: {"expected": golden[name], "got": got[name]} for name in got if got[name] != golden[name]}
+    assert not mismatches, "INT8 answers differ from tests/golden/bad_inputs.json:\n" + json.dumps(mismatches,
+                                                                                                   indent=2)
+    np.testing.assert_allclose(client.infer("genrec", [bytes_input(k, v) for k, v in texts(
+        history, candidates).items()]).as_numpy("scores"), want, atol=1e-5, rtol=0)
+    assert int8_cached.failure() is None
 
 def test_unknown_category_scores_like_an_empty_one(server):
     """Unknown categories are the out-of-vocabulary bucket, exactly as an empty (unknown) category."""
@@ -511,6 +576,230 @@ def test_every_listening_socket_is_loopback_by_default(server):
         assert (getattr(ip, "ipv4_mapped", None) or ip).is_loopback, a
     cmd = TritonServer(server.repository, ServerConfig()).command(Path("tritonserver"), Path("backends"))
     assert "--model-control-mode=none" in cmd and "--grpc-address=127.0.0.1" in cmd
+
+
+# ---- exposure: TLS, restricted APIs (issue 27.5) ---------------------------------------------------------------
+ADMIN = {GRPC_ADMIN_HEADER: "opens-the-admin-apis"}
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 / localhost, signed by it (PEM files)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool, san: list | None = None):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("genrec test CA", ca_key, "genrec test CA", ca_key, True)
+    server = cert("127.0.0.1", key, "genrec test CA", ca_key, False,
+                  [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return files
+
+
+def _http(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> int:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _heads_only(fp32_repository: Path, out: Path) -> Path:
+    """A repository of the one `heads` model (the quickest to load): what the exposure tests call."""
+    out.mkdir()
+    shutil.copytree(fp32_repository / "heads", out / "heads")
+    return out
+
+
+HEADS_INFER = json.dumps({"inputs": [
+    {"name": "item_vectors", "shape": [2, 1], "datatype": "FP32", "data": [0.0, 0.0]}]}).encode()
+
+
+def test_with_tls_plaintext_http_serves_only_health_and_grpc_only_over_tls(fp32_repository, tmp_path):
+    certs = _certificates(tmp_path)
+    repo = _heads_only(fp32_repository, tmp_path / "repo")
+    with running_server(repo, grpc_ssl_cert=str(certs["cert"]), grpc_ssl_key=str(certs["key"]),
+                        admin_key=ADMIN[GRPC_ADMIN_HEADER]) as srv:
+        tls = grpcclient.InferenceServerClient(srv.grpc_url, ssl=True, root_certificates=str(certs["ca"]))
+        assert tls.is_server_ready() and tls.is_model_ready("heads")
+        served = {"dim": int(tls.get_model_config("heads").config.parameters["dim"].string_value)}
+        _, inputs = heads({**served, "n_categories": 1})
+        assert tls.infer("heads", inputs).as_numpy("scores").shape == (2,)
+        with pytest.raises(InferenceServerException):               # the same port without TLS: refused
+            grpcclient.InferenceServerClient(srv.grpc_url).is_server_live(client_timeout=5)
+        base = srv.http_url
+        assert _http(f"{base}/v2/health/ready") == 200 and _http(f"{base}/v2/health/live") == 200
+        # everything else over plaintext HTTP: refused before any model runs, the admin key included
+        for path, method, body in (("/v2/models/heads/infer", "POST", HEADS_INFER), ("/v2/models/heads", "GET", None),
+                                   ("/v2/models/heads/config", "GET", None), ("/v2", "GET", None),
+                                   ("/v2/models/stats", "GET", None), ("/v2/repository/index", "POST", b"{}"),
+                                   ("/v2/systemsharedmemory/status", "GET", None)):
+            for extra in ({}, {ADMIN_HEADER: ADMIN[GRPC_ADMIN_HEADER]}):
+                assert _http(base + path, method, body, extra) == 403, (path, extra)
+        # gRPC over TLS: the administrative APIs need the admin key
+        with pytest.raises(InferenceServerException, match="restricted"):
+            tls.get_system_shared_memory_status()
+        assert tls.get_system_shared_memory_status(headers=ADMIN) is not None
+        assert tls.is_server_ready()
+
+
+def test_administrative_apis_are_closed_without_the_admin_key(server):
+    """Without TLS too (the default server): no client can register shared memory (the server would read and
+    write that /dev/shm region), control the repository, or change traces and logs."""
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    for call in (lambda: grpc.register_system_shared_memory("r", "/genrec-probe", 64),
+                 grpc.get_system_shared_memory_status, grpc.get_cuda_shared_memory_status,
+                 grpc.get_model_repository_index, lambda: grpc.unload_model("genrec"),
+                 lambda: grpc.update_log_settings({"log_verbose_level": 1}), grpc.get_trace_settings):
+        with pytest.raises(InferenceServerException, match="restricted"):
+            call()
+    assert grpc.is_model_ready("genrec")
+    base = server.http_url
+    for path, method, body in (("/v2/systemsharedmemory/region/r/register", "POST",
+                                json.dumps({"key": "/genrec-probe", "offset": 0, "byte_size": 64}).encode()),
+                               ("/v2/repository/index", "POST", b"{}"), ("/v2/logging", "GET", None),
+                               ("/v2/trace/setting", "GET", None)):
+        assert _http(base + path, method, body) == 403, path
+    assert _http(f"{base}/v2/models/genrec/config") == 200                    # inference APIs stay open
+
+
+# ---- signals (issue 27.11) -------------------------------------------------------------------------------------
+SLOW_MODEL = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import json
+        p = {k: float(v["string_value"]) for k, v in json.loads(args["model_config"])["parameters"].items()}
+        self.finalize_s = p["finalize_s"]
+        time.sleep(p["initialize_s"])
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x")
+                                                             .as_numpy())]) for r in requests]
+
+    def finalize(self):
+        time.sleep(self.finalize_s)
+'''
+
+
+def _slow_repository(folder: Path, initialize_s: float, finalize_s: float) -> Path:
+    model = folder / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(SLOW_MODEL)
+    (model / "config.pbtxt").write_text(
+        'name: "slow"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input { name: "x" data_type: TYPE_FP32 dims: [ 1 ] }\noutput { name: "y" data_type: TYPE_FP32 dims: [ 1 ] }\n'
+        f'parameters {{ key: "initialize_s" value {{ string_value: "{initialize_s}" }} }}\n'
+        f'parameters {{ key: "finalize_s" value {{ string_value: "{finalize_s}" }} }}\n')
+    return folder
+
+
+class Serve:
+    """`genrec serve` in a subprocess, its output line by line."""
+
+    def __init__(self, repo: Path, *extra: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "serve", "--repository", str(repo),
+                                      "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout], daemon=True).start()
+
+    def expect(self, text: str, timeout_s: float = 120) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def tritonserver(self, timeout_s: float = 60) -> psutil.Process:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [p for p in psutil.Process(self.proc.pid).children() if p.name() == "tritonserver"]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError("no tritonserver started")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                p.kill()
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _stub_started(triton: psutil.Process, timeout_s: float = 60) -> None:
+    wait_for(lambda: any(STUB in " ".join(c.cmdline()) for c in triton.children()), timeout_s)
+
+
+STUB = "triton_python_backend_stub"
+
+
+def test_a_signal_while_genrec_serve_is_loading_stops_it_at_once(tmp_path):
+    """SIGTERM during launch() (a model that takes 5 minutes to load): stopped within seconds, not after the
+    180 s readiness timeout, and tritonserver with it."""
+    serve = Serve(_slow_repository(tmp_path, initialize_s=300, finalize_s=0))
+    try:
+        triton = serve.tritonserver()
+        _stub_started(triton)
+        sent = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(30) == 0
+        assert time.monotonic() - sent < 20
+        serve.expect("received SIGTERM while starting: stopped before it was ready", timeout_s=5)
+        psutil.wait_procs([triton], timeout=10)
+        assert not triton.is_running() or triton.status() == psutil.STATUS_ZOMBIE
+    finally:
+        serve.close()
+
+
+def test_a_second_signal_stops_genrec_serve_without_waiting(tmp_path):
+    """The first SIGTERM waits for a graceful stop (here a model whose unload takes 5 minutes); the second
+    kills tritonserver and its stubs at once (exit 128 + 15)."""
+    serve = Serve(_slow_repository(tmp_path, initialize_s=0, finalize_s=300), "--exit-timeout-s", "120")
+    try:
+        serve.expect("tritonserver ready:")
+        triton = serve.tritonserver()
+        stubs = [c for c in triton.children() if STUB in " ".join(c.cmdline())]
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.expect("received SIGTERM: stopping", timeout_s=10)
+        time.sleep(1.0)
+        assert serve.proc.poll() is None                          # still waiting for the graceful stop
+        sent = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(20) == 128 + signal.SIGTERM
+        assert time.monotonic() - sent < 10
+        gone, alive = psutil.wait_procs([triton, *stubs], timeout=10)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    finally:
+        serve.close()
 
 
 # ---- soak ------------------------------------------------------------------------------------------
