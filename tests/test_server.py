@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
-from google.protobuf import text_format
 from triton_helpers import text_inputs
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
@@ -20,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from genrec.core.artifacts import ServingAssets
 from genrec.core.contract import ENSEMBLE, ITEM_STATS
 from genrec.model_repository.builder import RepositoryConfig, build_repository, load_configs
-from genrec.server.launcher import SHM_DIR, ServerError, running_server
+from genrec.server.launcher import GRPC_ADMIN_HEADER, SHM_DIR, ServerError, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +65,44 @@ def test_onnxruntime_backend_repository(artifacts, tmp_path):
     assert not any(i.allow_ragged_batch for i in configs["encoder"].input)
 
 
-def test_every_shipped_config_parses(fp32_repository):
-    for path in fp32_repository.glob("*/config.pbtxt"):
-        text_format.Parse(path.read_text(), mc.ModelConfig())
+def _assert_kept(built, served, where: str) -> None:
+    """Every field the builder set is in Triton's served config with the same value (Triton adds defaults)."""
+    for field, value in built.ListFields():
+        got = getattr(served, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key in value:
+                assert key in got, f"{where}.{field.name}[{key!r}] is not served"
+                if field.message_type.fields_by_name["value"].message_type is not None:
+                    _assert_kept(value[key], got[key], f"{where}.{field.name}[{key!r}]")
+                else:
+                    assert got[key] == value[key], f"{where}.{field.name}[{key!r}]"
+        elif field.label == field.LABEL_REPEATED and field.message_type is not None:
+            assert len(got) == len(value), f"{where}.{field.name}: {len(value)} built, {len(got)} served"
+            for i, (b, g) in enumerate(zip(value, got)):
+                _assert_kept(b, g, f"{where}.{field.name}[{i}]")
+        elif field.message_type is not None:
+            _assert_kept(value, got, f"{where}.{field.name}")
+        else:
+            assert list(got) == list(value) if field.label == field.LABEL_REPEATED else got == value, \
+                f"{where}.{field.name}: built {value!r}, served {got!r}"
+
+
+def test_every_config_is_served_as_built(server, fp32_repository):
+    """What Triton really loaded from each config.pbtxt (its model-config API) holds every field the builder
+    wrote, with the same value: a field Triton ignores, rewrites or parses differently fails here (parsing our
+    own serializer's output back, the test this replaces, could not)."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    configs = load_configs(fp32_repository)
+    assert set(configs) == {m.name for m in client.get_model_repository_index(
+        headers={GRPC_ADMIN_HEADER: server.admin_key}).models}
+    for name, built in configs.items():
+        served = client.get_model_config(name).config
+        _assert_kept(built, served, name)
+    # and what matters for serving, spelled out
+    enc = client.get_model_config("encoder").config
+    assert enc.dynamic_batching.max_queue_delay_microseconds == 2000 and all(i.allow_ragged_batch for i in enc.input)
+    assert {i.name for i in client.get_model_config("genrec").config.input if i.optional} >= {
+        "history_stats", "candidate_stats"}
 
 
 def _infer(client, req, with_stats: bool = False):
