@@ -201,7 +201,8 @@ def _repository(sub: argparse._SubParsersAction) -> None:
     rsub = p.add_subparsers(dest="repository_command", required=True)
     b = rsub.add_parser("build", help="build a Triton repository (tokenizer -> encoder -> heads ensemble)")
     b.add_argument("--artifacts", required=True, help="ART_DIR written by `genrec export`")
-    b.add_argument("--out", required=True, help="repository folder to (re)create")
+    b.add_argument("--out", required=True, help="repository folder to create, or a repository built "
+                   "before to replace (atomically); any other existing folder is refused")
     add_dataclass_args(b, RepositoryConfig)
 
     def run(args: argparse.Namespace) -> int:
@@ -304,7 +305,8 @@ def _stats(sub: argparse._SubParsersAction) -> None:
                                       "retraining, no re-encoding)")
     b.add_argument("--behaviors", action="append", required=True,
                    help="behaviors.tsv (MIND format); repeat to count several logs together")
-    b.add_argument("--out", required=True, help="STATS_DIR (rewritten in place; the manifest is written last)")
+    b.add_argument("--out", required=True, help="STATS_DIR (a new version replaces the old one atomically: readers "
+                                                "see the old or the new, never a mix)")
     b.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
 
     def run(args: argparse.Namespace) -> int:
