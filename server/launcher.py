@@ -506,22 +506,21 @@ def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> in
     while it serves, in-flight requests finish (up to ``exit_timeout_s``). A second signal kills tritonserver
     and its stubs immediately (exit 128 + the signal)."""
     state: dict[str, object] = {"signal": None, "forced": None}
-    server: TritonServer | None = None
 
     def handle(signum, _frame):
         if state["signal"] is None:
             state["signal"] = signum                     # the loops poll this: a launch is abandoned too
             return
         state["forced"] = signum                         # the second one: no more waiting
-        if server is not None and server.proc is not None:
+        if server.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(server.proc.pid, signal.SIGKILL)
 
-    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = TritonServer(repository, cfg)          # a missing repository: the CLI's one-line user error
     stopping = lambda: state["signal"] is not None            # noqa: E731
+    server.should_stop = stopping
+    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server = TritonServer(repository, cfg)
-        server.should_stop = stopping
         try:
             server.launch()
         except LaunchAborted:
@@ -541,8 +540,7 @@ def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> in
         out(str(err))
         return 1
     finally:
-        if server is not None:
-            server.stop(timeout_s=0 if state["forced"] is not None else 30.0)
+        server.stop(timeout_s=0 if state["forced"] is not None else 30.0)
         for s, h in old.items():
             signal.signal(s, h)
 
