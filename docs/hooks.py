@@ -231,6 +231,9 @@ def flag_table(command: str) -> str:
                 default = "required"
             elif action.default not in (None, argparse.SUPPRESS, False):
                 default = str(action.default)
+            # a default under the checkout's parent (../shared) is written relative: the page is the same in
+            # every checkout (CI clones elsewhere)
+            default = default.replace(str(ROOT.parent) + "/", "../")
             text = text.replace("|", "\\|")
             default = f"`{default}`" if default not in ("", "required") else default
             rows.append(f"| `{', '.join(flags)}` | {default} | {text} | {f'`{source}`' if source else ''} |")
