@@ -15,7 +15,7 @@ from typing import Any
 from genrec.client import RecommendRequest
 
 ROOT = Path(__file__).resolve().parents[1]
-PERF_ANALYZER_VENV = ROOT / ".venv-perf-analyzer"     # made by `make setup`: tritonclient==2.51.0, no deps
+PERF_ANALYZER_VENV = ROOT / ".venv-perf-analyzer"     # make install-perf-analyzer: tritonclient==2.51.0, no deps
 
 
 # ---- in-process anchors ------------------------------------------------------------------------

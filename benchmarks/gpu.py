@@ -505,7 +505,9 @@ def run(cfg: GpuBenchConfig, log=print) -> dict[str, Any]:
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     (out / "results.md").write_text(markdown(res))
-    plot(res, out / "latency.png")
+    from genrec.benchmarks.report import plot_or_say
+
+    plot_or_say(plot, res, out / "latency.png")
     for tg in res["targets"]:
         log(f"target: {tg['target']}: {tg['value']} ({tg['op']} {tg['bound']}) -> {tg['met']}")
     log(f"wrote {out}/results.json, results.md, latency.png in {res['seconds']} s")

