@@ -403,33 +403,23 @@ def _soak(url: str, server_pid: int | None, cfg: SoakConfig, log: Callable[[str]
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from genrec.printing import print_table
 
-    console = Console()
-    head = Table(title=f"soak: {report['duration_s']:.0f} s at concurrency {report['config']['concurrency']}")
-    for col in ("requests/s", "ok", "rejected (expected)", "unexpected", "p50 drift", "p99 drift"):
-        head.add_column(col, justify="right")
     d = report["latency_drift"]
-    head.add_row(f"{report['requests_per_s']:.1f}", str(report["ok"]), str(report["rejected"]),
-                 str(report["unexpected"]), f"{d['p50']:+.1%}", f"{d['p99']:+.1%}")
-    console.print(head)
-    win = Table(title="valid-request latency per window")
-    for col in ("from s", "valid ok", "p50 ms", "p99 ms"):
-        win.add_column(col, justify="right")
-    for w in report["windows"]:
-        win.add_row(f"{w['start_s']:.0f}", str(w["valid_ok"]), f"{w['p50_ms']:.1f}", f"{w['p99_ms']:.1f}")
-    console.print(win)
-    mem = Table(title="RSS")
-    for col in ("process", "start MB", "end MB", "growth"):
-        mem.add_column(col, justify="right")
-    for name, g in report["rss"].items():
-        mem.add_row(name, f"{g['start_mb']:.1f}", f"{g['end_mb']:.1f}", f"{g['growth']:+.1%}")
-    console.print(mem)
+    print_table(f"soak: {report['duration_s']:.0f} s at concurrency {report['config']['concurrency']}",
+                [(col, "right") for col in ("requests/s", "ok", "rejected (expected)", "unexpected", "p50 drift",
+                                            "p99 drift")],
+                [[f"{report['requests_per_s']:.1f}", str(report["ok"]), str(report["rejected"]),
+                  str(report["unexpected"]), f"{d['p50']:+.1%}", f"{d['p99']:+.1%}"]])
+    print_table("valid-request latency per window",
+                [(col, "right") for col in ("from s", "valid ok", "p50 ms", "p99 ms")],
+                [[f"{w['start_s']:.0f}", str(w["valid_ok"]), f"{w['p50_ms']:.1f}", f"{w['p99_ms']:.1f}"]
+                 for w in report["windows"]])
+    print_table("RSS", [(col, "right") for col in ("process", "start MB", "end MB", "growth")],
+                [[name, f"{g['start_mb']:.1f}", f"{g['end_mb']:.1f}", f"{g['growth']:+.1%}"]
+                 for name, g in report["rss"].items()])
     for message, n in report["unexpected_examples"].items():
-        console.print(f"[red]unexpected[/red] x{n}: {escape(message)}", highlight=False)
+        print(f"unexpected x{n}: {message}", flush=True)
     for note in report["notes"]:
-        console.print(f"note: {escape(note)}")
-    reasons = escape("; ".join(report["reasons"]))
-    console.print("[green]PASSED[/green]" if report["passed"] else f"[red]FAILED[/red]: {reasons}")
+        print(f"note: {note}", flush=True)
+    print("PASSED" if report["passed"] else f"FAILED: {'; '.join(report['reasons'])}", flush=True)

@@ -1,55 +1,93 @@
-"""Console output of the CLI and the demo (rich tables): its own module, so neither imports the other."""
+"""Console output of the CLI and the demo: its own module, so neither imports the other.
+
+On a terminal the tables are rich tables fitted to its width. Anywhere else (a log file, CI, a pipe) they are plain
+text: every cell whole (rich would cut cells to 80 columns with an ellipsis, mid-word or in the middle of a wide
+character), ASCII rules, one physical line per cell line, columns aligned by display width.
+"""
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+from collections.abc import Sequence
+from typing import TextIO
 
-def print_recommendations(recs, title: str = "recommendations") -> None:
+Column = tuple[str, str]          # (header, "left" | "right")
+
+
+def _width(text: str) -> int:
+    """Display columns of ``text``: East Asian wide and fullwidth characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+               for ch in text)
+
+
+def _pad(text: str, width: int, justify: str) -> str:
+    gap = " " * (width - _width(text))
+    return gap + text if justify == "right" else text + gap
+
+
+def plain_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` as aligned plain text; a cell may hold several lines, nothing is cut or wrapped."""
+    cells = [[str(c).split("\n") for c in row] for row in rows]
+    widths = [max([_width(name)] + [_width(line) for row in cells for line in row[i]])
+              for i, (name, _) in enumerate(columns)]
+
+    def line(parts: Sequence[str]) -> str:
+        return "  ".join(_pad(p, w, j) for p, w, (_, j) in zip(parts, widths, columns)).rstrip()
+
+    out = [title, line([name for name, _ in columns]), "  ".join("-" * w for w in widths)]
+    for row in cells:
+        for k in range(max(len(c) for c in row)):
+            out.append(line([c[k] if k < len(c) else "" for c in row]))
+    return "\n".join(out)
+
+
+def print_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]],
+                file: TextIO | None = None) -> None:
+    """A rich table on a terminal, :func:`plain_table` anywhere else."""
+    file = file or sys.stdout
+    if not file.isatty():
+        print(plain_table(title, columns, rows), file=file, flush=True)
+        return
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{title} ({recs.model_name} v{recs.model_version}, {recs.latency_ms:.1f} ms)")
-    for col, kw in (("#", {"justify": "right"}), ("score", {"justify": "right"}), ("topic", {"justify": "right"}),
-                    ("item", {}), ("because you read", {})):
-        table.add_column(col, **kw)
+    table = Table(title=escape(title))
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(*(escape(str(c)) for c in row))
+    Console(file=file).print(table)
+
+
+def print_recommendations(recs, title: str = "recommendations", file: TextIO | None = None) -> None:
+    rows = []
     for rank, it in enumerate(recs.items, 1):
-        because = "\n".join(f"{b.weight:+.2f}  {b.text[:50]}" for b in it.because) or "(no history: cold start)"
-        table.add_row(str(rank), f"{it.score:.3f}", f"{it.tasks.get('topic_affinity', 0):.2f}",
-                      escape(f"[{it.category or '?'}] {it.text}"), escape(because))
-    Console().print(table)
+        because = "\n".join(f"{b.weight:+.2f}  {b.text}" for b in it.because) or "(no history: cold start)"
+        rows.append([str(rank), f"{it.score:.3f}", f"{it.tasks.get('topic_affinity', 0):.2f}",
+                     f"[{it.category or '?'}] {it.text}", because])
+    print_table(f"{title} ({recs.model_name} v{recs.model_version}, {recs.latency_ms:.1f} ms)",
+                [("#", "right"), ("score", "right"), ("topic", "right"), ("item", "left"),
+                 ("because you read", "left")], rows, file)
     top = ", ".join(f"{k} {v:.2f}" for k, v in list(recs.user_topics.items())[:3])
-    Console().print(f"user topics: {top}")
+    print(f"user topics: {top}", file=file or sys.stdout, flush=True)
 
 
-def print_metrics(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="evaluation", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        if k != "full_ranking":
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
+def print_metrics(result: dict, file: TextIO | None = None) -> None:
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in result.items() if k != "full_ranking"]
+    print_table("evaluation", [("metric", "left"), ("value", "right")], rows, file)
     if "full_ranking" in result:
-        print_full_ranking(result["full_ranking"])
+        print_full_ranking(result["full_ranking"], file)
 
 
-def print_full_ranking(fr: dict) -> None:
+def print_full_ranking(fr: dict, file: TextIO | None = None) -> None:
     """One row per system (genrec.evaluate.full_ranking), one column per metric."""
-    from rich.console import Console
-    from rich.table import Table
-
     systems = [k for k, v in fr.items() if isinstance(v, dict)]
     metrics = list(fr[systems[0]]) if systems else []
-    table = Table(title=f"full ranking: {fr['users']} users x {fr['catalog_items']} items, history excluded "
-                        f"(two-stage: top {fr['retrieval_m']} by user . item, then the heads)")
-    table.add_column("system")
-    for m in metrics:
-        table.add_column(m, justify="right")
-    for name in systems:
-        table.add_row(name, *(f"{fr[name][m]:.4f}" for m in metrics))
-    Console().print(table)
-    Console().print(f"exact top 10 inside the retrieval top {fr['retrieval_m']}: "
-                    f"{fr['heads_top10_in_retrieval_top_m']:.3f}")
+    print_table(f"full ranking: {fr['users']} users x {fr['catalog_items']} items, history excluded "
+                f"(two-stage: top {fr['retrieval_m']} by user . item, then the heads)",
+                [("system", "left")] + [(m, "right") for m in metrics],
+                [[name, *(f"{fr[name][m]:.4f}" for m in metrics)] for name in systems], file)
+    print(f"exact top 10 inside the retrieval top {fr['retrieval_m']}: "
+          f"{fr['heads_top10_in_retrieval_top_m']:.3f}", file=file or sys.stdout, flush=True)
