@@ -20,7 +20,7 @@ EXTRAS     := $(subst $(comma), ,$(EXTRAS_CSV))
 PA_VENV  := .venv-perf-analyzer
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: setup demo test bench quality bench-gpu bench-gpu-prepare bench-gpu-dry-run lint docs docs-flags clean \
+.PHONY: setup demo test test-container bench quality bench-gpu bench-gpu-prepare bench-gpu-dry-run lint docs docs-flags clean \
         $(addprefix install-,core $(EXTRAS) llm perf-analyzer)
 # one pip at a time in one venv
 .NOTPARALLEL:
@@ -77,6 +77,17 @@ demo: $(CORE)
 # (tests/conftest.py built_once). Plain `pytest` runs serially.
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# The serving image built and run as an operator would (tests/test_container.py; .ci/run runs it after `make test`):
+# podman, buildah, mmdebstrap and runc from Debian's packages (apt-get, once), the CPU image from a Debian rootfs and
+# this checkout's wheels, then health, a request per path, a stub killed inside, SIGTERM drain, read-only root,
+# non-root user. Skips, saying why, only where podman cannot run containers.
+CONTAINER_TOOLS := podman buildah mmdebstrap runc
+test-container: setup
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null || \
+	  { echo "installing $(CONTAINER_TOOLS) (Debian packages)"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CONTAINER_TOOLS) >/dev/null; }
+	GENREC_CONTAINER_TEST=1 $(PY) -m pytest -q -rs tests/test_container.py
 
 bench: $(CORE) $(call EXTRA,bench) $(call EXTRA,plot) $(PA_STAMP)
 	$(VENV)/bin/genrec bench --out build/bench

@@ -133,7 +133,9 @@ def _package_dir(name: str) -> Path:
 
 
 def triton_home() -> Path:
-    return _package_dir("pytriton") / "tritonserver"
+    """The Triton installation: nvidia-pytriton's, or GENREC_TRITON_HOME's (the NGC image's /opt/tritonserver)."""
+    explicit = os.environ.get("GENREC_TRITON_HOME")
+    return Path(explicit) if explicit else _package_dir("pytriton") / "tritonserver"
 
 
 _SPAWNER = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-tritonserver-spawner")
@@ -203,10 +205,11 @@ def prepare_environment() -> tuple[Path, Path, dict[str, str]]:
         raise ServerError(f"{binary} not found: the nvidia-pytriton wheel is incomplete")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub_src = home / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub_src.is_file():
-        raise ServerError(f"no python-backend stub for Python {version} in {stub_src.parent.parent}")
     stub_dst = backends / "python" / "triton_python_backend_stub"
-    if not stub_dst.is_file() or stub_dst.stat().st_size != stub_src.stat().st_size:
+    if not stub_src.is_file():
+        if not stub_dst.is_file():          # an installation with its stub in place (NGC) passes
+            raise ServerError(f"no python-backend stub for Python {version} in {stub_src.parent.parent}")
+    elif not stub_dst.is_file() or stub_dst.stat().st_size != stub_src.stat().st_size:
         tmp = stub_dst.with_name(f".stub.{os.getpid()}")
         shutil.copy2(stub_src, tmp)
         os.chmod(tmp, 0o755)

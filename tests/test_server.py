@@ -211,8 +211,6 @@ def test_deployment_manifests_parse():
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert {p["containerPort"] for p in container["ports"]} == {8000, 8001, 8002}
-    dockerfile = (ROOT / "server" / "Dockerfile").read_text()
-    assert "nvcr.io/nvidia/tritonserver:" in dockerfile and ":latest" not in dockerfile
 
 
 K8S_VERSION = "1.30"          # the oldest Kubernetes the manifests are meant for (autoscaling/v2, policy/v1)
@@ -264,60 +262,12 @@ def test_manifests_match_the_kubernetes_schema_and_each_other():
     rules = yaml.safe_load(docs[("ConfigMap", "genrec-adapter-config")]["data"]["config.yaml"])["rules"]
     assert [r["name"]["as"] for r in rules] == [metric["pods"]["metric"]["name"]]
     # connections age out, so clients balancing over the headless Service find pods added by a scale-out
+    # (args go to the image's supervised `genrec serve`, which gives in-flight calls half the age again)
     args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
-    assert 0 < int(args["grpc-max-connection-age"]) and 0 < int(args["grpc-max-connection-age-grace"])
     grace = deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert int(args["grpc-max-connection-age-grace"]) / 1000 < grace
+    assert 0 < int(args["grpc-max-connection-age-ms"]) / 2000 < grace
 
 
-
-def test_serving_image_holds_every_module_the_python_models_import(tmp_path):
-    """The container copies only the serving core and the backends: lay the tree out as its COPY lines do
-    and resolve the backends' imports (statically, lazy imports included) against it alone."""
-    import re
-    import shutil
-    import sys
-    from modulefinder import ModuleFinder
-
-    dockerfile = (ROOT / "server" / "Dockerfile").read_text()
-    workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, re.M).group(1)
-    assert re.search(rf"^ENV PYTHONPATH={re.escape(workdir)}$", dockerfile, re.M)
-    copies = re.findall(r"^COPY (?!\$)(\S+) (\S+)$", dockerfile, re.M)
-    assert {src for src, _ in copies} == {"genrec/__init__.py", "genrec/core", "model_repository"}, copies
-    for src, dst in copies:
-        if (ROOT / src).is_dir():
-            shutil.copytree(ROOT / src, tmp_path / dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (tmp_path / dst).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / src, tmp_path / dst)
-    class GenrecFinder(ModuleFinder):              # follows genrec's own imports, notes the rest
-        third_party: set[str] = set()
-
-        def import_hook(self, name, caller=None, fromlist=None, level=-1):
-            if name == "genrec.model_repository.torchscript_runtime":    # index build --encoder torchscript only
-                return None
-            if level == 0 and name.split(".")[0] != "genrec":
-                self.third_party.add(name.split(".")[0])
-                return None
-            return super().import_hook(name, caller, fromlist, level)
-
-    path = [str(tmp_path)] + [p for p in sys.path if p and Path(p).resolve() != ROOT]
-    finder = GenrecFinder(path=path)
-    backends = tmp_path / "genrec" / "model_repository" / "backends"
-    for name in ("tokenizer", "encoder", "heads", "recommend"):       # encoder_torch: the torch image only
-        finder.run_script(str(backends / f"{name}.py"))
-    # genrec.core.index imports the TorchScript encoder (--encoder torchscript) and the Ray fan-out (--ray) only
-    # inside build_index: offline build options that never run in the served models
-    build_only = {"genrec.ray_encoder": {"genrec.core.index"}}
-    missing = sorted(m for m, callers in finder.badmodules.items()
-                     if m.split(".")[0] == "genrec" and set(callers) - build_only.get(m, set()))
-    assert not missing, f"the serving image lacks {missing}"
-    found = {m for m in finder.modules if m.split(".")[0] == "genrec"}
-    assert "genrec.core.index" in found and "genrec.core.runtime" in found
-    assert "torch" not in finder.third_party, "a served module imports torch"
-    assert {"numpy", "onnxruntime", "tokenizers", "faiss"} <= finder.third_party      # faiss: retrieval
-    installed = re.search(r"^RUN pip install .*?(?<!\\)$", dockerfile, re.M | re.S).group(0)
-    assert all(pkg in installed for pkg in ("numpy", "onnxruntime", "tokenizers", "faiss-cpu")), installed
 
 def test_repository_refuses_more_history_than_the_model_was_trained_on(artifacts, tmp_path):
     """The history-length feature is scaled by the trained max_history (serving.json): more is refused."""
