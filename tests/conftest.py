@@ -26,7 +26,8 @@ TINY = {"users": 800, "items": 800, "seed": 1, "impressions_per_user": 8.0}
 SCHEDULE = (
     "test_bench.py",                                                                      # 98
     "test_cli.py", "test_progress.py", "test_importers.py", "test_data.py", "test_model.py", "test_metrics.py",
-    "test_stats.py", "test_refresh.py", "test_vcache.py", "test_quality.py", "test_docs.py",  # no model
+    "test_stats.py", "test_refresh.py", "test_vcache.py", "test_quality.py", "test_docs.py", "test_printing.py",
+    "test_container.py",  # no model (test_container: the container itself only under make test-container)
     "test_reliability.py", "test_export.py", "test_gpu_path.py", "test_train.py", "test_client.py",
     "test_server.py", "test_index_ray.py", "test_full_ranking.py", "test_profiles.py", "test_index.py",
     "test_durability.py", "test_cli_errors.py",
