@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 from genrec.printing import plain_table, print_metrics, print_recommendations
@@ -23,8 +24,8 @@ def _recs():
 
 
 def test_recommendations_in_a_log_keep_every_text_whole():
-    code = ("import sys; sys.path[:0] = [%r]\n" % str(__import__("pathlib").Path(__file__).parent)
-            + "from test_printing import _recs\nfrom genrec.printing import print_recommendations\n"
+    code = (f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]\n"
+            "from test_printing import _recs\nfrom genrec.printing import print_recommendations\n"
             "print_recommendations(_recs(), title='a user with history')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"COLUMNS": "80", "PATH": ""}).stdout          # a pipe: what a log file gets
