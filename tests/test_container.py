@@ -29,6 +29,9 @@ from genrec.server import image
 ROOT = Path(__file__).resolve().parent.parent
 ENABLED = os.environ.get("GENREC_CONTAINER_TEST") == "1"
 GRACE_S = 40                   # the Deployment's terminationGracePeriodSeconds
+# decided before any fixture is set up: the session's model (a session fixture) is built only when it is needed
+needs_container = pytest.mark.skipif(
+    not ENABLED, reason="the container itself is tested by `make test-container` (GENREC_CONTAINER_TEST=1)")
 
 
 def test_image_files_are_rendered_from_the_description():
@@ -75,8 +78,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory):
     """podman with the Debian base image, or a skip that names the command that failed and its error."""
-    if not ENABLED:
-        pytest.skip("the container itself is tested by `make test-container` (GENREC_CONTAINER_TEST=1)")
     missing = [tool for tool in ("podman", "mmdebstrap") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (make test-container installs them with apt-get)")
@@ -182,6 +183,7 @@ def _requests(tiny_data, index_dir):
     return imp, [news[h].title for h in imp.history], [news[c].title for c in imp.candidates]
 
 
+@needs_container
 def test_health_user_and_read_only_root(container):
     assert container.status("/v2/health/live") == 200 and container.status("/v2/health/ready") == 200
     for model in ("genrec", "tokenizer", "encoder", "heads", "recommend"):
@@ -194,6 +196,7 @@ def test_health_user_and_read_only_root(container):
         assert b"nv_inference_request_success" in r.read()
 
 
+@needs_container
 def test_a_request_on_each_path(container, tiny_data, container_index):
     from genrec.client import RecommenderClient
 
@@ -229,6 +232,7 @@ def _stubs(container: Container) -> dict[int, str]:
     return {int(pid): name for pid, name in zip(out[::2], out[1::2])}
 
 
+@needs_container
 def test_a_stub_killed_inside_the_container_is_restarted(container, tiny_data, container_index):
     from genrec.client import RecommenderClient
 
@@ -249,6 +253,7 @@ def test_a_stub_killed_inside_the_container_is_restarted(container, tiny_data, c
     assert encoder not in after and any(n.startswith("encoder") for n in after.values())
 
 
+@needs_container
 def test_sigterm_drains_in_flight_requests_and_exits_in_time(built, tiny_data, container_index):
     """SIGTERM to the container (what `podman stop` and Kubernetes send): requests already in flight complete,
     the container exits 0 within the grace period."""
