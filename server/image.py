@@ -165,7 +165,7 @@ runtime = "runc"
 
 
 def podman_env(work: Path) -> dict[str, str]:
-    conf = work / "containers.conf"
+    conf = Path(work).resolve() / "containers.conf"     # absolute: podman's copier runs elsewhere
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(CONTAINERS_CONF)
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
