@@ -31,10 +31,8 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.benchmarks.workload import plausible_stats
 from genrec.client.common import bytes_input
-from genrec.core.contract import ENSEMBLE, ITEM_STATS, RECOMMEND, ServedParams
+from genrec.core.contract import ENSEMBLE, N_STATS, RECOMMEND, RecommendParams, ServedParams
 from genrec.server.launcher import running_server, stub_processes
-
-N_STATS = len(ITEM_STATS)
 
 TEXT_INPUTS = tuple(t for t in ENSEMBLE.inputs if not t.optional)     # the optional item statistics are added apart
 
@@ -171,7 +169,8 @@ async def read_served(client: aioclient.InferenceServerClient) -> Served:
     ens = ServedParams.from_parameters((await client.get_model_config(ENSEMBLE.name)).config.parameters)
     index_dir = ""
     if await client.is_model_ready(RECOMMEND.name):
-        index_dir = (await client.get_model_config(RECOMMEND.name)).config.parameters["index_dir"].string_value
+        index_dir = RecommendParams.from_parameters(
+            (await client.get_model_config(RECOMMEND.name)).config.parameters).index_dir
     return Served(ens.max_history, ens.max_candidates, ens.max_text_bytes, list(ens.categories), ens.dim, index_dir)
 
 

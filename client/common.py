@@ -16,7 +16,16 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
-from genrec.core.contract import CONTRACT_VERSION, ENSEMBLE, ITEM_STATS, RECOMMEND, GraphSpec, ServedParams
+from genrec.core.contract import (
+    CONTRACT_VERSION,
+    ENSEMBLE,
+    ITEM_SOURCES,
+    ITEM_STATS,
+    RECOMMEND,
+    TASK_OUTPUTS,
+    GraphSpec,
+    ServedParams,
+)
 from genrec.core.profiles import generated_id, profile_vector
 from genrec.core.requests import (
     IdRequest,
@@ -40,7 +49,6 @@ GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 TRITON_SERVICE = "inference.GRPCInferenceService"
 GRPC_MAX_ATTEMPTS = 5                    # gRPC clamps a retry policy's maxAttempts to 5
 EXPLAIN_TOP = 3                          # history items listed per candidate in ``because``
-TASK_OUTPUTS = ("topic_affinity", "category_confidence")
 
 
 @dataclasses.dataclass
@@ -344,9 +352,6 @@ def encode_inputs(user: UserRequest | IdRequest, infer_input_cls, req: Recommend
     return inputs
 
 
-SOURCES = ("index", "cache", "encoded")
-
-
 def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, served: Served, model: str,
            latency_ms: float) -> Recommendations:
     scores = result.as_numpy("scores")                      # (C,)
@@ -360,7 +365,7 @@ def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, se
         texts = {k: v[0] for k, v in user.new_items.items()}
         hist_text, cand_text = [texts.get(i, "") for i in hist_ids], [texts.get(i, "") for i in cand_ids]
         cand_cat = [user.new_items[i][1] if i in user.new_items else "" for i in cand_ids]
-        source = [SOURCES[s] for s in result.as_numpy("item_source")]     # (H + C,)
+        source = [ITEM_SOURCES[s] for s in result.as_numpy("item_source")]     # (H + C,)
         truncated = result.as_numpy("truncated")            # (H + C,)
     else:
         hist_ids, cand_ids = [""] * len(user.history_text), [""] * len(user.candidate_text)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genrec.core.contract import HEADS, ITEM_STATS
+from genrec.core.contract import HEADS, N_STATS
 from genrec.model import GenRec
 
 
@@ -61,14 +61,14 @@ def _distinct(avoid: set[int], count: int) -> list[int]:
 def example_inputs(dim: int, n_categories: int = 0, n_subcategories: int = 0):
     """Tracing inputs; every dynamic dim (N = H + C, L, H, C) gets a size distinct from each other and from
     the fixed dims (D, K, S), so no two axes can be confused. Statistics are non-zero counts."""
-    avoid = {0, 1, dim, n_categories, n_subcategories, len(ITEM_STATS)}
+    avoid = {0, 1, dim, n_categories, n_subcategories, N_STATS}
     n_hist, n_cand, seq = _distinct(avoid, 3)
     while n_hist + n_cand in avoid:
         n_cand = _distinct(avoid, 1)[0]
     g = torch.Generator().manual_seed(0)
     enc = (torch.randint(1000, 2000, (n_hist + n_cand, seq), generator=g),
            torch.ones(n_hist + n_cand, seq, dtype=torch.int64))
-    stats = lambda n: torch.randint(0, 50, (n, len(ITEM_STATS)), generator=g).float()    # noqa: E731
+    stats = lambda n: torch.randint(0, 50, (n, N_STATS), generator=g).float()    # noqa: E731
     heads = (torch.randn(n_hist + n_cand, dim, generator=g), torch.ones(n_hist, dtype=torch.int64),
              torch.ones(n_hist, dtype=torch.int64), torch.ones(n_cand, dtype=torch.int64),
              torch.ones(n_cand, dtype=torch.int64), stats(n_hist), stats(n_cand),

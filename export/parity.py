@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from genrec.core.artifacts import ExportError
-from genrec.core.contract import HEADS
-from genrec.core.requests import N_STATS
+from genrec.core.contract import HEADS, N_STATS
 from genrec.core.retrieval import OrtRetrieval
 from genrec.core.runtime import OrtEncoder, OrtHeads
 from genrec.core.text import TextTokenizer, encode_length_sorted

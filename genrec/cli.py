@@ -428,12 +428,12 @@ def _read_items(path: str) -> list[tuple[str, str, str, list[float] | None]]:
 def _stats_column(items) -> list | None:
     """The statistics rows to send (zeros where a line has none, count-only rows padded with a zero
     collaborative vector), or None when no line has any."""
-    from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
+    from genrec.core.contract import N_COUNTS, N_STATS
 
     if all(it[3] is None for it in items):
         return None
     rows = [it[3] if it[3] is not None else [] for it in items]
-    return [r + [0.0] * (len(ITEM_STATS) - len(r)) if len(r) in (0, len(ITEM_COUNTS)) else r for r in rows]
+    return [r + [0.0] * (N_STATS - len(r)) if len(r) in (0, N_COUNTS) else r for r in rows]
 
 
 BENCH_COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = []

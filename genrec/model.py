@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig  # noqa: F401  (re-exported)
-from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
+from genrec.core.contract import N_COUNTS, N_STATS
 from genrec.core.stats import CTR_POPULARITY_WEIGHT
 
-N_COUNTS = len(ITEM_COUNTS)   # the stats' first columns are counts, the rest the collaborative vector
 MASK_FILL = -1e4   # additive-mask value; finite so the FP16 graph cannot produce inf - inf = NaN
 
 # Engineered per-candidate features, in the order of the last axis of RecommenderHeads.features():
@@ -199,7 +198,7 @@ class RecommenderHeads(nn.Module):
         """Fit the item-feature transform: CTR prior Beta(alpha, beta), standardization over ``sample_stats``
         (M, S) raw counts as the model will see them in training."""
         self.stats_prior.copy_(torch.tensor([alpha, beta], dtype=self.stats_prior.dtype))
-        raw = self._raw_item_features(sample_stats.reshape(-1, len(ITEM_STATS)).float())     # (M, 3)
+        raw = self._raw_item_features(sample_stats.reshape(-1, N_STATS).float())     # (M, 3)
         self.stats_mean.copy_(raw.mean(0))
         self.stats_std.copy_(raw.std(0).clamp(min=1e-3))
         # the wide term's start: smoothed CTR + CTR_POPULARITY_WEIGHT * log(1 + popularity) (the ctr_popularity

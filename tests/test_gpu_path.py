@@ -112,6 +112,7 @@ def gpu_model(trained_run, artifacts, fp32_torchscript, tmp_path_factory):
 def test_repository_torch_backend_config(gpu_model, tmp_path):
     from tritonclient.grpc import model_config_pb2 as mc
 
+    from genrec.core.contract import HeadsParams, TokenizerParams, TorchEncoderParams
     from genrec.model_repository.builder import RepositoryConfig, build_repository, load_configs
 
     repo = build_repository(gpu_model / "artifacts", tmp_path / "repo",
@@ -119,14 +120,15 @@ def test_repository_torch_backend_config(gpu_model, tmp_path):
     cfgs = load_configs(repo)
     enc, heads, tok = cfgs["encoder"], cfgs["heads"], cfgs["tokenizer"]
     assert enc.backend == "python" and enc.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
-    assert enc.parameters["device"].string_value == "cuda"
+    assert TorchEncoderParams.from_parameters(enc.parameters).device == "cuda"
     assert all(i.allow_ragged_batch for i in enc.input) and [o.name for o in enc.output] == ["item_vectors"]
     assert enc.dynamic_batching.max_queue_delay_microseconds > 0
     assert (repo / "encoder" / "1" / "model.pt").is_file() and not (repo / "encoder" / "1" / "model.onnx").exists()
     assert "encoder_torch import TorchEncoderModel" in (repo / "encoder" / "1" / "model.py").read_text()
     # heads and tokenizer stay python-ort on CPU (no CUDA build of ONNX Runtime where this backend is used)
     assert heads.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
-    assert heads.parameters["device"].string_value == "cpu" and tok.parameters["pad_to"].string_value == "0"
+    assert HeadsParams.from_parameters(heads.parameters).device == "cpu"
+    assert TokenizerParams.from_parameters(tok.parameters).pad_to == 0
     manifest = json.loads((repo / "repository.json").read_text())
     art = json.loads((gpu_model / "artifacts" / "artifacts.json").read_text())
     assert manifest["encoder_sha256"] == art["precisions"]["fp32"][torchscript.GRAPH]["sha256"]

@@ -141,6 +141,7 @@ def test_heads_use_the_profile_only_when_configured(trained_run):
     import torch
 
     from genrec.checkpoint import Checkpoint
+    from genrec.core.contract import N_STATS
 
     ckpt = Checkpoint.load(trained_run)
     heads = ckpt.build_model().heads.eval()
@@ -148,8 +149,8 @@ def test_heads_use_the_profile_only_when_configured(trained_run):
     g = torch.Generator().manual_seed(0)
     args = (torch.randn(1, 3, d, generator=g), torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 3, dtype=torch.long),
             torch.ones(1, 3, dtype=torch.long), torch.randn(1, 4, d, generator=g),
-            torch.tensor([[1, 2, 3, 1]]), torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 3, 19),
-            torch.zeros(1, 4, 19))
+            torch.tensor([[1, 2, 3, 1]]), torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 3, N_STATS),
+            torch.zeros(1, 4, N_STATS))
     prof = torch.zeros(1, k)
     prof[0, 2] = 1.0
     with torch.no_grad():

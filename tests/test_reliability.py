@@ -36,7 +36,7 @@ from triton_helpers import bytes_input, text_inputs
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import GenrecClientError, RecommenderClient
-from genrec.core.contract import ITEM_STATS, ServedParams
+from genrec.core.contract import ITEM_STATS, EncoderParams, HeadsParams, ServedParams
 from genrec.server.launcher import (
     ADMIN_HEADER,
     GRPC_ADMIN_HEADER,
@@ -286,14 +286,13 @@ def bytes_input_2d(name: str, rows: list[list[str]]) -> grpcclient.InferInput:
 
 def served_params(client: grpcclient.InferenceServerClient) -> dict[str, int]:
     """Limits and dimensions the corpus is built from, read from the served configs."""
-    def params(model: str) -> dict[str, str]:
-        return {k: v.string_value for k, v in client.get_model_config(model).config.parameters.items()}
+    def params(model: str, cls):
+        return cls.from_parameters(client.get_model_config(model).config.parameters)
 
-    ens = ServedParams.from_parameters(client.get_model_config("genrec").config.parameters)
-    hd, enc = params("heads"), params("encoder")
+    ens, hd, enc = params("genrec", ServedParams), params("heads", HeadsParams), params("encoder", EncoderParams)
     return {"max_candidates": ens.max_candidates, "max_history": ens.max_history, "max_text_bytes": ens.max_text_bytes,
-            "max_length": ens.max_length, "dim": ens.dim, "n_categories": int(hd["n_categories"]),
-            "vocab_size": int(enc["vocab_size"])}
+            "max_length": ens.max_length, "dim": ens.dim, "n_categories": hd.n_categories,
+            "vocab_size": enc.vocab_size}
 
 
 def answer(client: grpcclient.InferenceServerClient, case: Case) -> dict[str, str]:

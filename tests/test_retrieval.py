@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from genrec.core.contract import N_STATS
+
 
 @pytest.fixture(scope="module")
 def fp32_export(artifacts):
@@ -44,7 +46,7 @@ def test_retrieval_graph_is_exported_gated_and_reproduces_the_match_term(fp32_ex
     score = ort.item_repr(cv, cc, cs) @ ort.user_vector(hv, hc, hs) / math.sqrt(d)
     # the heads' match term = click logit minus the feature term (MLP + wide), from the PyTorch model itself
     t = lambda a: torch.as_tensor(a)[None]                                          # noqa: E731
-    st = lambda n: torch.zeros(1, n, 19)                                            # noqa: E731
+    st = lambda n: torch.zeros(1, n, N_STATS)                                            # noqa: E731
     with torch.no_grad():
         hp = m.heads
         out = hp(t(hv), torch.ones(1, 7, dtype=torch.bool), t(hc), t(hs), t(cv), t(cc), t(cs), st(7), st(30),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import dataclasses
 import importlib.util
 import urllib.request
 from pathlib import Path
@@ -17,7 +18,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from genrec.core.artifacts import ServingAssets
-from genrec.core.contract import ENSEMBLE, ITEM_STATS
+from genrec.core.contract import ENSEMBLE, ITEM_STATS, RecommendParams, TokenizerParams
 from genrec.model_repository.builder import RepositoryConfig, build_repository, load_configs
 from genrec.server.launcher import GRPC_ADMIN_HEADER, SHM_DIR, ServerError, running_server
 
@@ -61,7 +62,7 @@ def test_onnxruntime_backend_repository(artifacts, tmp_path):
         assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
         assert (repo / name / "1" / "model.onnx").is_file() and not (repo / name / "1" / "model.py").exists()
     # native ORT cannot merge requests of different token lengths: the tokenizer pads to max_length
-    assert configs["tokenizer"].parameters["pad_to"].string_value == "32"
+    assert TokenizerParams.from_parameters(configs["tokenizer"].parameters).pad_to == 32
     assert not any(i.allow_ragged_batch for i in configs["encoder"].input)
 
 
@@ -143,8 +144,25 @@ def test_optional_statistics_inputs_in_the_configs(fp32_repository):
         optional = {i.name: i.optional for i in configs[model].input if i.name.endswith("_stats")}
         assert optional == {"history_stats": True, "candidate_stats": True}, model
         assert all(list(i.dims) == [-1, len(ITEM_STATS)] for i in configs[model].input if i.name.endswith("_stats"))
-    params = configs["recommend"].parameters
-    assert params["stats_dir"].string_value and int(params["stats_refresh_ms"].string_value) > 0
+    params = RecommendParams.from_parameters(configs["recommend"].parameters)
+    assert params.stats_dir and params.stats_refresh_ms > 0
+
+
+def test_every_config_parameter_is_a_field_of_its_typed_class(fp32_repository):
+    """The builder writes each model's parameters from its contract dataclass, the backend reads the same class:
+    the keys are exactly its fields, and they parse back to what was written."""
+    from genrec.core import contract as c
+
+    classes = {"genrec": c.ServedParams, "tokenizer": c.TokenizerParams, "encoder": c.EncoderParams,
+               "heads": c.HeadsParams, "recommend": c.RecommendParams}
+    configs = load_configs(fp32_repository)
+    assert set(configs) == set(classes)
+    for model, cls in classes.items():
+        params = configs[model].parameters
+        assert set(params) == {f.name for f in dataclasses.fields(cls)}, model
+        assert cls.from_parameters(params).to_parameters() == {k: v.string_value for k, v in params.items()}, model
+    ens = configs["genrec"].ensemble_scheduling.step
+    assert [(s.model_name, dict(s.input_map), dict(s.output_map)) for s in ens] == c.ensemble_wiring()
 
 
 def test_dynamic_batching_merges_concurrent_requests(server, requests_corpus):

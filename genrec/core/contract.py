@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 
 CONTRACT_VERSION = "genrec.contract/6"   # /2: item statistics (heads inputs, optional ensemble inputs);
                                          # /3: the id path reports truncated texts like the text path;
@@ -30,6 +31,8 @@ MAX_TEXT_BYTES = 4096       # UTF-8 bytes per text; tokenization keeps the first
 ITEM_COUNTS = ("exposures", "clicks", "history_users")   # finite, >= 0
 CF_DIM = 16                                               # collaborative vector size; finite, any sign
 ITEM_STATS = (*ITEM_COUNTS, *(f"cf{i}" for i in range(CF_DIM)))
+N_COUNTS = len(ITEM_COUNTS)                               # the counts' columns come first ...
+N_STATS = len(ITEM_STATS)                                 # ... S, the width of every *_stats tensor
 STATS_FORMAT = "genrec.stats/2"                           # stats folders; /2: + the collaborative vector
 
 
@@ -106,6 +109,11 @@ HEADS = GraphSpec(
     ),
 )
 
+# The auxiliary tasks' per-candidate outputs (besides the click score and the explanation): what a client reports as
+# each item's ``tasks``.
+TASK_OUTPUTS = ("topic_affinity", "category_confidence")
+assert set(TASK_OUTPUTS) <= set(HEADS.output_names)
+
 # The retrieval graph (genrec.core.retrieval): the heads' user encoder and item representation on their own, so the
 # match term user . item_repr / sqrt(D) of the click logit can be searched over a whole catalog.
 RETRIEVAL = GraphSpec(
@@ -178,10 +186,60 @@ TOKENIZER = GraphSpec(
 ENSEMBLE = GraphSpec("genrec", inputs=(*_TEXT_INPUTS, *_STATS_INPUTS, USER_PROFILE),
                      outputs=(*HEADS.outputs, TRUNCATED))
 
+# How the ensemble runs its steps. Every tensor keeps its own name across the ensemble: a step's input reads the
+# ensemble tensor of the same name (an ensemble input or an earlier step's output), and each output becomes an
+# ensemble tensor of its own name. The only exceptions are named here: the heads read the tokenizer's category ids
+# and filled statistics / profile, whose namesakes among the ensemble inputs are the BYTES names or the optional
+# inputs a request may leave out.
+ENSEMBLE_STEPS = (TOKENIZER, ENCODER, HEADS)
+ENSEMBLE_READS = {"heads": {"history_category": "history_category_id", "history_subcategory": "history_subcategory_id",
+                            "candidate_category": "candidate_category_id",
+                            "candidate_subcategory": "candidate_subcategory_id",
+                            "history_stats": "history_item_stats", "candidate_stats": "candidate_item_stats",
+                            "user_profile": "user_profile_vector"}}
+
+
+Wiring = list[tuple[str, dict[str, str], dict[str, str]]]
+
+
+def ensemble_wiring(ensemble: GraphSpec = ENSEMBLE, steps: tuple[GraphSpec, ...] = ENSEMBLE_STEPS,
+                    reads: dict[str, dict[str, str]] = ENSEMBLE_READS) -> Wiring:
+    """(step name, {its input: ensemble tensor}, {its output: ensemble tensor}) per step, in order, derived from the
+    graphs' own tensor names; raises ValueError when a step reads a tensor nothing provides, a dtype differs, an
+    output would shadow an ensemble tensor, or an ensemble output is never produced."""
+    tensors = {t.name: t for t in ensemble.inputs}                     # ensemble tensor -> its spec
+    wiring = []
+    for step in steps:
+        renamed = reads.get(step.name, {})
+        unknown = set(renamed) - set(step.input_names)
+        if unknown:
+            raise ValueError(f"ensemble reads for {step.name} name no input of it: {sorted(unknown)}")
+        inputs = {}
+        for t in step.inputs:
+            src = renamed.get(t.name, t.name)
+            if src not in tensors:
+                raise ValueError(f"{step.name} input {t.name!r} reads {src!r}, which no ensemble input or earlier "
+                                 "step provides")
+            if tensors[src].dtype != t.dtype:
+                raise ValueError(f"{step.name} input {t.name!r} ({t.dtype}) reads {src!r} ({tensors[src].dtype})")
+            inputs[t.name] = src
+        for t in step.outputs:
+            if t.name in tensors:
+                raise ValueError(f"{step.name} output {t.name!r} shadows an ensemble tensor of that name")
+            tensors[t.name] = t
+        wiring.append((step.name, inputs, {t.name: t.name for t in step.outputs}))
+    missing = [t.name for t in ensemble.outputs if t.name not in tensors or t.name in ensemble.input_names]
+    if missing:
+        raise ValueError(f"no step produces the ensemble outputs {missing}")
+    return wiring
+
 # The id path (`recommend` model): known items come from the item-embedding index, only unknown items
 # are encoded. Every id not in the index must come with its text in new_item_*. Item statistics come from
 # the server's stats folder (`genrec stats build`), by id; ids it does not know get zeros (the prior).
 MAX_ID_BYTES = 64
+# item_source values: where the id path found each item's vector (the client names them by ITEM_SOURCES[value])
+SOURCE_INDEX, SOURCE_CACHE, SOURCE_ENCODED = 0, 1, 2
+ITEM_SOURCES = ("index", "cache", "encoded")
 ITEM_SOURCE = TensorSpec("item_source", "INT8", ("N",),
                          "per item (history first): 0 = index, 1 = LRU cache of new items, 2 = encoded now")
 RECOMMEND = GraphSpec(
@@ -210,14 +268,56 @@ RECOMMEND = GraphSpec(
 RETRIEVAL_K = 10        # k when a retrieval request sends none
 
 
-# ---- what a served model advertises in its Triton config `parameters` --------------------------------------
+# ---- every served model's Triton config `parameters`, typed ---------------------------------------------------
+
+
+def _param_text(value) -> str:
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _param_value(tp, text: str):
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item, *_) = typing.get_args(tp) or (str,)
+        # JSON lists; comma-separated integers as repositories before the typed parameters wrote them
+        values = json.loads(text) if text.strip().startswith("[") else [x for x in text.split(",") if x.strip()]
+        return tuple(item(v) for v in values)
+    if tp is bool:
+        return text.strip().lower() in ("1", "true", "yes")
+    return tp(text)
 
 
 @dataclasses.dataclass(frozen=True)
-class ServedParams:
-    """The client-facing facts of a served ``genrec`` ensemble (and ``recommend`` model): written into the
-    config's string ``parameters`` by the repository builder, read back by the client, the soak and the tests
-    through this one typed reader -- never by string keys of their own."""
+class ModelParams:
+    """A served model's config ``parameters`` as one typed object: the repository builder writes it
+    (``to_parameters``), the model's backend reads it back (``from_parameters``), and so do the client, the soak and
+    the tests -- never through string keys and defaults of their own. A key, its type and its default are declared
+    once, in a subclass; keys a config lacks keep their defaults (repositories built before the key existed)."""
+
+    def to_parameters(self) -> dict[str, str]:
+        return {f.name: _param_text(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_parameters(cls, params):
+        """From a Triton config's ``parameters``: protobuf ``string_value`` entries, the python backend's JSON
+        (``{"key": {"string_value": "..."}}``), plain strings, or another ``ModelParams`` (its common fields)."""
+        if isinstance(params, ModelParams):
+            params = params.to_parameters()
+        raw = {k: v.get("string_value", "") if isinstance(v, dict) else getattr(v, "string_value", v)
+               for k, v in dict(params).items()}
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _param_value(hints[f.name], raw[f.name]) for f in dataclasses.fields(cls)
+                      if f.name in raw})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedParams(ModelParams):
+    """The client-facing facts of a served ``genrec`` ensemble (and ``recommend`` model and the tokenizer, which
+    validate requests with them)."""
 
     contract_version: str = CONTRACT_VERSION
     max_history: int = MAX_HISTORY
@@ -228,19 +328,60 @@ class ServedParams:
     categories: tuple[str, ...] = ()       # names of the user_topics entries; "" (unknown) first
     retrieval_m: int = 0                   # recommend: items retrieved before re-ranking (0 = no retrieval index)
 
-    def to_parameters(self) -> dict[str, str]:
-        return {f.name: json.dumps(list(v)) if isinstance(v := getattr(self, f.name), tuple) else str(v)
-                for f in dataclasses.fields(self)}
 
-    @classmethod
-    def from_parameters(cls, params) -> ServedParams:
-        """From a Triton config's ``parameters`` map (protobuf ``string_value`` entries or plain strings);
-        missing keys keep their defaults (older servers)."""
-        raw = {k: getattr(v, "string_value", v) for k, v in dict(params).items()}
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name in raw:
-                text = raw[f.name]
-                values[f.name] = (tuple(json.loads(text)) if f.name == "categories"
-                                  else int(text) if f.type == "int" else text)
-        return cls(**values)
+@dataclasses.dataclass(frozen=True)
+class TokenizerParams(ServedParams):
+    """The ``tokenizer`` model (model_repository/backends/tokenizer.py)."""
+
+    assets_dir: str = "assets"             # its version folder's copy of the serving assets (tokenizer, vocabularies)
+    pad_to: int = 0                        # pad every text to this many tokens (0 = the request's longest): for an
+                                           # encoder backend that cannot merge requests of different lengths
+    pad_to_multiple_of: int = 1            # round each request's token length up to a multiple
+    cache_bytes: int = 0                   # LRU of token ids by text (0 = off)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderParams(ModelParams):
+    """The ``encoder`` model, python-ort backend (model_repository/backends/encoder.py)."""
+
+    threads: int = 0                       # ONNX Runtime intra-op threads (0 = its default)
+    device: str = "cpu"                    # cpu or cuda
+    vocab_size: int = 0                    # token ids must be below it (validated per request)
+    max_length: int = 0                    # longest token length a request may have
+    cache_bytes: int = 0                   # content-addressed cache of item vectors (0 = off; batch-invariant only)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchEncoderParams(EncoderParams):
+    """The ``encoder`` model, torch backend (model_repository/backends/encoder_torch.py)."""
+
+    warmup_batches: tuple[int, ...] = (1, 64)   # batch sizes run once at load (CUDA context, kernel selection)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsParams(ModelParams):
+    """The ``heads`` model, python-ort backend (model_repository/backends/heads.py)."""
+
+    threads: int = 0                       # ONNX Runtime intra-op threads (0 = its default)
+    device: str = "cpu"
+    dim: int = 0                           # D of item_vectors (validated per request)
+    n_categories: int = 0                  # category ids must be below it
+    n_subcategories: int = 0               # subcategory ids must be below it
+
+
+@dataclasses.dataclass(frozen=True)
+class RecommendParams(ServedParams):
+    """The ``recommend`` model, the id path (model_repository/backends/recommend.py)."""
+
+    index_dir: str = ""                    # INDEX_DIR of `genrec index build`
+    index_refresh_ms: int = 1000           # how often INDEX_DIR/CURRENT is checked for a new generation (0 = never)
+    encoder_sha256: str = ""               # the encoder the index must have been built with
+    lru_bytes: int = 64 * 2**20            # vectors of new (unindexed) items kept, in bytes
+    device: str = "cpu"                    # where the in-process heads run
+    encoder_model: str = ENCODER.name      # the model new items are encoded by (BLS)
+    heads_mode: str = "in-process"         # in-process (heads.onnx here) or bls (a call to the heads model)
+    stats_dir: str = ""                    # STATS_DIR of `genrec stats build` ("" = no statistics: zeros, the prior)
+    stats_refresh_ms: int = 1000           # how often STATS_DIR is checked for a new generation (0 = never)
+    retrieval_sha256: str = ""             # retrieval.onnx the index's ANN files were built with ("" = no retrieval)
+    retrieval_nprobe: int = 0              # IVF lists searched (0 = what the index was built with)
+    retrieval_popular: int = 0             # popular items re-ranked besides the ANN's retrieval_m (0 = ANN only)

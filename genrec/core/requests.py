@@ -20,12 +20,11 @@ from genrec.core.contract import (
     MAX_HISTORY,
     MAX_ID_BYTES,
     MAX_TEXT_BYTES,
+    N_COUNTS,
+    N_STATS,
     ServedParams,
 )
 from genrec.core.errors import UserError
-
-N_STATS = len(ITEM_STATS)
-N_COUNTS = len(ITEM_COUNTS)
 
 
 class RequestError(UserError, ValueError):

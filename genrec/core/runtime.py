@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.core.artifacts import ASSETS, ServingAssets
-from genrec.core.contract import ENCODER, HEADS, ITEM_STATS
+from genrec.core.contract import ENCODER, HEADS, N_STATS
 
 # ONNX metadata of an encoder whose rows are computed independently (a Loop runs each text alone: the
 # per-text INT8 recipe, genrec.export.convert.wrap_per_text): its vectors do not depend on batch-mates.
@@ -166,8 +166,8 @@ class CachedEncoder:
 def stats_or_zeros(stats, n: int) -> np.ndarray:
     """(n, S) float32 raw item statistics; None = no statistics for any item = zeros (the heads' prior)."""
     if stats is None:
-        return np.zeros((n, len(ITEM_STATS)), dtype=np.float32)
-    return np.ascontiguousarray(stats, dtype=np.float32).reshape(n, len(ITEM_STATS))
+        return np.zeros((n, N_STATS), dtype=np.float32)
+    return np.ascontiguousarray(stats, dtype=np.float32).reshape(n, N_STATS)
 
 
 def profile_or_zeros(profile, k: int) -> np.ndarray:

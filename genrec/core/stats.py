@@ -38,13 +38,11 @@ from typing import Any
 import numpy as np
 
 from genrec.core import fsio
-from genrec.core.contract import CF_DIM, ITEM_COUNTS, ITEM_STATS
+from genrec.core.contract import CF_DIM, ITEM_COUNTS, ITEM_STATS, N_COUNTS, N_STATS
 from genrec.core.contract import STATS_FORMAT as FORMAT
 from genrec.core.errors import UserError
 from genrec.core.mind import Impression
 
-N_STATS = len(ITEM_STATS)
-N_COUNTS = len(ITEM_COUNTS)
 EXPOSURES, CLICKS, HISTORY_USERS = range(N_COUNTS)
 CF = slice(N_COUNTS, N_STATS)          # the collaborative vector's columns
 # weight of log(1 + popularity) beside smoothed CTR in the strongest simple baseline (the ml-100k data README's

@@ -28,13 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from genrec.core.contract import ITEM_COUNTS, ITEM_STATS
+from genrec.core.contract import ITEM_COUNTS, N_COUNTS, N_STATS
 from genrec.core.errors import UserError
 from genrec.core.index import sorted_lookup
 from genrec.core.refresh import Refresher
-
-N_STATS = len(ITEM_STATS)
-N_COUNTS = len(ITEM_COUNTS)
 
 
 class StatsLoadError(UserError, RuntimeError):

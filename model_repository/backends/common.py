@@ -6,17 +6,21 @@ import json
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from genrec.core.contract import ModelParams
 from genrec.core.requests import RequestError
 
+P = TypeVar("P", bound=ModelParams)
 
-def model_params(args: dict[str, Any]) -> dict[str, str]:
-    cfg = json.loads(args["model_config"])
-    return {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+
+def model_params(args: dict[str, Any], cls: type[P]) -> P:
+    """The model's config ``parameters`` as its typed contract object (``genrec.core.contract``: one dataclass per
+    backend, written by the repository builder)."""
+    return cls.from_parameters(json.loads(args["model_config"]).get("parameters", {}))
 
 
 def version_dir(args: dict[str, Any]) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from genrec.core.contract import EncoderParams
 from genrec.core.requests import RequestError
 from genrec.core.runtime import CachedEncoder, OrtEncoder, check_attention_mask
 from genrec.model_repository.backends.common import (
@@ -32,17 +33,15 @@ from genrec.model_repository.backends.common import (
 
 class EncoderModel:
     def initialize(self, args):
-        p = model_params(args)
-        self.encoder = OrtEncoder(version_dir(args) / "model.onnx", threads=int(p.get("threads", "0")),
-                                  device=p.get("device", "cpu"))
-        self.vocab_size = int(p["vocab_size"])
-        self.max_length = int(p["max_length"])
+        p = model_params(args, EncoderParams)
+        self.encoder = OrtEncoder(version_dir(args) / "model.onnx", threads=p.threads, device=p.device)
+        self.vocab_size = p.vocab_size
+        self.max_length = p.max_length
         self.cache = None
-        cache_bytes = int(p.get("cache_bytes", "0"))
-        if cache_bytes > 0 and self.encoder.rows_independent:
-            self.cache = CachedEncoder(self.encoder, cache_bytes)
+        if p.cache_bytes > 0 and self.encoder.rows_independent:
+            self.cache = CachedEncoder(self.encoder, p.cache_bytes)
             self.metrics = CacheMetrics("encoder", args.get("model_instance_name", "encoder"))
-        elif cache_bytes > 0:
+        elif p.cache_bytes > 0:
             pb_utils.Logger.log_warn("encoder: vector cache off: this encoder batches rows together, so a cached "
                                      "vector could differ from a fresh one (export the per-text INT8 graph)")
 

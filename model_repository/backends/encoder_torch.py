@@ -12,6 +12,7 @@ without it; the NGC container can use the native pytorch or onnxruntime backends
 
 from __future__ import annotations
 
+from genrec.core.contract import TorchEncoderParams
 from genrec.model_repository.backends.common import model_params, version_dir
 from genrec.model_repository.backends.encoder import EncoderModel
 from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
@@ -19,13 +20,12 @@ from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
 
 class TorchEncoderModel(EncoderModel):
     def initialize(self, args):
-        p = model_params(args)
-        device = p.get("device", "cpu")
+        p = model_params(args, TorchEncoderParams)
+        device = p.device
         if device == "cuda" and args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', '0')}"     # the instance's own GPU
-        self.encoder = TorchScriptEncoder(version_dir(args) / "model.pt", device=device,
-                                          threads=int(p.get("threads", "0")))
-        self.vocab_size = int(p["vocab_size"])
-        self.max_length = int(p["max_length"])
+        self.encoder = TorchScriptEncoder(version_dir(args) / "model.pt", device=device, threads=p.threads)
+        self.vocab_size = p.vocab_size
+        self.max_length = p.max_length
         self.cache = None                          # TorchScript batches rows together: no vector cache
-        self.encoder.warmup(self.max_length, batches=tuple(int(b) for b in p.get("warmup_batches", "1,64").split(",")))
+        self.encoder.warmup(self.max_length, batches=p.warmup_batches)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from genrec.core.contract import HeadsParams
 from genrec.core.requests import RequestError, validate_profile, validate_stats
 from genrec.core.runtime import OrtHeads
 from genrec.model_repository.backends.common import (
@@ -21,12 +22,9 @@ from genrec.model_repository.backends.common import (
 
 class HeadsModel:
     def initialize(self, args):
-        p = model_params(args)
-        self.heads = OrtHeads(version_dir(args) / "model.onnx", threads=int(p.get("threads", "0")),
-                              device=p.get("device", "cpu"))
-        self.dim = int(p["dim"])
-        self.n_categories = int(p["n_categories"])
-        self.n_subcategories = int(p["n_subcategories"])
+        p = model_params(args, HeadsParams)
+        self.heads = OrtHeads(version_dir(args) / "model.onnx", threads=p.threads, device=p.device)
+        self.dim, self.n_categories, self.n_subcategories = p.dim, p.n_categories, p.n_subcategories
         self.categories = [""] * self.n_categories      # validate_profile names only the index here (no vocab)
 
     def execute(self, requests):

@@ -34,7 +34,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from genrec.core.artifacts import ServingAssets
-from genrec.core.contract import HEADS, ITEM_STATS
+from genrec.core.contract import HEADS, N_STATS, RecommendParams
+from genrec.core.contract import SOURCE_CACHE as CACHE
+from genrec.core.contract import SOURCE_ENCODED as ENCODED
+from genrec.core.contract import SOURCE_INDEX as INDEX
 from genrec.core.index import IndexMismatch, LiveIndex
 from genrec.core.requests import Limits, RequestError, validate_ids, validate_profile, validate_retrieval
 from genrec.core.runtime import OrtHeads, profile_or_zeros
@@ -48,21 +51,18 @@ from genrec.model_repository.backends.common import (
     version_dir,
 )
 
-INDEX, CACHE, ENCODED = 0, 1, 2      # item_source values
 POPULAR_POOL = 1024                  # popular items kept per stats/index generation for retrieval's second source;
                                      # filters pick from these, so a rare category may get fewer than asked
-N_STATS = len(ITEM_STATS)
 
 
 class RecommendModel:
     def initialize(self, args):
-        p = model_params(args)
+        p = model_params(args, RecommendParams)
         vdir = version_dir(args)
         self.assets = ServingAssets.load(vdir / "assets")
         self.tokenizer = self.assets.tokenizer()
         try:
-            self.live = LiveIndex(p["index_dir"], int(p.get("index_refresh_ms", "1000")),
-                                  expect_encoder_sha256=p["encoder_sha256"],
+            self.live = LiveIndex(p.index_dir, p.index_refresh_ms, expect_encoder_sha256=p.encoder_sha256,
                                   log=lambda m: print(f"recommend: {m}", flush=True))
         except IndexMismatch as exc:
             raise pb_utils.TritonModelException(f"recommend: {exc}") from None
@@ -71,31 +71,30 @@ class RecommendModel:
             raise pb_utils.TritonModelException(
                 f"recommend: index vectors have D={self.live.index.dim}, the model D={self.assets.dim}")
         # "in-process" runs heads.onnx here; "bls" calls the `heads` model (kept to measure the choice)
-        self.heads_mode = p.get("heads_mode", "in-process")
-        self.heads = OrtHeads(vdir / "heads.onnx", threads=1, device=p.get("device", "cpu"))
-        self.cache = VectorLRU(int(p["lru_bytes"]))
-        self.encoder_model = p.get("encoder_model", "encoder")
+        self.heads_mode = p.heads_mode
+        self.heads = OrtHeads(vdir / "heads.onnx", threads=1, device=p.device)
+        self.cache = VectorLRU(p.lru_bytes)
+        self.encoder_model = p.encoder_model
         self.limits = Limits.from_parameters(p)
         self.categories = ["", *self.assets.category_vocab.to_list()]     # the user_profile axis (K)
-        self.retriever, self.retrieval_m = None, int(p.get("retrieval_m", "0"))
+        self.retriever, self.retrieval_m = None, p.retrieval_m
         if self.retrieval_m > 0:
             from genrec.core.retrieval import Retriever
 
-            self.retriever = Retriever(vdir / "retrieval.onnx", p["retrieval_sha256"],
-                                       nprobe=int(p.get("retrieval_nprobe", "0")), threads=1,
-                                       log=lambda m: print(f"recommend: {m}", flush=True))
+            self.retriever = Retriever(vdir / "retrieval.onnx", p.retrieval_sha256, nprobe=p.retrieval_nprobe,
+                                       threads=1, log=lambda m: print(f"recommend: {m}", flush=True))
             for seg in self.live.index.segments:          # open (and check) the served segments' ANN now
                 self.retriever.searcher(seg)
-            self.retrieval_popular = int(p.get("retrieval_popular", "0"))
+            self.retrieval_popular = p.retrieval_popular
             self._popular: tuple = (None, None, None)        # (stats table, index, PopularPool) it was built from
             tokens = self.assets.category_vocab.tokens
             self.category_ids = {t: i for i, t in enumerate(tokens) if i > 0}
         self.stats = None
-        if p.get("stats_dir"):
+        if p.stats_dir:
             from genrec.core.statstore import LiveStats, StatsLoadError
 
             try:
-                self.stats = LiveStats(p["stats_dir"], int(p.get("stats_refresh_ms", "1000")),
+                self.stats = LiveStats(p.stats_dir, p.stats_refresh_ms,
                                        log=lambda m: print(f"recommend: {m}", flush=True))
             except StatsLoadError as exc:
                 raise pb_utils.TritonModelException(f"recommend: {exc}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from genrec.core.artifacts import ServingAssets
-from genrec.core.contract import TOKENIZER, USER_PROFILE
+from genrec.core.contract import TOKENIZER, USER_PROFILE, TokenizerParams
 from genrec.core.requests import Limits, validate
 from genrec.core.runtime import profile_or_zeros, stats_or_zeros
 from genrec.core.text import CachedTokenizer
@@ -29,18 +29,17 @@ STATS_INPUTS = tuple(t.name for t in TOKENIZER.inputs if t.optional and t is not
 
 class TokenizerModel:
     def initialize(self, args):
-        p = model_params(args)
-        self.assets = ServingAssets.load(version_dir(args) / p.get("assets_dir", "assets"))
+        p = model_params(args, TokenizerParams)
+        self.assets = ServingAssets.load(version_dir(args) / p.assets_dir)
         # pad to the longest text of the request (rounded up to a multiple, or to a fixed length when the
         # encoder backend cannot merge ragged batches)
-        self.pad_to = int(p["pad_to"]) if int(p.get("pad_to", "0")) > 0 else None
-        self.tokenizer = self.assets.tokenizer(pad_to_multiple_of=int(p.get("pad_to_multiple_of", "1")))
+        self.pad_to = p.pad_to if p.pad_to > 0 else None
+        self.tokenizer = self.assets.tokenizer(pad_to_multiple_of=p.pad_to_multiple_of)
         self.limits = Limits.from_parameters(p)
         self.categories = ["", *self.assets.category_vocab.to_list()]     # the user_profile axis (K)
         self.metrics = None
-        cache_bytes = int(p.get("cache_bytes", "0"))
-        if cache_bytes > 0:                    # repeated titles skip WordPiece; ids are a function of the text
-            self.tokenizer = CachedTokenizer(self.tokenizer, cache_bytes)
+        if p.cache_bytes > 0:                  # repeated titles skip WordPiece; ids are a function of the text
+            self.tokenizer = CachedTokenizer(self.tokenizer, p.cache_bytes)
             self.metrics = CacheMetrics("tokenizer", args.get("model_instance_name", "tokenizer"),
                                         prefix="genrec_token_cache", what="token ids")
 
