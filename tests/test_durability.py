@@ -40,7 +40,7 @@ from genrec.core.retrieval import (
 from genrec.core.statstore import StatsLoadError, StatsTable, build_stats
 from genrec.model_repository.builder import MANIFEST, RepositoryConfig, build_repository, is_repository, load_configs
 
-SAMPLE = 5                     # kill points per command (besides the trace run), spread over its steps
+SAMPLE = 4                     # kill points per command (besides the trace run), spread over its steps
 
 
 def kill_points(trace: list[str], *must: str) -> list[int]:
