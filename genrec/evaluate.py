@@ -19,8 +19,9 @@ import torch
 from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig  # noqa: F401  (re-exported)
 from genrec.core.mind import load_split
+from genrec.core.contract import N_COUNTS
 from genrec.core.stats import CLICKS, CTR_POPULARITY_WEIGHT, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
-from genrec.metrics import ranking_metrics, topk_metrics
+from genrec.metrics import pair_group_auc, ranking_metrics, topk_metrics
 from genrec.model import GenRec, HeadsBatch
 from genrec.scoring import encode_items, score_impressions
 from genrec.tables import ImpressionArrays, ItemTable
@@ -192,6 +193,23 @@ def full_ranking(model: GenRec, vectors: torch.Tensor, table: ItemTable, imps: I
     return result
 
 
+def new_item_report(imps: ImpressionArrays, scores: list[np.ndarray],
+                    baselines: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """The regime split: which candidates are new (no item statistics: in no impression of the statistics' log),
+    their share of candidates and of clicks, and group-AUC over known/known, new/new and mixed pairs for the model
+    and every baseline on the same impressions (``genrec.metrics.pair_group_auc``)."""
+    new = [imps.candidate_stats[i][:, :N_COUNTS].sum(-1) == 0 for i in range(len(imps.candidates))]
+    n_cand = sum(len(x) for x in new)
+    n_click = sum(int(lab.sum()) for lab in imps.labels)
+    out: dict[str, Any] = {
+        "candidate_share": sum(int(x.sum()) for x in new) / n_cand if n_cand else 0.0,
+        "click_share": sum(int(x[lab == 1].sum()) for x, lab in zip(new, imps.labels)) / n_click if n_click else 0.0,
+        "model": pair_group_auc(zip(imps.labels, scores, new)),
+        "baselines": {name: pair_group_auc(zip(imps.labels, s, new)) for name, s in baselines.items()},
+    }
+    return out
+
+
 def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: EvalConfig = EvalConfig(),
              *, progress: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -248,6 +266,7 @@ def evaluate(checkpoint: str | Path | Checkpoint, data_dir: str | Path, cfg: Eva
     best = max(result["baselines"], key=result["baselines"].get)
     result["strongest_baseline"] = best
     result["margin_over_strongest_baseline"] = result["group_auc"] - result["baselines"][best]
+    result["new_items"] = new_item_report(imps, scores, baselines)
     if cfg.full_ranking:
         result["full_ranking"] = full_ranking(model, vectors, table, imps, stats, cfg.full_ranking_k,
                                               cfg.retrieval_m, cfg.retrieval_popular)

@@ -126,3 +126,37 @@ def topk_metrics(ranked: Iterable[Iterable], targets: Iterable[Iterable], ks: It
             sums[f"recall@{k}"] += hit[:k].sum() / len(want)
             sums[f"ndcg@{k}"] += (hit[:k] * disc[: len(hit[:k])]).sum() / disc[: min(k, len(want))].sum()
     return {**{key: (v / n if n else float("nan")) for key, v in sums.items()}, "users": n}
+
+
+PAIR_KINDS = ("known", "new", "mixed")   # both candidates of a pair known / both new / one of each
+
+
+def pair_group_auc(groups: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Group-AUC split by what the (clicked, non-clicked) pairs hold: ``groups`` yields (labels, scores, new) per
+    impression, ``new`` True for a candidate without item statistics (new to the model's training log).
+
+    Per impression, AUC over its pairs of one kind (PAIR_KINDS: both known, both new, one new and one known; ties
+    count 1/2), averaged over the impressions that have such a pair; plus ``with_new`` (pairs with at least one new
+    candidate: new + mixed). Each entry: {"group_auc", "impressions", "pairs"}; an entry without pairs is absent.
+    The plain group-AUC is the pair-weighted mix of these within each impression, so the split says where a model
+    gains or loses: ranking new items among themselves, placing them against known ones, or the known ones."""
+    kinds = (*PAIR_KINDS, "with_new")
+    sums = {k: [0.0, 0, 0] for k in kinds}                  # sum of AUCs, impressions, pairs
+    for labels, scores, new in groups:
+        labels, new = np.asarray(labels, bool), np.asarray(new, bool)
+        scores = np.asarray(scores, np.float64)
+        pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+        if not len(pos) or not len(neg):
+            continue
+        diff = scores[pos][:, None] - scores[neg][None, :]              # (P, N)
+        win = (diff > 0) + 0.5 * (diff == 0)
+        n_new = new[pos][:, None].astype(int) + new[neg][None, :]      # 0, 1 or 2 new in the pair
+        for kind, sel in (("known", n_new == 0), ("new", n_new == 2), ("mixed", n_new == 1),
+                          ("with_new", n_new > 0)):
+            count = int(sel.sum())
+            if count:
+                acc = sums[kind]
+                acc[0] += float(win[sel].mean())
+                acc[1] += 1
+                acc[2] += count
+    return {k: {"group_auc": s / n, "impressions": n, "pairs": p} for k, (s, n, p) in sums.items() if n}

@@ -75,10 +75,29 @@ def print_recommendations(recs, title: str = "recommendations", file: TextIO | N
 
 
 def print_metrics(result: dict, file: TextIO | None = None) -> None:
-    rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in result.items() if k != "full_ranking"]
+    nested = ("full_ranking", "new_items")
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in result.items() if k not in nested]
     print_table("evaluation", [("metric", "left"), ("value", "right")], rows, file)
+    if "new_items" in result:
+        print_new_items(result["new_items"], file)
     if "full_ranking" in result:
         print_full_ranking(result["full_ranking"], file)
+
+
+def print_new_items(report: dict, file: TextIO | None = None) -> None:
+    """genrec.evaluate.new_item_report: group-AUC over known/known, new/new and mixed pairs, model and baselines."""
+    kinds = ("known", "mixed", "new", "with_new")
+    systems = {"model": report["model"], **{f"baseline: {k}": v for k, v in report["baselines"].items()}}
+
+    def cell(split: dict, kind: str) -> str:
+        return f"{split[kind]['group_auc']:.4f}" if kind in split else "-"
+
+    pairs = report["model"]
+    print_table(f"new items: {100 * report['candidate_share']:.1f} % of candidates, {100 * report['click_share']:.1f} "
+                f"% of clicks have no item statistics; group-AUC by pair kind (pairs: "
+                + ", ".join(f"{k} {pairs[k]['pairs']}" for k in kinds if k in pairs) + ")",
+                [("system", "left")] + [(k, "right") for k in kinds],
+                [[name, *(cell(split, k) for k in kinds)] for name, split in systems.items()], file)
 
 
 def print_full_ranking(fr: dict, file: TextIO | None = None) -> None:

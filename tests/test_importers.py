@@ -427,3 +427,22 @@ def test_ml100k_baselines_match_the_data_readme(ml100k):
     smoothed = gauc(lambda c: (clicked[c] + a) / (shown[c] + a + b))
     assert popularity == pytest.approx(0.607, abs=0.01)
     assert smoothed == pytest.approx(0.637, abs=0.01)
+
+
+def test_new_items_split(tmp_path):
+    if not (ML100K / "u.data").is_file():
+        pytest.skip(f"{ML100K} not present (MovieLens 100K is read from ../shared, never committed)")
+    plain = import_movielens(ML100K, tmp_path / "plain", ImportConfig())
+    report = import_movielens(ML100K, tmp_path / "new", ImportConfig(new_items=0.3))
+    train, test = load_split(tmp_path / "new" / "train"), load_split(tmp_path / "new" / "test")
+    seen = {c for imp in train.impressions for c in (*imp.history, *imp.candidates)}
+    cands = [(c, lab) for imp in test.impressions for c, lab in zip(imp.candidates, imp.labels, strict=True)]
+    new = [lab for c, lab in cands if c not in seen]
+    assert (report.test_candidates, report.test_candidates_new) == (len(cands), len(new))
+    assert (report.test_clicks, report.test_clicks_new) == (sum(lab for _, lab in cands), sum(new))
+    assert 0.30 <= report.test_candidates_new / report.test_candidates < 0.32
+    assert plain.test_candidates_new / plain.test_candidates < 0.05          # ml-100k as it is: 3 % new
+    assert report.items_held_out > 0 and report.test_impressions == plain.test_impressions
+    assert report.train_impressions == plain.train_impressions - report.train_impressions_dropped_held_out
+    assert all(0 < sum(imp.labels) < len(imp.labels) for imp in train.impressions)
+    assert "new items in test" in report.summary()

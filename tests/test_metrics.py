@@ -57,3 +57,20 @@ def test_impression_without_known_candidates_is_skipped_and_counted():
 
     m = ranking_metrics([(np.array([1, 0]), np.array([0.9, 0.1])), (np.array([], dtype=np.int8), np.array([]))])
     assert m.group_auc == 1.0 and m.impressions == 1 and m.skipped == 1
+
+
+def test_pair_group_auc_splits_pairs_by_what_they_hold():
+    from genrec.metrics import pair_group_auc
+
+    labels = np.array([1, 0, 1, 0])
+    new = np.array([False, False, True, True])
+    #                 known+  known-  new+  new-
+    scores = np.array([0.9, 0.1, 0.05, 0.5])
+    out = pair_group_auc([(labels, scores, new)])
+    assert out["known"]["group_auc"] == 1.0 and out["known"]["pairs"] == 1        # 0.9 > 0.1
+    assert out["new"]["group_auc"] == 0.0 and out["new"]["pairs"] == 1            # 0.05 < 0.5
+    assert out["mixed"]["group_auc"] == 0.5 and out["mixed"]["pairs"] == 2        # 0.9 > 0.5, 0.05 < 0.1
+    assert out["with_new"]["pairs"] == 3
+    # ties count 1/2; an impression without a pair of a kind does not count for that kind
+    tied = pair_group_auc([(np.array([1, 0]), np.array([0.3, 0.3]), np.array([False, False]))])
+    assert tied == {"known": {"group_auc": 0.5, "impressions": 1, "pairs": 1}}

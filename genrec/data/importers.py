@@ -118,6 +118,10 @@ class ImportConfig:
         "help": "seed of the implicit-negative sampling; same input + seed, same files"})
     fail_on_unknown_items: bool = dataclasses.field(default=False, metadata={
         "help": "stop at an interaction whose item is not in the catalog instead of counting and reporting it"})
+    new_items: float = dataclasses.field(default=0.0, metadata={
+        "help": "development splits with new items (the regime of news, launches, ads, new films): items drawn at "
+                "random (seed) launch at the training cut, until this share of the test candidates is new; their "
+                "training interactions are dropped, counted. 0 = the log as it is (ml-100k: 3 %% new)"})
 
     def validate(self) -> None:
         checks = [
@@ -126,6 +130,7 @@ class ImportConfig:
             (self.max_history >= 0, "max_history must be >= 0"),
             (self.impression_size >= 2, "impression_size must be >= 2 (an impression needs a 1 and a 0)"),
             (self.implicit_negatives >= 1, "implicit_negatives must be >= 1"),
+            (0.0 <= self.new_items < 1.0, "new_items must be in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -201,6 +206,14 @@ class ImportReport:
     train_users: int = 0
     test_users: int = 0
     test_users_unseen_in_train: int = 0
+    items_held_out: int = 0                  # items launched at the training cut (ImportConfig.new_items)
+    train_candidates_held_out: int = 0       # their training candidate slots and history entries, left out
+    train_history_held_out: int = 0
+    train_impressions_dropped_held_out: int = 0   # training impressions left without a click or a non-click
+    test_candidates: int = 0                 # candidate slots of the test impressions
+    test_candidates_new: int = 0             # of them: items in no training impression (candidate or history)
+    test_clicks: int = 0
+    test_clicks_new: int = 0
     items_without_text: int = 0
     items_without_category: int = 0
     texts_sanitized: int = 0                 # item fields with tabs/line breaks replaced by spaces
@@ -229,6 +242,13 @@ class ImportReport:
             f"  train {r.train_impressions} impressions ({r.train_users} users, {' .. '.join(r.train_time_range)}), "
             f"test {r.test_impressions} ({r.test_users} users, {r.test_users_unseen_in_train} not in train, "
             f"{' .. '.join(r.test_time_range)})",
+            f"  new items in test (in no training impression): {r.test_candidates_new} of {r.test_candidates} "
+            f"candidates ({_share(r.test_candidates_new, r.test_candidates)}), {r.test_clicks_new} of "
+            f"{r.test_clicks} clicks ({_share(r.test_clicks_new, r.test_clicks)})"
+            + (f"; {r.items_held_out} items launched at the training cut (their {r.train_candidates_held_out} "
+               f"training candidates, {r.train_history_held_out} history entries and "
+               f"{r.train_impressions_dropped_held_out} impressions left without both labels were left out)"
+               if r.items_held_out else ""),
             f"  items: {r.items_without_text} without text, {r.items_without_category} without category, "
             f"{r.texts_sanitized} fields with tabs/line breaks replaced",
         ]
@@ -244,6 +264,10 @@ class ImportReport:
         if r.users_without_impressions:
             lines.append(f"  {r.users_without_impressions} users have no impression kept (history only)")
         return "\n".join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f} %" if whole else "-"
 
 
 @dataclasses.dataclass
@@ -552,6 +576,8 @@ class _Builder:
             raise DataImportError(f"{rep.source}: {len(impressions)} impressions cannot be split into train "
                                   f"and test with test_fraction={cfg.test_fraction}")
         splits = {"train": impressions[:n_train], "test": impressions[n_train:]}
+        if cfg.new_items:
+            splits["train"] = self._hold_out_new_items(splits["train"], splits["test"])
         out_dir.mkdir(parents=True, exist_ok=True)
         news = self._news_lines()
         number = 0
@@ -571,8 +597,49 @@ class _Builder:
         test_users = {imp[2] for imp in splits["test"]}
         rep.train_users, rep.test_users = len(train_users), len(test_users)
         rep.test_users_unseen_in_train = len(test_users - train_users)
+        seen = {c for imp in splits["train"] for c in (*imp[3], *imp[4])}
+        for imp in splits["test"]:
+            for c, lab in zip(imp[4], imp[5], strict=True):
+                rep.test_candidates += 1
+                rep.test_clicks += lab
+                rep.test_candidates_new += c not in seen
+                rep.test_clicks_new += lab and c not in seen
         (out_dir / "import_report.json").write_text(json.dumps(rep.as_dict(), indent=2) + "\n", encoding="utf-8")
         return rep
+
+    def _hold_out_new_items(self, train: list, test: list) -> list:
+        """ImportConfig.new_items: random items (seed) launch at the training cut: they leave the training
+        impressions (candidates and histories; impressions left without a 1 and a 0 are dropped, counted) until
+        that share of the test candidates is new. Test impressions keep them, histories included."""
+        seen = {c for imp in train for c in (*imp[3], *imp[4])}
+        counts: dict[str, int] = defaultdict(int)
+        for imp in test:
+            for c in imp[4]:
+                counts[c] += 1
+        total = sum(counts.values())
+        share = sum(n for c, n in counts.items() if c not in seen) / total
+        held: set[str] = set()
+        order = np.random.default_rng([self.cfg.seed, 1]).permutation(len(counts))
+        pool = sorted(counts, key=_natural)
+        for j in order:
+            if share >= self.cfg.new_items:
+                break
+            if pool[j] in seen:
+                held.add(pool[j])
+                share += counts[pool[j]] / total
+        rep = self.report
+        rep.items_held_out = len(held)
+        kept = []
+        for time, key, user, history, cands, labels in train:
+            hist = [h for h in history if h not in held]
+            pairs = [(c, lab) for c, lab in zip(cands, labels, strict=True) if c not in held]
+            rep.train_history_held_out += len(history) - len(hist)
+            rep.train_candidates_held_out += len(cands) - len(pairs)
+            if 0 < sum(lab for _, lab in pairs) < len(pairs):
+                kept.append((time, key, user, hist, [c for c, _ in pairs], [lab for _, lab in pairs]))
+            else:
+                rep.train_impressions_dropped_held_out += 1
+        return kept
 
     def _explicit_impressions(self, user: str, history: list[str], rest: list[_Event], out: list) -> None:
         rep, size = self.report, self.cfg.impression_size
