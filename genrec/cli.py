@@ -57,12 +57,26 @@ def _data(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="output folder: train/, test/, import_report.json")
     add_dataclass_args(t, TableColumns)
     add_dataclass_args(t, ImportConfig)
+    from genrec.data.leave_one_out import LeaveOneOutConfig
+
+    lo = isub.add_parser("leave-one-out", help="a ReChorus/LRD leave-one-out folder (train.csv, dev.csv and "
+                                               "test.csv with fixed negatives, *.item2index, *.text, item_meta.csv)")
+    lo.add_argument("--raw", required=True, help="folder of the leave-one-out files")
+    lo.add_argument("--out", required=True, help="output folder: train/, dev/, test/, import_report.json")
+    add_dataclass_args(lo, LeaveOneOutConfig)
 
     def run_import(args: argparse.Namespace) -> int:
         from genrec.data.importers import DataImportError, import_movielens, import_table
 
-        cfg = from_args(ImportConfig, args)
         try:
+            if args.import_command == "leave-one-out":
+                from genrec.data.leave_one_out import import_leave_one_out
+
+                report = import_leave_one_out(args.raw, args.out, from_args(LeaveOneOutConfig, args))
+                print(report.summary())
+                print(f"wrote {args.out}/train, {args.out}/dev, {args.out}/test and {args.out}/import_report.json")
+                return 0
+            cfg = from_args(ImportConfig, args)
             if args.import_command == "movielens":
                 report = import_movielens(args.raw, args.out, cfg, summaries=args.summaries)
             else:
@@ -76,6 +90,7 @@ def _data(sub: argparse._SubParsersAction) -> None:
 
     m.set_defaults(handler=run_import)
     t.set_defaults(handler=run_import)
+    lo.set_defaults(handler=run_import)
 
 
 @command
