@@ -422,6 +422,7 @@ def run(cfg: GpuBenchConfig, log=print) -> dict[str, Any]:
     from genrec.core.index import IndexConfig, build_index
     from genrec.core.statstore import StatsTable, build_stats
     from genrec.export import Artifacts, torchscript
+    from genrec.index_encoders import ALL
     from genrec.model_repository.builder import RepositoryConfig, build_repository
     from genrec.server.launcher import running_server
 
@@ -456,7 +457,8 @@ def run(cfg: GpuBenchConfig, log=print) -> dict[str, Any]:
 
     t = time.perf_counter()
     index = build_index(news, art.root, work / "index", IndexConfig(precision=prec, encoder="torchscript",
-                                                                     device=device), progress=False, log=log)
+                                                                     device=device), progress=False, log=log,
+                        encoders=ALL)
     res["index_seconds"] = round(time.perf_counter() - t, 1)
     rc = RepositoryConfig(precision=prec, backend="torch", device=device, index=str(index), stats=str(stats_dir),
                           tokenizer_instances=cfg.tokenizer_instances, heads_instances=cfg.heads_instances,

@@ -31,11 +31,12 @@ DATA_FILES = ("ids.bin", "order.i64", "category.i64", "subcategory.i64", "vector
 
 def _build(catalog: Path, art: Path, out: Path, **cfg: Any) -> dict[str, Any]:
     from genrec.core.index import IndexConfig, build_index
+    from genrec.index_encoders import ALL
 
     shutil.rmtree(out, ignore_errors=True)
     said: list[str] = []
     t0 = time.perf_counter()
-    build_index(catalog, art, out, IndexConfig(dedupe_mb=0, **cfg), progress=False, log=said.append)
+    build_index(catalog, art, out, IndexConfig(dedupe_mb=0, **cfg), progress=False, log=said.append, encoders=ALL)
     seconds = time.perf_counter() - t0
     manifest = json.loads((out / "index.json").read_text())
     shares = [(int(t), float(s)) for t, s in re.findall(r":\d+ (\d+) texts in ([\d.]+) s", "\n".join(said))]

@@ -259,8 +259,10 @@ def _index(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from genrec.core.index import build_index
+        from genrec.index_encoders import ALL
 
-        build_index(args.catalog, args.artifacts, args.out, from_args(IndexConfig, args), progress=not args.quiet)
+        build_index(args.catalog, args.artifacts, args.out, from_args(IndexConfig, args), progress=not args.quiet,
+                    encoders=ALL)
         with_retrieval(args.out, args.artifacts, args)
         return 0
 
@@ -293,6 +295,7 @@ def _index(sub: argparse._SubParsersAction) -> None:
         from genrec.core.artifacts import Artifacts
         from genrec.core.index import ItemIndex, add_items
         from genrec.core.retrieval import has_retrieval, segment_retrieval_builder
+        from genrec.index_encoders import ALL
 
         hook = None
         if has_retrieval(Artifacts.load(args.artifacts)):
@@ -301,7 +304,7 @@ def _index(sub: argparse._SubParsersAction) -> None:
             threads = getattr(args, "threads", RetrievalConfig.threads)
             hook = segment_retrieval_builder(args.artifacts, from_args(RetrievalConfig, args, threads=threads))
         add_items(args.catalog, args.artifacts, args.index, from_args(AddConfig, args), progress=not args.quiet,
-                  before_publish=hook)
+                  before_publish=hook, encoders=ALL)
         if hook is not None:                                   # segments from before retrieval existed, if any
             for seg in ItemIndex(args.index).segments:
                 hook(seg.folder)

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from genrec.core import fsio
 from genrec.core.artifacts import ServingAssets
-from genrec.core.index import IndexConfig, _chunks, _write_json, encode_texts, seal
+from genrec.core.index import IndexConfig, catalog_chunks, encode_texts, seal
 from genrec.core.mind import iter_news
 from genrec.core.text import item_text
 from genrec.core.vcache import VectorLRU
@@ -111,8 +112,8 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
         while prefix[0] in finished:                               # rows below prefix are all on disk
             finished.discard(prefix[0])
             prefix[0] = min(n, prefix[0] + cfg.chunk_size)
-        _write_json(out / "progress.json", {"rows": prefix[0], "chunk_size": cfg.chunk_size,
-                                            "chunks": sorted(finished)})    # only after the rows are on disk
+        fsio.write_json(out / "progress.json", {"rows": prefix[0], "chunk_size": cfg.chunk_size,
+                                                "chunks": sorted(finished)})    # only after the rows are on disk
         counts["rows"] += len(out_vec)
         if bar is not None:
             bar.update(len(out_vec))
@@ -121,7 +122,7 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
 
     def tasks() -> Iterator[tuple[int, list[str]]]:
         row = 0
-        for chunk in _chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
+        for chunk in catalog_chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
             start, row = row, row + len(chunk)
             if row <= done or start in finished:
                 continue                                           # on disk before the interruption

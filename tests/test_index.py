@@ -16,7 +16,7 @@ from workers import THREADS
 from genrec.client import InvalidRequest, RecommenderClient
 from genrec.core.contract import ITEM_STATS
 from genrec.core.errors import UserError
-from genrec.core.index import IndexConfig, IndexMismatch, ItemIndex, build_index
+from genrec.core.index import IndexConfig, IndexEncoders, IndexMismatch, ItemIndex, build_index, ort_encoder
 from genrec.core.mind import load_split
 from genrec.core.statstore import LiveStats, StatsLoadError, StatsTable, build_stats
 from genrec.model_repository.builder import RepositoryConfig, build_repository
@@ -51,6 +51,28 @@ def test_build_is_resumable_and_matches_a_fresh_build(artifacts, tiny_data, fp32
     np.testing.assert_allclose(np.asarray(resumed.vectors), np.asarray(fresh.vectors), atol=1e-5)
     assert resumed.rows([b"N1", b"N5", b"missing"]).tolist()[:2] == fresh.rows([b"N1", b"N5"]).tolist()
     assert resumed.rows([b"missing"]).tolist() == [-1]
+
+
+def test_the_core_encodes_with_what_its_caller_passes(artifacts, tiny_data, fp32_index, tmp_path):
+    """The core imports no torch and no Ray (tests/test_imports.py): an encoder its caller did not pass is a clear
+    error before anything is written, and the one passed is the one that encodes."""
+    catalog = tiny_data / "train" / "news.tsv"
+    for cfg, what in ((IndexConfig(precision="fp32", ray="auto"), "--ray"),
+                      (IndexConfig(precision="fp32", encoder="torchscript"), "--encoder torchscript")):
+        with pytest.raises(UserError, match=f"{what}: this caller .* genrec.index_encoders.ALL"):
+            build_index(catalog, artifacts.root, tmp_path / "none", cfg, progress=False, log=lambda _m: None)
+        assert not (tmp_path / "none").exists()
+    calls: list[int] = []
+
+    def counted(graph, cfg):
+        encode = ort_encoder(graph, cfg)
+        return lambda ids, mask: calls.append(len(ids)) or encode(ids, mask)
+
+    build_index(catalog, artifacts.root, tmp_path / "ix", IndexConfig(precision="fp32", threads=THREADS),
+                progress=False, log=lambda _m: None, encoders=IndexEncoders(local={"onnx": counted}))
+    got, want = ItemIndex(tmp_path / "ix"), ItemIndex(fp32_index)
+    assert sum(calls) == got.manifest["encoded_texts"] > 0
+    np.testing.assert_allclose(np.asarray(got.vectors), np.asarray(want.vectors), atol=1e-5)
 
 
 def test_index_from_another_encoder_is_refused(artifacts, fp32_index, fp32_repository, tiny_data, tmp_path):

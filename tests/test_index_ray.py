@@ -14,6 +14,7 @@ import pytest
 from workers import THREADS
 
 from genrec.core.index import FILES, IndexConfig, build_index
+from genrec.index_encoders import ALL
 
 pytest.importorskip("ray", reason="genrec[ray] is not installed")
 
@@ -88,7 +89,7 @@ def interrupted_ray_build(out: Path, catalog: Path, artifacts, address: str, aft
             raise Interrupt
     with pytest.raises(Interrupt):
         build_index(catalog, artifacts.root, out, IndexConfig(precision="int8", chunk_size=CHUNK, ray=address),
-                    progress=False, log=lambda _m: None, on_chunk=stop)
+                    progress=False, log=lambda _m: None, on_chunk=stop, encoders=ALL)
     state = json.loads((out / "progress.json").read_text())
     assert not json.loads((out / "index.json").read_text())["complete"]
     return state
@@ -104,7 +105,7 @@ def test_an_interrupted_ray_build_resumes_with_or_without_ray(cluster, catalog, 
     assert done >= 5 * CHUNK
     said: list[str] = []
     build_index(catalog, artifacts.root, out, IndexConfig(precision="int8", chunk_size=CHUNK, ray=cluster.address),
-                progress=False, log=said.append)
+                progress=False, log=said.append, encoders=ALL)
     assert_same_index(out, reference)
     # chunks finish out of order: the resume point is the rows without a gap, plus the finished chunks above it
     assert (f"resuming with {done} of {n} rows written" if state["chunks"] else
@@ -127,7 +128,7 @@ def test_unreachable_cluster_is_a_clear_error(catalog, artifacts, tmp_path):
 
     with pytest.raises(RayUnavailable, match="cannot connect to a Ray cluster at '127.0.0.1:1'"):
         build_index(catalog, artifacts.root, tmp_path / "x", IndexConfig(precision="int8", ray="127.0.0.1:1"),
-                    progress=False, log=lambda _m: None)
+                    progress=False, log=lambda _m: None, encoders=ALL)
 
 
 def test_a_worker_killed_mid_build_is_restarted_and_its_chunk_encoded_again(cluster, catalog, artifacts, reference,
@@ -151,7 +152,7 @@ def test_a_worker_killed_mid_build_is_restarted_and_its_chunk_encoded_again(clus
     out = tmp_path / "ray"
     said: list[str] = []
     build_index(catalog, artifacts.root, out, IndexConfig(precision="int8", chunk_size=CHUNK, ray=cluster.address),
-                progress=False, log=said.append, on_chunk=kill_one_worker)
+                progress=False, log=said.append, on_chunk=kill_one_worker, encoders=ALL)
     assert killed, "no ChunkEncoder process found to kill"
     assert_same_index(out, reference)
     # the restarted actor is a new process: the final report names one the killed one is not

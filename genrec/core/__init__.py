@@ -13,6 +13,8 @@ server, ``index build``, ``stats build`` and ``repository build`` import -- and 
 * ``errors``     -- the user-error type and exit codes;
 * ``fsio``       -- atomic, durable writes of files and folders (every persistent write goes through it).
 
-numpy, tokenizers, onnxruntime and faiss only: ``tests/test_torch_free.py`` imports every module here with
-torch made unimportable, and checks that no module here imports genrec outside ``genrec.core``.
+numpy, tokenizers, onnxruntime and faiss only (tqdm for progress bars, the packaged encoder weights): the
+encoders an index build may use besides ONNX Runtime (TorchScript, Ray) are passed in by the caller
+(``genrec.index_encoders``). ``tests/test_imports.py`` keeps the rule (every import here, lazy ones too, and no
+import cycle anywhere); ``tests/test_torch_free.py`` imports every module here with torch made unimportable.
 """

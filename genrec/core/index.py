@@ -38,7 +38,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,36 @@ class IndexConfig:
         "help": "with --ray: encoder actors (0 = as many as the cluster's CPUs hold at --ray-cpus-per-worker)"})
 
 
-def _chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
+Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(input_ids (N, L) int64, attention_mask (N, L) int64) -> (N, D) float32: what encodes a build's texts
+(:class:`genrec.core.runtime.OrtEncoder`'s call)."""
+EncoderFactory = Callable[[Path, IndexConfig], Encoder]
+"""(exported graph file, the build's config) -> the :data:`Encoder` that runs it in this process."""
+ClusterEncode = Callable[..., Path]
+"""Encodes rows ``done..count`` of a laid-out index elsewhere and seals it: the signature of
+:func:`genrec.ray_encoder.encode_on_ray` ``(catalog, graph, assets, out, manifest, done, cfg, *, progress, log,
+on_chunk)``."""
+
+
+def ort_encoder(graph: Path, cfg: IndexConfig) -> Encoder:
+    """The core's own encoder: the exported ONNX graph in ONNX Runtime, in this process."""
+    return OrtEncoder(graph, threads=cfg.threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexEncoders:
+    """What encodes an index build's rows, passed in by the caller, so the core imports no torch and no Ray.
+
+    ``local`` maps ``IndexConfig.encoder`` to a factory of the encoder run in this process; ``cluster`` encodes
+    on the Ray cluster ``IndexConfig.ray`` names. The default is the core's own (the ONNX encoder here);
+    :data:`genrec.index_encoders.ALL` adds TorchScript and Ray, and is what the CLI and the benchmarks pass."""
+
+    local: Mapping[str, EncoderFactory] = dataclasses.field(default_factory=lambda: {"onnx": ort_encoder})
+    cluster: ClusterEncode | None = None
+
+
+def catalog_chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
+    """``items`` in lists of ``size`` (the last one shorter): the chunks a build encodes and flushes."""
     chunk: list[NewsItem] = []
     for item in items:
         chunk.append(item)
@@ -120,11 +149,17 @@ def _chunks(items: Iterator[NewsItem], size: int) -> Iterator[list[NewsItem]]:
 def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg: IndexConfig = IndexConfig(),
                 *, progress: bool = True, log: Callable[[str], None] = print,
                 on_chunk: Callable[[int], None] | None = None,
-              before_publish: Callable[[Path], object] | None = None) -> Path:
+                encoders: IndexEncoders = IndexEncoders()) -> Path:
     """Encode every item of ``catalog`` (news.tsv) with the exported encoder; resume if interrupted.
 
-    ``on_chunk(rows_done)`` is called after each flushed chunk (progress hooks, tests).
+    ``on_chunk(rows_done)`` is called after each flushed chunk (progress hooks, tests). ``encoders``: what
+    ``cfg.encoder`` and ``cfg.ray`` name (the core's own ONNX encoder unless the caller passes more).
     """
+    if (encoders.cluster is None) if cfg.ray else (cfg.encoder not in encoders.local):
+        what = "--ray" if cfg.ray else f"--encoder {cfg.encoder}"
+        raise UserError(f"{what}: this caller of build_index passed no such encoder (it has "
+                        f"{', '.join(encoders.local) or 'none'}{', ray' if encoders.cluster else ''}); "
+                        "genrec.index_encoders.ALL has every one (what `genrec index build` uses)")
     catalog, out = Path(catalog), Path(out)
     art = Artifacts.load(artifacts)
     assets = ServingAssets.load(art.assets)
@@ -211,8 +246,8 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         for name in DATA_FILES:
             fsio.fsync_path(out / name)
         fsio.checkpoint(f"{out}: data files created")
-        _write_json(out / "progress.json", {"rows": 0})
-        _write_json(manifest_path, manifest)
+        fsio.write_json(out / "progress.json", {"rows": 0})
+        fsio.write_json(manifest_path, manifest)
     n = manifest["count"]
     done = int(fsio.read_json(out / "progress.json", IndexMismatch)["rows"])
     if done:
@@ -222,16 +257,9 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         if cfg.encoder != "onnx":
             raise ValueError("--ray encodes with the ONNX encoder (actors hold ONNX Runtime sessions); drop "
                              "--encoder torchscript or --ray")
-        from genrec.ray_encoder import encode_on_ray
-
-        return encode_on_ray(catalog, art.graph(cfg.precision, graph), assets, out, manifest, done, cfg,
-                             progress=progress, log=log, on_chunk=on_chunk)
-    if cfg.encoder == "torchscript":
-        from genrec.model_repository.torchscript_runtime import TorchScriptEncoder
-
-        encoder = TorchScriptEncoder(art.graph(cfg.precision, graph), device=cfg.device, threads=cfg.threads)
-    else:
-        encoder = OrtEncoder(art.graph(cfg.precision, graph), threads=cfg.threads)
+        return encoders.cluster(catalog, art.graph(cfg.precision, graph), assets, out, manifest, done, cfg,
+                                progress=progress, log=log, on_chunk=on_chunk)
+    encoder = encoders.local[cfg.encoder](art.graph(cfg.precision, graph), cfg)
     tokenizer = assets.tokenizer()
     vectors = np.memmap(out / "vectors.f32", dtype=np.float32, mode="r+", shape=(n, manifest["dim"]))
     cut = np.memmap(out / "truncated.u8", dtype=np.uint8, mode="r+", shape=(n,))      # per row: text was cut
@@ -243,7 +271,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     row = 0
     encoded_texts = reused = 0
     seen = VectorLRU(cfg.dedupe_mb * 2**20)        # recently encoded texts (vector, truncated flag) by text key
-    for chunk in _chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
+    for chunk in catalog_chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
         start, row = row, row + len(chunk)
         if row <= done:
             continue                                            # encoded before the interruption
@@ -277,7 +305,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         fsio.checkpoint(f"{out}: rows {start}..{row} in the maps")
         cut.flush()
         vectors.flush()
-        _write_json(out / "progress.json", {"rows": row})       # only after the rows are on disk
+        fsio.write_json(out / "progress.json", {"rows": row})       # only after the rows are on disk
         if bar is not None:
             bar.update(len(chunk))
         if on_chunk is not None:
@@ -299,10 +327,6 @@ def encode_texts(encoder, tokenizer, texts: list[str], batch_size: int) -> tuple
     process or in a Ray actor (genrec.ray_encoder)."""
     tok = tokenizer(texts, pad_to=tokenizer.max_length)
     return encode_length_sorted(encoder, tok, batch_size), tok.truncated
-
-
-def _write_json(path: Path, value: Any) -> None:
-    fsio.write_json(path, value)                       # atomic and durable (temp, fsync, rename, fsync folder)
 
 
 def seal(out: Path, manifest: dict[str, Any]) -> None:
@@ -582,9 +606,6 @@ def _isin(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return s[pos] == a
 
 
-_fsync = fsio.fsync_path
-
-
 def _write_segment(out: Path, parts: list[tuple[Segment, np.ndarray]], manifest: dict[str, Any],
                    chunk: int = 1 << 16) -> int:
     """Copy ``rows`` of each segment (in order) into a new complete segment folder; no encoding. Returns N.
@@ -618,7 +639,7 @@ def _write_segment(out: Path, parts: list[tuple[Segment, np.ndarray]], manifest:
     if n > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
         raise AssertionError("duplicate id in a merged segment")       # the merge keeps one row per id
     fsio.write_array(out / "order.i64", order, np.int64)
-    _write_json(out / "progress.json", {"rows": n})
+    fsio.write_json(out / "progress.json", {"rows": n})
     seal(out, {**manifest, "count": n, "id_width": width, "truncated_texts": cut, "build_id": uuid.uuid4().hex})
     return n
 
@@ -675,7 +696,8 @@ def collect_garbage(index: str | Path, keep_generations: int = 1, *, log: Callab
 def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg: AddConfig = AddConfig(), *,
               progress: bool = True, log: Callable[[str], None] = print,
               on_chunk: Callable[[int], None] | None = None,
-              before_publish: Callable[[Path], object] | None = None) -> Path:
+              before_publish: Callable[[Path], object] | None = None,
+              encoders: IndexEncoders = IndexEncoders()) -> Path:
     """Publish the items of ``catalog`` (news.tsv: new items, or known ids with new text) as a new generation
     of INDEX_DIR and switch to it atomically; servers pick it up within ``index_refresh_ms``.
 
@@ -684,6 +706,7 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
     new rows, copied. Past ``compact_ratio`` the generation is one new full base instead. The generation folder
     is complete before ``CURRENT`` names it (write-temp + rename), so no reader ever sees a half-written one;
     an interrupted add leaves the served generation as it was. Returns the new generation's folder.
+    ``encoders``: as for :func:`build_index` (an index the TorchScript encoder built needs it to add items).
     """
     import fcntl
 
@@ -708,7 +731,8 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
                            threads=cfg.threads, encoder="onnx" if graph == "encoder" else "torchscript",
                            device=cfg.device, skip_bad_lines=cfg.skip_bad_lines, dedupe_mb=cfg.dedupe_mb)
         t0 = time.perf_counter()
-        build_index(catalog, artifacts, work / "new", icfg, progress=progress, log=log, on_chunk=on_chunk)
+        build_index(catalog, artifacts, work / "new", icfg, progress=progress, log=log, on_chunk=on_chunk,
+                    encoders=encoders)
         t_encoded = time.perf_counter()
         new = Segment(work / "new")
         base = cur.segments[0]
@@ -754,7 +778,7 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
                 shadowed += int(np.count_nonzero(_isin(np.asarray(delta.ids)[keep_delta], base.sorted_ids)))
             count = len(base) + rows - shadowed
         replaced = int(np.count_nonzero(cur.rows([bytes(i) for i in new.ids]) >= 0))
-        _write_json(staged / GENERATION, {
+        fsio.write_json(staged / GENERATION, {
             "format": GEN_FORMAT, "generation": number, "segments": segments, "count": count,
             "previous": cur.generation_name or ".", "added": len(new) - replaced, "replaced": replaced,
             **{k: m[k] for k in ("encoder_sha256", "precision", "dim", "use_abstract", "categories_sha256")},
@@ -763,7 +787,7 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
         fsio.checkpoint(f"renaming {name} in")
         staged.rename(index / name)                    # the generation appears complete ...
         fsio.checkpoint(f"renamed {name} in")
-        _fsync(index)
+        fsio.fsync_path(index)
         fsio.write_text(index / CURRENT, name + "\n")   # ... and CURRENT switches to it in one rename
         published = time.perf_counter()
         del new, cur, base, delta, parts
