@@ -9,11 +9,15 @@ statement counts, the ones inside functions too (a lazy import is still a depend
 * ``client/`` imports no torch (an online service installs the client alone).
 * the import graph of genrec/, client/, export/, model_repository/, server/, benchmarks/ has no cycle (at module
   level, and with the imports inside functions too).
+
+And the layout page (docs/layout.md) stays true: it lists every config class with its file, and exactly the
+modules that run inside Triton.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -187,3 +191,43 @@ def test_the_import_graph_has_no_cycle():
         cycles = _cycles(_graph(module_level_only))
         assert not cycles, (f"import cycles ({'module level' if module_level_only else 'lazy imports included'}):\n"
                             + "\n".join(" <-> ".join(c) for c in cycles))
+
+
+LAYOUT = ROOT / "docs" / "layout.md"
+
+
+def _config_classes() -> list[tuple[str, str]]:
+    """(class, file) of every config dataclass: named ``*Config`` or with a help text per field (CLI flags)."""
+    found = []
+    for path in SOURCES.values():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+                if node.name.endswith("Config") or re.search(r"""["']help["']""", ast.unparse(node)):
+                    found.append((node.name, _rel(path)))
+    return found
+
+
+def test_the_layout_page_lists_every_config_class_with_its_file():
+    rows = [line for line in LAYOUT.read_text().splitlines() if line.startswith("| `")]
+    configs = _config_classes()
+    assert len(configs) > 15
+    missing = [f"{name} ({rel})" for name, rel in configs
+               if not any(f"`{name}`" in row and f"`{rel}`" in row for row in rows)]
+    assert not missing, f"docs/layout.md's config table lacks: {missing}"
+
+
+def test_the_layout_page_names_the_modules_that_run_inside_triton():
+    """What Triton's python stub loads: the backends and everything they import (lazily too)."""
+    graph = _graph(module_level_only=False)
+    todo = [m for m in SOURCES if m.startswith("genrec.model_repository.backends.")]
+    loaded: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module not in loaded:
+            loaded.add(module)
+            todo.extend(graph[module])
+    block = re.search(r"<!-- triton-modules -->(.*?)<!-- /triton-modules -->", LAYOUT.read_text(), re.S)
+    assert block, "docs/layout.md has no triton-modules block"
+    listed = set(re.findall(r"`([\w.]+)`", block.group(1)))
+    assert listed == loaded, {"not listed": sorted(loaded - listed), "listed, not loaded": sorted(listed - loaded)}
+    assert not any(m.split(".")[1] in ("export", "client", "benchmarks") for m in loaded)
