@@ -46,8 +46,6 @@ CHANNEL_ARGS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_reconnect_backoff_ms", 1000)]
 # gRPC target schemes (grpc/doc/naming.md); a target with one is handed to gRPC as written
 GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
-TRITON_SERVICE = "inference.GRPCInferenceService"
-GRPC_MAX_ATTEMPTS = 5                    # gRPC clamps a retry policy's maxAttempts to 5
 EXPLAIN_TOP = 3                          # history items listed per candidate in ``because``
 
 
@@ -108,29 +106,21 @@ def grpc_target(url: str | Sequence[str]) -> str:
     return f"ipv4:{','.join(dict.fromkeys(v4))}" if v4 else f"ipv6:{','.join(dict.fromkeys(v6))}"
 
 
-def service_config(retries: int, backoff_s: float, max_backoff_s: float) -> dict:
+def service_config() -> dict:
     """gRPC service config: ``round_robin`` over every address of the target (a connection per replica; requests
-    go only to connected ones, a dropped one is reconnected in the background and gets traffic again once up),
-    and gRPC's own retry of UNAVAILABLE, which picks again and so lands on another replica. Throttled (gRPC's
-    token bucket) so that a fleet in trouble does not get a retry storm; the client's own retry loop
-    (:class:`RetryPolicy`) still covers what gRPC does not retry, within the call's deadline."""
-    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
-    if retries > 0:
-        config["methodConfig"] = [{
-            "name": [{"service": TRITON_SERVICE}],
-            "retryPolicy": {"maxAttempts": min(GRPC_MAX_ATTEMPTS, retries + 1),
-                            "initialBackoff": f"{max(backoff_s, 0.001):.3f}s",
-                            "maxBackoff": f"{max(max_backoff_s, backoff_s, 0.001):.3f}s",
-                            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]
-        config["retryThrottling"] = {"maxTokens": 100, "tokenRatio": 0.1}
-    return config
+    go only to connected ones, a dropped one is reconnected in the background and gets traffic again once up).
+    No gRPC retry policy: the client's own loop (:class:`RetryPolicy`) is the one retry budget of a call --
+    ``retries`` extra attempts in all, within the call's deadline. (A gRPC policy inside that loop multiplied
+    them: 4 x 4 = 16 RPCs per call with retries=3.) A retried call picks again, so it lands on another replica
+    when the one it was on went away; gRPC's transparent retry of RPCs that never left the client stays on."""
+    return {"loadBalancingConfig": [{"round_robin": {}}]}
 
 
-def channel_args(retries: int, backoff_s: float, max_backoff_s: float) -> list[tuple[str, Any]]:
-    """The client channel's arguments: message limits, quick reconnects, round-robin and retries (see
+def channel_args() -> list[tuple[str, Any]]:
+    """The client channel's arguments: message limits, quick reconnects, round-robin (see
     :func:`service_config`)."""
     return [*CHANNEL_ARGS, ("grpc.lb_policy_name", "round_robin"), ("grpc.enable_retries", 1),
-            ("grpc.service_config", json.dumps(service_config(retries, backoff_s, max_backoff_s)))]
+            ("grpc.service_config", json.dumps(service_config()))]
 
 
 def status_name(exc: InferenceServerException) -> str:
@@ -160,18 +150,33 @@ class ClientBase:
 
     GRPC: Any = None
 
-    def __init__(self, url: str | Sequence[str], *, timeout: float = 5.0, retries: int = 3, ssl: bool = False,
+    def __init__(self, url: str | Sequence[str], *, timeout: float = 5.0, retries: int = 3, ssl: bool | None = None,
                  root_certificates: str | None = None, compression: str | None = None, model: str = "genrec",
                  index_model: str = "recommend", backoff_s: float = 0.1, max_backoff_s: float = 2.0,
                  private_key: str | None = None, certificate_chain: str | None = None):
         self.url, self.model, self.index_model = grpc_target(url), model, index_model
         self.timeout, self.retries = timeout, retries
         self.compression = compression
-        self._grpc = self.GRPC.InferenceServerClient(self.url, ssl=ssl, root_certificates=root_certificates,
-                                                     private_key=private_key, certificate_chain=certificate_chain,
-                                                     channel_args=channel_args(retries, backoff_s, max_backoff_s))
+        self._grpc = self.GRPC.InferenceServerClient(
+            self.url, ssl=tls_wanted(ssl, root_certificates, private_key, certificate_chain),
+            root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain,
+            channel_args=channel_args())
         self._served: dict[str, Served] = {}
         self._retry = RetryPolicy(self.url, timeout, retries, backoff_s, max_backoff_s)
+
+
+def tls_wanted(ssl: bool | None, root_certificates: str | None, private_key: str | None,
+               certificate_chain: str | None) -> bool:
+    """Whether the channel is TLS: any TLS file implies it (a CA file without ``ssl=True`` used to give a
+    plaintext channel, silently); ``ssl=False`` together with TLS files is refused, naming them."""
+    files = [name for name, value in (("root_certificates", root_certificates), ("private_key", private_key),
+                                      ("certificate_chain", certificate_chain)) if value]
+    if ssl is False and files:
+        raise ValueError(f"ssl=False with {', '.join(files)}: TLS files need TLS; leave ssl out (TLS is implied) "
+                         "or drop the files")
+    if bool(private_key) != bool(certificate_chain):
+        raise ValueError("private_key and certificate_chain go together (the client's certificate for mutual TLS)")
+    return bool(ssl) or bool(files)
 
 
 @dataclasses.dataclass

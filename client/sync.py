@@ -26,9 +26,10 @@ class RecommenderClient(common.ClientBase):
 
     Several replicas: ``url`` may be a list of ``host:port``, a comma-separated string of them, or a gRPC target
     (``dns:///genrec-headless:8001`` for a Kubernetes headless Service, ``ipv4:10.0.0.1:8001,10.0.0.2:8001``).
-    gRPC itself balances them (``round_robin``: one connection per replica, requests only to connected ones) and
-    retries UNAVAILABLE on another replica (its retry policy), so a replica that dies costs no failed call while
-    another is up; it gets traffic again once it is back (see :func:`genrec.client.common.grpc_target`).
+    gRPC itself balances them (``round_robin``: one connection per replica, requests only to connected ones); a
+    call that gets UNAVAILABLE is retried (the client's one retry budget, ``retries``) and so picked again, onto
+    another replica: a replica that dies costs no failed call while another is up; it gets traffic again once it
+    is back (see :func:`genrec.client.common.grpc_target`). ``ssl`` left out: TLS when any TLS file is given.
     """
 
     GRPC = grpcclient

@@ -175,6 +175,59 @@ def test_unavailable_after_retries():
     assert client.health() == {"live": False, "ready": False, "model_ready": False}
 
 
+class UnavailableServer:
+    """A real gRPC server on the Triton service's paths that answers every RPC UNAVAILABLE, and counts them."""
+
+    def __init__(self):
+        import concurrent.futures as cf
+
+        import grpc
+
+        self.calls: list[str] = []
+
+        def answer(_request, context):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded (test)")
+
+        calls = self.calls
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):
+                calls.append(details.method)
+                return grpc.unary_unary_rpc_method_handler(answer)
+
+        self.server = grpc.server(cf.ThreadPoolExecutor(4), handlers=[Handler()])
+        self.url = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def close(self):
+        self.server.stop(0)
+
+
+def test_one_retry_budget_counts_rpcs_against_an_unavailable_server():
+    """Issue 27.12: gRPC's service-config retry (4 attempts) ran inside the client's own loop (4 attempts): 16 RPCs
+    per call with retries=3. One budget: retries + 1 RPCs, sync and async."""
+    srv = UnavailableServer()
+    try:
+        client = RecommenderClient(srv.url, retries=3, timeout=20, backoff_s=0.01, max_backoff_s=0.02)
+        with pytest.raises(Unavailable, match="after 4 attempts"):
+            client.recommend(["a"], ["b"])
+        sync_calls = list(srv.calls)
+        srv.calls.clear()
+
+        async def run():
+            async with AsyncRecommenderClient(srv.url, retries=2, timeout=20, backoff_s=0.01,
+                                              max_backoff_s=0.02) as aclient:
+                with pytest.raises(Unavailable, match="after 3 attempts"):
+                    await aclient.recommend(history_ids=["N1"], candidate_ids=["N2"])
+
+        asyncio.run(run())
+        async_calls = list(srv.calls)
+    finally:
+        srv.close()
+    assert sync_calls == ["/inference.GRPCInferenceService/ModelMetadata"] * 4, sync_calls
+    assert async_calls == ["/inference.GRPCInferenceService/ModelMetadata"] * 3, async_calls
+
+
 def test_deadline_shorter_than_the_request(server):
     client = RecommenderClient(server.grpc_url, timeout=0.02)
     client_ok = RecommenderClient(server.grpc_url)
@@ -236,6 +289,13 @@ def test_tls_round_trip_with_self_signed_certificate(fp32_repository, tmp_path):
         url = f"localhost:{srv.cfg.grpc_port}"
         secure = RecommenderClient(url, ssl=True, root_certificates=str(cert), timeout=10)
         assert len(secure.recommend(["Coach praises linebacker"], ["Stocks rally", "Team wins"])) == 2
+        # issue 27.5: a CA file alone implies TLS (it gave a plaintext channel, which this server refuses)
+        implied = RecommenderClient(url, root_certificates=str(cert), timeout=10, retries=0)
+        assert len(implied.recommend(["Coach praises linebacker"], ["Stocks rally", "Team wins"])) == 2
+        with pytest.raises(ValueError, match="ssl=False with root_certificates"):
+            RecommenderClient(url, ssl=False, root_certificates=str(cert))
+        with pytest.raises(ValueError, match="private_key and certificate_chain go together"):
+            AsyncRecommenderClient(url, private_key=str(key))
         plain = RecommenderClient(url, retries=0, timeout=3)
         with pytest.raises((Unavailable, DeadlineExceeded)):
             plain.recommend(["a"], ["b"])

@@ -81,14 +81,9 @@ def test_targets_and_service_config():
                          ("nosuch.invalid:1,127.0.0.1:2", "cannot resolve 'nosuch.invalid'")):
         with pytest.raises(ValueError, match=message):
             grpc_target(bad)
-    config = service_config(retries=3, backoff_s=0.1, max_backoff_s=2.0)
-    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
-    policy = config["methodConfig"][0]["retryPolicy"]
-    assert policy["maxAttempts"] == 4 and policy["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert service_config(retries=100, backoff_s=0.1, max_backoff_s=2.0)["methodConfig"][0]["retryPolicy"][
-        "maxAttempts"] == 5                                # gRPC's ceiling
-    assert "methodConfig" not in service_config(retries=0, backoff_s=0.1, max_backoff_s=2.0)   # retries=0: none
-    assert ("grpc.lb_policy_name", "round_robin") in channel_args(3, 0.1, 2.0)
+    config = service_config()                   # no gRPC retry policy: the client's loop is the one budget
+    assert config == {"loadBalancingConfig": [{"round_robin": {}}]}
+    assert ("grpc.lb_policy_name", "round_robin") in channel_args()
 
 
 def test_async_client_spreads_a_batch_over_both_replicas(replicas):
