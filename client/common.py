@@ -28,10 +28,12 @@ from genrec.core.contract import (
 )
 from genrec.core.profiles import generated_id, profile_vector
 from genrec.core.requests import (
+    RETRIEVAL_OPTIONS,
     IdRequest,
     Limits,
     RequestError,
     UserRequest,
+    refuse_retrieval_options,
     validate,
     validate_ids,
     validate_profile,
@@ -282,8 +284,17 @@ def profile_input(req: RecommendRequest, served: Served | None):
     return validate_profile(profile_vector(req.profile, served.categories), served.categories)
 
 
+def retrieval_options(req: RecommendRequest) -> list[str]:
+    """Which retrieval options ``req`` sets, by their tensor names (RETRIEVAL_OPTIONS)."""
+    return [name for name, given in zip(RETRIEVAL_OPTIONS, (req.k is not None, bool(req.exclude_ids),
+                                                             req.categories is not None, req.include_history))
+            if given]
+
+
 def prepare(req: RecommendRequest, limits: Limits, served: Served | None = None) -> UserRequest | IdRequest:
     try:
+        if not req.retrieves:                          # candidates given: ranked as sent, nothing dropped silently
+            refuse_retrieval_options(retrieval_options(req))
         req = with_generated(req, limits)
         profile = profile_input(req, served)
         if req.retrieves and served is not None:       # the server's checks of k and the filters, here first

@@ -387,6 +387,13 @@ def _recommend(sub: argparse._SubParsersAction) -> None:
         if retrieve and (history or not args.history_id):
             raise UserError("recommend: give --candidates-file (rank these), or --history-id without candidates "
                             "(retrieve from the server's index)")
+        # with --candidates-file (texts) the retrieval flags would be dropped silently: refused, naming them
+        dropped = [flag for flag, value in (("--history-id", args.history_id), ("--exclude-id", args.exclude_id),
+                                            ("--category", args.category)) if value and not retrieve]
+        if dropped:
+            raise UserError(f"recommend: {', '.join(dropped)} only go with retrieval (--history-id without "
+                            "--candidates-file); with --candidates-file give the history as texts "
+                            "(--history/--history-file)")
         candidates = [] if retrieve else _read_items(args.candidates_file)
         try:
             client = RecommenderClient(args.url, timeout=args.timeout, ssl=args.ssl or bool(args.root_cert),

@@ -91,6 +91,12 @@ CASES = {
         "recommend --history Stocks --candidates-file {d}/latin1.tsv", "not UTF-8"),
     "recommend with a missing candidates file": (
         "recommend --history Stocks --candidates-file {d}/no-such.tsv", "no-such.tsv"),
+    # issue 27.8: flags the candidates-file path would drop (it ranked with an empty history, no filters)
+    "recommend with history ids and a candidates file": (
+        "recommend --history-id N1 --candidates-file {d}/ok.tsv", "--history-id only go with retrieval"),
+    "recommend with retrieval filters and a candidates file": (
+        "recommend --history Stocks --exclude-id N1 --category news --candidates-file {d}/ok.tsv",
+        "--exclude-id, --category only go with retrieval"),
     "recommend to a server that is not there": (
         "recommend --url 127.0.0.1:1 --history-id N1 --timeout 2", "recommend: "),
 }

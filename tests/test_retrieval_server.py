@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from workers import THREADS
 
 from genrec.client import InvalidRequest, RecommenderClient
+from genrec.core.contract import MAX_EXCLUDE
 
 M = 200
 
@@ -157,9 +158,29 @@ def test_bad_retrieval_input_is_invalid_argument_and_the_server_stays_up(retriev
         restrict_category=("BYTES", [known, "no-such-topic"]))
     assert "restrict_category is empty" in infer(restrict_category=("BYTES", []))
     assert "exclude_id[0]" in infer(exclude_id=("BYTES", [""]))
+    # issue 27.7: exclude_id is bounded like every other list (each id widened the ANN fetch by one row)
+    too_many = [f"x{i}" for i in range(MAX_EXCLUDE + 1)]
+    assert f"exclude_id has {MAX_EXCLUDE + 1} ids; the limit is {MAX_EXCLUDE}" in infer(exclude_id=("BYTES", too_many))
+    assert "restrict_category has" in infer(restrict_category=("BYTES", [known] * 10_000))
+    # issue 27.8: retrieval's options with candidates were ignored by the server: refused, naming them
+    cands = hist[:2]
+    assert "k, exclude_id only apply to retrieval" in infer(candidate_id=("BYTES", cands), k=("INT32", [3]),
+                                                            exclude_id=("BYTES", hist[:1]))
+    assert "include_history only apply to retrieval" in infer(candidate_id=("BYTES", cands),
+                                                               include_history=("BOOL", [True]))
     client = RecommenderClient(retrieval_server.grpc_url, timeout=30)
     with pytest.raises(InvalidRequest, match="k is 0"):           # the client checks first, same message
         client.recommend(history_ids=hist, k=0)
+    with pytest.raises(InvalidRequest, match=f"exclude_id has {MAX_EXCLUDE + 1} ids"):
+        client.recommend(history_ids=hist, exclude_ids=too_many)
+    assert len(client.recommend(history_ids=hist, exclude_ids=too_many[:MAX_EXCLUDE], k=3).items) == 3
+    for extra, names in (({"k": 3}, "k"), ({"exclude_ids": hist[:1]}, "exclude_id"),
+                         ({"categories": [known]}, "restrict_category"),
+                         ({"include_history": True}, "include_history")):
+        with pytest.raises(InvalidRequest, match=f"^{names} only apply to retrieval"):   # the client dropped these
+            client.recommend(history_ids=hist, candidate_ids=cands, **extra)
+        with pytest.raises(InvalidRequest, match=f"^{names} only apply to retrieval"):   # ...and on the text path
+            client.recommend(["a title"], ["another title"], **extra)
     assert raw.is_server_ready()
     assert len(client.recommend(history_ids=hist, k=3).items) == 3
 

@@ -24,6 +24,8 @@ CONTRACT_VERSION = "genrec.contract/6"   # /2: item statistics (heads inputs, op
 MAX_HISTORY = 50            # history items per request; more is an error (send the most recent 50)
 MAX_CANDIDATES = 300        # default candidate limit (repository build --max-candidates)
 MAX_TEXT_BYTES = 4096       # UTF-8 bytes per text; tokenization keeps the first max_length tokens anyway
+MAX_EXCLUDE = 1000          # retrieval: exclude_id ids per request; each widens the ANN fetch by one row, so an
+                            # unbounded list was an unbounded search (a service's "already shown" list fits)
 
 # Raw item statistics, the last axis (S) of the *_stats tensors, in this order (see genrec.core.stats): three counts,
 # then the item's collaborative vector (who clicked it, factorized from the log's click histories). The heads
@@ -254,7 +256,7 @@ RECOMMEND = GraphSpec(
         TensorSpec("new_item_category", "BYTES", ("M",), "their categories ('' = unknown)"),
         TensorSpec("new_item_subcategory", "BYTES", ("M",), "their subcategories ('' = unknown)"),
         TensorSpec("k", "INT32", (1,), "retrieval: items to return (1..retrieval_m; default 10)", optional=True),
-        TensorSpec("exclude_id", "BYTES", ("E",), "retrieval: ids never to return", optional=True),
+        TensorSpec("exclude_id", "BYTES", ("E",), "retrieval: ids never to return (0..1000)", optional=True),
         TensorSpec("restrict_category", "BYTES", ("R",),
                    "retrieval: return only items of these categories (names the model knows)", optional=True),
         TensorSpec("include_history", "BOOL", (1,), "retrieval: may return the user's history items (default "

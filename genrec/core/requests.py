@@ -17,6 +17,7 @@ from genrec.core.contract import (
     ITEM_COUNTS,
     ITEM_STATS,
     MAX_CANDIDATES,
+    MAX_EXCLUDE,
     MAX_HISTORY,
     MAX_ID_BYTES,
     MAX_TEXT_BYTES,
@@ -251,11 +252,23 @@ class RetrievalRequest:
     include_history: bool
 
 
+RETRIEVAL_OPTIONS = ("k", "exclude_id", "restrict_category", "include_history")   # the tensors of retrieval
+
+
+def refuse_retrieval_options(given: Sequence[str]) -> None:
+    """Retrieval's options (``given``: which of RETRIEVAL_OPTIONS a request sent) with candidates: refused, not
+    ignored -- the server ranks exactly the candidates sent, so a filter or a k there would be silently dropped."""
+    if given:
+        raise RequestError(f"{', '.join(given)} only apply to retrieval (history_id without candidate_id); this "
+                           "request sends candidates, which are ranked as sent: leave them out (or the candidates)")
+
+
 def validate_retrieval(k: Sequence[int] | None, exclude_id: Sequence[bytes | str] | None,
                        restrict_category: Sequence[bytes | str] | None, include_history: Sequence[bool] | None,
                        retrieval_m: int, category_ids: dict[str, int]) -> RetrievalRequest:
     """A no-candidate request's options: 1 <= k <= retrieval_m (default RETRIEVAL_K, capped at retrieval_m),
-    exclude_id ids as candidate ids are, restrict_category names the model knows (``category_ids``: name -> id)."""
+    at most MAX_EXCLUDE exclude_id ids (checked as candidate ids are), restrict_category names the model knows
+    (``category_ids``: name -> id), at most one per category."""
     from genrec.core.contract import RETRIEVAL_K
 
     if retrieval_m <= 0:
@@ -267,8 +280,13 @@ def validate_retrieval(k: Sequence[int] | None, exclude_id: Sequence[bytes | str
     if not 1 <= value <= retrieval_m:
         raise RequestError(f"k is {value}; send 1 to {retrieval_m} (the items this server retrieves before "
                            "re-ranking)")
+    if exclude_id is not None and len(exclude_id) > MAX_EXCLUDE:
+        raise RequestError(f"exclude_id has {len(exclude_id)} ids; the limit is {MAX_EXCLUDE}")
     cats = None
     if restrict_category is not None:
+        if len(restrict_category) > len(category_ids):
+            raise RequestError(f"restrict_category has {len(restrict_category)} names; this model has "
+                               f"{len(category_ids)} categories (name each at most once)")
         names = _decode(restrict_category, "restrict_category", text=False, limits=Limits())
         if not names:
             raise RequestError("restrict_category is empty; leave it out to allow every category")

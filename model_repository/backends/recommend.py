@@ -39,7 +39,15 @@ from genrec.core.contract import SOURCE_CACHE as CACHE
 from genrec.core.contract import SOURCE_ENCODED as ENCODED
 from genrec.core.contract import SOURCE_INDEX as INDEX
 from genrec.core.index import IndexMismatch, LiveIndex
-from genrec.core.requests import Limits, RequestError, validate_ids, validate_profile, validate_retrieval
+from genrec.core.requests import (
+    RETRIEVAL_OPTIONS,
+    Limits,
+    RequestError,
+    refuse_retrieval_options,
+    validate_ids,
+    validate_profile,
+    validate_retrieval,
+)
 from genrec.core.runtime import OrtHeads, profile_or_zeros
 from genrec.core.vcache import VectorLRU
 from genrec.model_repository.backends.common import (
@@ -133,9 +141,10 @@ class RecommendModel:
         cand = get_optional(request, "candidate_id", ndim=1)
         raw["candidate_id"] = [] if cand is None else cand.tolist()
         retrieval = None
-        if not raw["candidate_id"]:             # no candidates: retrieve them from the whole index
-            opt = {name: get_optional(request, name, ndim=1) for name in (
-                "k", "exclude_id", "restrict_category", "include_history")}
+        opt = {name: get_optional(request, name, ndim=1) for name in RETRIEVAL_OPTIONS}
+        if raw["candidate_id"]:                 # candidates are ranked as sent: retrieval's options are refused
+            refuse_retrieval_options([name for name, v in opt.items() if v is not None])
+        else:                                   # no candidates: retrieve them from the whole index
             retrieval = validate_retrieval(*(None if v is None else v.tolist() for v in opt.values()),
                                            self.retrieval_m, getattr(self, "category_ids", {}))
         req = validate_ids(raw["history_id"], raw["candidate_id"], raw["new_item_id"], raw["new_item_text"],
