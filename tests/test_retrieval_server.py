@@ -8,6 +8,7 @@ on the tiny project-generated data; bad input gets INVALID_ARGUMENT naming what 
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -36,13 +37,25 @@ def retrieval_index(fp32_index, artifacts, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def retrieval_server(artifacts, retrieval_index, item_stats_dir, tmp_path_factory):
+def served_stats(item_stats_dir, tmp_path_factory):
+    """This module's own copy of the item statistics (the swap test rewrites it; the server re-checks it often)."""
+    folder = tmp_path_factory.mktemp("retrieval-stats") / "stats"
+    shutil.copytree(item_stats_dir, folder)
+    return folder
+
+
+SWAP_REFRESH_MS = 20
+
+
+@pytest.fixture(scope="module")
+def retrieval_server(artifacts, retrieval_index, served_stats, tmp_path_factory):
     from genrec.model_repository.builder import RepositoryConfig, build_repository
     from genrec.server.launcher import running_server
 
     repo = build_repository(artifacts.root, tmp_path_factory.mktemp("retrieval-repo") / "repo",
                             RepositoryConfig(precision="fp32", index=str(retrieval_index), recommend_instances=1,
-                                             stats=str(item_stats_dir), retrieval_m=M))
+                                             stats=str(served_stats), retrieval_m=M,
+                                             stats_refresh_ms=SWAP_REFRESH_MS))
     with running_server(repo) as srv:
         yield srv
 
@@ -221,3 +234,73 @@ def test_served_retrieval_is_the_ann_items_plus_the_popular_ones_reranked(retrie
         assert got == expected, (hist[:3], got, expected)
         popular_in_top += int((best >= len(ann)).any())
     assert popular_in_top >= 3, "no answer used a popular item: the second source is not exercised"
+
+
+def test_a_stats_swap_under_retrieval_load_never_mixes_two_versions(retrieval_server, retrieval_index, served_stats,
+                                                                    tiny_data, tmp_path):
+    """Issue 27.6: retrieval read the live stats table three times per request (history stats, candidates' stats,
+    the popular pool), so a swap between the reads mixed two versions. The folder is flipped between two versions
+    (train and dev statistics) every few ms while three callers retrieve: every answer must be one version's."""
+    import json
+    import os
+    import threading
+
+    from genrec.core.index import ItemIndex
+    from genrec.core.statstore import build_stats
+
+    other = build_stats([tiny_data / "dev" / "behaviors.tsv"], tmp_path / "dev", log=lambda _m: None)
+    for f in other.iterdir():                                  # content-named data files: both versions side by side
+        if f.name != "stats.json":
+            shutil.copy(f, served_stats / f.name)
+    manifests = [(served_stats / "stats.json").read_bytes(), (other / "stats.json").read_bytes()]
+    assert json.loads(manifests[0])["files"] != json.loads(manifests[1])["files"]
+
+    def publish(version: int) -> None:
+        tmp = served_stats / "stats.json.swap"
+        tmp.write_bytes(manifests[version])
+        os.replace(tmp, served_stats / "stats.json")            # a new inode: the server's next check reloads
+
+    client = RecommenderClient(retrieval_server.grpc_url, timeout=30)
+    users = [h for h, _ in _users(tiny_data, ItemIndex(retrieval_index), 6)] + [[]]
+
+    def answers() -> list[list[tuple[str, float]]]:
+        return [[(it.item_id, it.score) for it in client.recommend(history_ids=u, k=10).items] for u in users]
+
+    def same(a, b) -> bool:
+        return [i for i, _ in a] == [i for i, _ in b] and np.allclose([s for _, s in a], [s for _, s in b],
+                                                                         atol=1e-5)
+
+    pure = []
+    for version in (0, 1):
+        publish(version)
+        time.sleep(20 * SWAP_REFRESH_MS / 1000)
+        pure.append(answers())
+    assert sum(not same(a, b) for a, b in zip(*pure)) >= 4, "the two versions answer alike: this proves nothing"
+    stop, bad, done = threading.Event(), [], []
+
+    def caller(k: int) -> None:
+        c = RecommenderClient(retrieval_server.grpc_url, timeout=30)
+        i = k
+        while not stop.is_set():
+            u = i % len(users)
+            got = [(it.item_id, it.score) for it in c.recommend(history_ids=users[u], k=10).items]
+            if not (same(got, pure[0][u]) or same(got, pure[1][u])):
+                bad.append((u, got[:3]))
+            done.append(u)
+            i += 3
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    rng = np.random.default_rng(0)
+    try:
+        for flip in range(150):                                 # ~150 swaps over ~4 s
+            publish(flip % 2)
+            time.sleep(float(rng.uniform(0.5, 1.5)) * SWAP_REFRESH_MS / 1000)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        publish(0)
+    print(f"\nstats swap under retrieval load: {len(done)} answers, {len(bad)} mixed")
+    assert len(done) >= 100 and not bad, bad[:3]

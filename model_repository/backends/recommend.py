@@ -153,17 +153,19 @@ class RecommendModel:
         profile = profile_or_zeros(validate_profile(get_optional(request, "user_profile", dtype=np.float32, ndim=1),
                                                     self.categories), len(self.categories))     # (K,)
         index = self.live.index                       # one generation for the whole request: read the reference once
+        table = self.stats.table if self.stats is not None else None    # one stats snapshot, likewise
         if retrieval is not None:
-            return self._retrieve(req, retrieval, index, profile)
-        return self._rank(req, index, profile)
+            return self._retrieve(req, retrieval, index, table, profile)
+        return self._rank(req, index, table, profile)
 
-    def _rank(self, req, index, profile, retrieved: np.ndarray | None = None):
-        """Score ``req``'s candidates, or (``retrieved``: global rows of ``index``) the retrieved items."""
+    def _rank(self, req, index, table, profile, retrieved: np.ndarray | None = None):
+        """Score ``req``'s candidates, or (``retrieved``: global rows of ``index``) the retrieved items.
+        ``index`` and ``table`` (stats, or None) are the request's one snapshot of each."""
         ids = [*req.history_id, *req.candidate_id]
         n_hist = len(req.history_id)
         raw_ids = [i.encode("utf-8") for i in ids]
         rows = index.rows(raw_ids)                                               # (N,) -1 = not indexed
-        stats = (self.stats.table.lookup(raw_ids) if self.stats is not None   # one snapshot per request
+        stats = (table.lookup(raw_ids) if table is not None
                  else np.zeros((len(ids), N_STATS), dtype=np.float32))          # (N, S), zeros = the prior
         known = rows >= 0
         vectors = np.empty((len(ids), index.dim), dtype=np.float32)              # (N, D)
@@ -209,9 +211,10 @@ class RecommendModel:
             return response(out)
         return vectors, cats, subs, truncated, source, stats
 
-    def _retrieve(self, req, opts, index, profile):
+    def _retrieve(self, req, opts, index, table, profile):
         """No candidates: user vector -> ANN top M -> heads re-rank -> best k (see the module doc)."""
-        vectors, cats, subs, truncated, source, hist_stats = self._rank(req, index, profile, retrieved=np.zeros(0))
+        vectors, cats, subs, truncated, source, hist_stats = self._rank(req, index, table, profile,
+                                                                        retrieved=np.zeros(0))
         n_hist = len(req.history_id)
         user = self.retriever.user_vector(vectors, cats, subs)                    # (D,)
         exclude = index.rows([i.encode("utf-8") for i in opts.exclude_id]) if opts.exclude_id else np.zeros(0, int)
@@ -220,13 +223,13 @@ class RecommendModel:
         cats_allowed = None if opts.restrict_category is None else np.asarray(opts.restrict_category, np.int64)
         exclude = np.asarray(exclude, np.int64)
         rows, _ = self.retriever.search(index, user, self.retrieval_m, exclude, cats_allowed)
-        if self.retrieval_popular > 0 and self.stats is not None:    # second source: the most popular items
-            extra = self._popular_pool(index).pick(self.retrieval_popular, np.concatenate([exclude, rows]),
+        if self.retrieval_popular > 0 and table is not None:    # second source: the most popular items
+            extra = self._popular_pool(index, table).pick(self.retrieval_popular, np.concatenate([exclude, rows]),
                                                    cats_allowed)
             rows = np.concatenate([rows, extra])
         c_vec, c_cut, c_cat, c_sub = index.take(rows)
         c_ids = _ids_of(index, rows)
-        c_stats = (self.stats.table.lookup(c_ids) if self.stats is not None
+        c_stats = (table.lookup(c_ids) if table is not None
                    else np.zeros((len(rows), N_STATS), dtype=np.float32))
         if not len(rows):                 # nothing left after the filters: an empty, well-formed answer
             k = len(self.assets.category_vocab)
@@ -246,11 +249,10 @@ class RecommendModel:
         return response(out)
 
 
-    def _popular_pool(self, index):
-        """The PopularPool of the served stats and index generations, rebuilt when either switches."""
+    def _popular_pool(self, index, table):
+        """The PopularPool of the request's stats and index snapshots, rebuilt when either switches."""
         from genrec.core.retrieval import PopularPool
 
-        table = self.stats.table
         built_table, built_index, pool = self._popular
         if built_table is not table or built_index is not index:
             pool = PopularPool.build(index, table, max(POPULAR_POOL, 8 * self.retrieval_popular))
