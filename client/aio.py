@@ -7,13 +7,12 @@ import itertools
 import time
 from collections.abc import Sequence
 
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from genrec.client import common
 from genrec.client.errors import GenrecClientError, Unavailable
-from genrec.client.types import NewItem, Recommendations, RecommendRequest
+from genrec.client.types import Recommendations, RecommendRequest
 
 
 class AsyncRecommenderClient(common.ClientBase):
@@ -52,34 +51,15 @@ class AsyncRecommenderClient(common.ClientBase):
 
     check_contract = served
 
-    async def recommend(self, history: Sequence[str] = (), candidates: Sequence[str] = (), *,
-                        history_categories: Sequence[str] | None = None,
-                        candidate_categories: Sequence[str] | None = None,
-                        history_subcategories: Sequence[str] | None = None,
-                        candidate_subcategories: Sequence[str] | None = None, top_k: int | None = None,
-                        history_ids: Sequence[str] | None = None, candidate_ids: Sequence[str] | None = None,
-                        new_items: dict[str, NewItem] | None = None,
-                        history_stats: Sequence[Sequence[float]] | None = None,
-                        candidate_stats: Sequence[Sequence[float]] | None = None,
-                        k: int | None = None, exclude_ids: Sequence[str] | None = None,
-                        categories: Sequence[str] | None = None, include_history: bool = False,
-                        profile: Sequence[str] | None = None,
-                        generated: Sequence[str] | None = None) -> Recommendations:
-        return await self.recommend_request(RecommendRequest(
-            history, candidates, history_categories, candidate_categories, history_subcategories,
-            candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
-            candidate_stats, k, exclude_ids, categories, include_history, profile, generated))
+    async def recommend(self, history: Sequence[str] = (), candidates: Sequence[str] = (),
+                        **fields) -> Recommendations:
+        """As :meth:`genrec.client.RecommenderClient.recommend` (the same request factory), awaitable."""
+        return await self.recommend_request(RecommendRequest(history, candidates, **fields))
 
     async def recommend_request(self, req: RecommendRequest) -> Recommendations:
-        model = self.index_model if req.by_id else self.model
-        start = time.perf_counter()
-        deadline = time.monotonic() + self.timeout               # one deadline for the whole call
-        served = await self.served(model, deadline)
-        user = common.prepare(req, served.limits, served)
-        inputs = common.encode_inputs(user, grpcclient.InferInput, req)
-        result = await self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
-                                                             compression_algorithm=self.compression), deadline)
-        return common.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)
+        call = common.Call(self, req)
+        call.prepare(await self.served(call.model, call.deadline))
+        return call.decode(await self._call(call.infer(self._grpc), call.deadline))
 
     async def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 32,
                              return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:

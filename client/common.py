@@ -406,3 +406,34 @@ def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, se
                           key=lambda kv: -kv[1]))
     return Recommendations(tuple(items), model, served.version, profile,
                            tuple(int(i) for i in np.flatnonzero(truncated[:n_hist])), latency_ms)
+
+
+class Call:
+    """One ``recommend`` call, the same for the sync and the async client (they differ only in how they wait):
+    its model, one deadline for all of it, the checked request, its inputs, then its decoded answer."""
+
+    def __init__(self, client: ClientBase, req: RecommendRequest):
+        self.client, self.req = client, req
+        self.model = client.index_model if req.by_id else client.model
+        self.start = time.perf_counter()
+        self.deadline = time.monotonic() + client.timeout               # one deadline for the whole call
+
+    def prepare(self, served: Served) -> None:
+        self.check(served)
+        self.encode()
+
+    def check(self, served: Served) -> None:
+        """The server's checks and messages, here first (InvalidRequest)."""
+        self.served = served
+        self.user = prepare(self.req, served.limits, served)
+
+    def encode(self) -> None:
+        self.inputs = encode_inputs(self.user, self.client.GRPC.InferInput, self.req)
+
+    def infer(self, grpc):
+        """The RPC, as ``fn(remaining_seconds)`` for the client's retry loop."""
+        return lambda t: grpc.infer(self.model, self.inputs, client_timeout=t,
+                                    compression_algorithm=self.client.compression)
+
+    def decode(self, result) -> Recommendations:
+        return decode(result, self.user, self.req, self.served, self.model, (time.perf_counter() - self.start) * 1e3)

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client import common
 from genrec.client.errors import GenrecClientError, Unavailable
-from genrec.client.types import NewItem, Recommendations, RecommendRequest
+from genrec.client.types import Recommendations, RecommendRequest
 
 
 class RecommenderClient(common.ClientBase):
@@ -68,19 +68,11 @@ class RecommenderClient(common.ClientBase):
     check_contract = served
 
     # ---- API ------------------------------------------------------------------------------------
-    def recommend(self, history: Sequence[str] = (), candidates: Sequence[str] = (), *,
-                  history_categories: Sequence[str] | None = None, candidate_categories: Sequence[str] | None = None,
-                  history_subcategories: Sequence[str] | None = None,
-                  candidate_subcategories: Sequence[str] | None = None, top_k: int | None = None,
-                  history_ids: Sequence[str] | None = None, candidate_ids: Sequence[str] | None = None,
-                  new_items: dict[str, NewItem] | None = None,
-                  history_stats: Sequence[Sequence[float]] | None = None,
-                  candidate_stats: Sequence[Sequence[float]] | None = None,
-                  k: int | None = None, exclude_ids: Sequence[str] | None = None,
-                  categories: Sequence[str] | None = None, include_history: bool = False,
-                  profile: Sequence[str] | None = None, generated: Sequence[str] | None = None) -> Recommendations:
-        """Texts (+ categories) go to the ``genrec`` ensemble; ids go to the ``recommend`` model, which reads
-        indexed items' vectors and encodes only ``new_items`` (id -> text or (text, category[, subcategory])).
+    def recommend(self, history: Sequence[str] = (), candidates: Sequence[str] = (), **fields) -> Recommendations:
+        """One user's recommendations; ``fields`` are :class:`~genrec.client.RecommendRequest`'s (keywords, the
+        one request factory of both clients). Texts (+ categories) go to the ``genrec`` ensemble; ids go to the
+        ``recommend`` model, which reads indexed items' vectors
+        and encodes only ``new_items`` (id -> text or (text, category[, subcategory])).
 
         Text path only: ``history_stats`` / ``candidate_stats`` give per item [exposures, clicks, history_users]
         raw counts, then the collaborative vector of ``genrec stats build`` (``genrec.core.contract.ITEM_STATS``; a row
@@ -97,21 +89,12 @@ class RecommenderClient(common.ClientBase):
         the heads re-rank) and returns the best ``k`` (default 10, at most the served ``retrieval_m``), never the
         user's history (unless ``include_history``) nor ``exclude_ids``, only ``categories`` when given; each
         item's ``item_id`` says which. No history: the model's cold-start answer (model_repository/README.md)."""
-        return self.recommend_request(RecommendRequest(
-            history, candidates, history_categories, candidate_categories, history_subcategories,
-            candidate_subcategories, top_k, history_ids, candidate_ids, new_items, history_stats,
-            candidate_stats, k, exclude_ids, categories, include_history, profile, generated))
+        return self.recommend_request(RecommendRequest(history, candidates, **fields))
 
     def recommend_request(self, req: RecommendRequest) -> Recommendations:
-        model = self.index_model if req.by_id else self.model
-        start = time.perf_counter()
-        deadline = time.monotonic() + self.timeout               # one deadline for the whole call
-        served = self.served(model, deadline)
-        user = common.prepare(req, served.limits, served)                  # same checks and messages as the server
-        inputs = common.encode_inputs(user, grpcclient.InferInput, req)
-        result = self._call(lambda t: self._grpc.infer(model, inputs, client_timeout=t,
-                                                       compression_algorithm=self.compression), deadline)
-        return common.decode(result, user, req, served, model, (time.perf_counter() - start) * 1e3)
+        call = common.Call(self, req)
+        call.prepare(self.served(call.model, call.deadline))          # same checks and messages as the server
+        return call.decode(self._call(call.infer(self._grpc), call.deadline))
 
     def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 8,
                        return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:
