@@ -45,8 +45,11 @@ def pytest_collection_modifyitems(items) -> None:
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """A folder ``build(folder)`` fills once per test run. Alone: a fresh temp folder. Under pytest-xdist
     (``make test`` runs two workers) the first worker to get here builds it under a file lock in the run's
-    shared temp root and the others reuse it, so the suite still trains and exports exactly once."""
-    if not UNDER_XDIST:
+    shared temp root and the others reuse it, so the suite still trains and exports exactly once.
+    ``GENREC_TEST_REUSE=DIR`` (opt-in, for repeated targeted runs on a loaded machine): built once into DIR and
+    reused by later runs as long as DIR holds it (delete DIR after changing what it builds: nothing checks that)."""
+    reuse = os.environ.get("GENREC_TEST_REUSE")
+    if not UNDER_XDIST and not reuse:
         out = tmp_path_factory.mktemp(name)
         build(out)
         return out
@@ -54,7 +57,8 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 
     from filelock import FileLock
 
-    out = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    out = Path(reuse) / name if reuse else tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{out}.lock"):
         if not (out.parent / f"{out.name}.done").exists():
             shutil.rmtree(out, ignore_errors=True)
