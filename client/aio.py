@@ -59,7 +59,7 @@ class AsyncRecommenderClient(common.ClientBase):
     async def recommend_request(self, req: RecommendRequest) -> Recommendations:
         call = common.Call(self, req)
         call.prepare(await self.served(call.model, call.deadline))
-        return call.decode(await self._call(call.infer(self._grpc), call.deadline))
+        return call.decode(await self._call(call.infer_async(self._grpc), call.deadline))
 
     async def recommend_many(self, requests: Sequence[RecommendRequest], concurrency: int = 32,
                              return_exceptions: bool = False) -> list[Recommendations | GenrecClientError]:

@@ -11,9 +11,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import grpc as grpc_module
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from genrec.client import wire
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
 from genrec.core.contract import (
@@ -333,7 +335,8 @@ def _fields(user: UserRequest | IdRequest) -> dict[str, list[str]]:
 
 
 def bytes_input(infer_input_cls, name: str, values: Sequence[str | bytes], dtype: str = "BYTES"):
-    """A BYTES tensor of UTF-8 encoded ``values`` (bytes pass as given), for tritonclient's grpc or aio API."""
+    """A BYTES tensor of UTF-8 encoded ``values`` (bytes pass as given) for tritonclient's grpc or aio API (the
+    soak and the tests' raw requests; the clients themselves build :mod:`genrec.client.wire` messages)."""
     arr = np.array([v.encode("utf-8") if isinstance(v, str) else v for v in values], dtype=np.object_)
     arr = arr.reshape(len(values))
     inp = infer_input_cls(name, list(arr.shape), dtype)
@@ -341,76 +344,84 @@ def bytes_input(infer_input_cls, name: str, values: Sequence[str | bytes], dtype
     return inp
 
 
-def encode_inputs(user: UserRequest | IdRequest, infer_input_cls, req: RecommendRequest | None = None) -> list:
-    inputs = [bytes_input(infer_input_cls, name, values) for name, values in _fields(user).items()
-              if not (name == "candidate_id" and not values)]     # absent = retrieve (optional input)
+def encode_inputs(user: UserRequest | IdRequest, tensors: wire.Tensors, req: RecommendRequest | None = None):
+    """The request's tensors (named as the contract names them) added to ``tensors``."""
+    for name, values in _fields(user).items():
+        if not (name == "candidate_id" and not values):            # absent = retrieve (optional input)
+            tensors.add_bytes(name, values)
     if req is not None and req.retrieves:
         if req.k is not None:
-            inp = infer_input_cls("k", [1], "INT32")
-            inp.set_data_from_numpy(np.array([req.k], dtype=np.int32))
-            inputs.append(inp)
+            tensors.add_array("k", "INT32", np.array([req.k], dtype=np.int32))
         if req.exclude_ids:
-            inputs.append(bytes_input(infer_input_cls, "exclude_id", list(req.exclude_ids)))
+            tensors.add_bytes("exclude_id", list(req.exclude_ids))
         if req.categories is not None:
-            inputs.append(bytes_input(infer_input_cls, "restrict_category", list(req.categories)))
+            tensors.add_bytes("restrict_category", list(req.categories))
         if req.include_history:
-            inp = infer_input_cls("include_history", [1], "BOOL")
-            inp.set_data_from_numpy(np.array([True]))
-            inputs.append(inp)
+            tensors.add_array("include_history", "BOOL", np.array([True]))
     optional = ("history_stats", "candidate_stats", "user_profile") if isinstance(user, UserRequest) else (
         "user_profile",)
     for name in optional:                      # optional: sent only when given (absent = zeros = the prior)
         value = getattr(user, name)
         if value is not None:
-            inp = infer_input_cls(name, list(value.shape), "FP32")
-            inp.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-            inputs.append(inp)
-    return inputs
+            tensors.add_array(name, "FP32", value)
+    return tensors
 
 
 def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, served: Served, model: str,
            latency_ms: float) -> Recommendations:
     scores = result.as_numpy("scores")                      # (C,)
     tasks = {name: result.as_numpy(name) for name in TASK_OUTPUTS}
-    explanation = result.as_numpy("explanation")            # (C, H)
+    explanation = result.as_numpy("explanation")            # (C, H); None when the caller asked for none
     topics = result.as_numpy("user_topics")                 # (K,)
     if isinstance(user, IdRequest):
         hist_ids, cand_ids = user.history_id, user.candidate_id
         if req.retrieves:                                   # the server chose the candidates: their ids
             cand_ids = [i.decode("utf-8") for i in result.as_numpy("item_id")]
-        texts = {k: v[0] for k, v in user.new_items.items()}
-        hist_text, cand_text = [texts.get(i, "") for i in hist_ids], [texts.get(i, "") for i in cand_ids]
-        cand_cat = [user.new_items[i][1] if i in user.new_items else "" for i in cand_ids]
-        source = [ITEM_SOURCES[s] for s in result.as_numpy("item_source")]     # (H + C,)
-        truncated = result.as_numpy("truncated")            # (H + C,)
+        new = user.new_items
+        hist_text = [new[i][0] if i in new else "" for i in hist_ids] if new else [""] * len(hist_ids)
+        cand_text = [new[i][0] if i in new else "" for i in cand_ids] if new else [""] * len(cand_ids)
+        cand_cat = [new[i][1] if i in new else "" for i in cand_ids] if new else [""] * len(cand_ids)
+        source = [ITEM_SOURCES[s] for s in result.as_numpy("item_source").tolist()]     # (H + C,)
     else:
         hist_ids, cand_ids = [""] * len(user.history_text), [""] * len(user.candidate_text)
         hist_text, cand_text, cand_cat = user.history_text, user.candidate_text, user.candidate_category
         source = [""] * (len(hist_ids) + len(cand_ids))
-        truncated = result.as_numpy("truncated")            # (H + C,)
+    truncated = result.as_numpy("truncated").tolist()       # (H + C,)
     n_hist = len(hist_ids)
     order = np.argsort(-scores, kind="stable")
     if req.top_k is not None:
         order = order[: max(0, req.top_k)]
-    items = []
-    for c in order:
-        weights = explanation[c] if explanation.size else np.zeros(0)
-        top = np.argsort(-weights, kind="stable")[:EXPLAIN_TOP]
-        items.append(RecommendedItem(
-            index=int(c), text=cand_text[c], category=cand_cat[c], score=float(scores[c]),
-            tasks={k: float(v[c]) for k, v in tasks.items()},
-            because=tuple(Because(int(h), hist_text[h], float(weights[h]), hist_ids[h]) for h in top),
-            truncated=bool(truncated[n_hist + c]), item_id=cand_ids[c], source=source[n_hist + c]))
+    order = order.tolist()
+    score_list = scores.tolist()
+    task_lists = {k: v.tolist() for k, v in tasks.items()}
+    if explanation is not None and explanation.size:         # every row's best history items in one sort
+        top = np.argsort(-explanation, axis=1, kind="stable")[:, :EXPLAIN_TOP]
+        weights = np.take_along_axis(explanation, top, axis=1).tolist()
+        top = top.tolist()
+    else:
+        top = weights = [[] for _ in score_list]
+    # positional, in the dataclasses' field order: the loop builds C items and C x 3 reasons (the decoder's cost)
+    item, because = RecommendedItem, Because
+    items = [item(c, cand_text[c], cand_cat[c], score_list[c], {k: v[c] for k, v in task_lists.items()},
+                  tuple([because(h, hist_text[h], w, hist_ids[h]) for h, w in zip(top[c], weights[c])]),
+                  truncated[n_hist + c], cand_ids[c], source[n_hist + c]) for c in order]
     names = served.categories if len(served.categories) == len(topics) else [str(i) for i in range(len(topics))]
-    profile = dict(sorted(((names[i] or "<unknown>", float(p)) for i, p in enumerate(topics)),
+    profile = dict(sorted(((names[i] or "<unknown>", p) for i, p in enumerate(topics.tolist())),
                           key=lambda kv: -kv[1]))
     return Recommendations(tuple(items), model, served.version, profile,
-                           tuple(int(i) for i in np.flatnonzero(truncated[:n_hist])), latency_ms)
+                           tuple(i for i in range(n_hist) if truncated[i]), latency_ms)
+
+
+# what a call asks for when the caller wants no explanations (RecommendRequest.explain=False): every output but
+# the (C, H) explanation matrix; by_id -> the recommend model's outputs, else the genrec ensemble's
+ANSWER_OUTPUTS = {by_id: tuple(t.name for t in spec.outputs if t.name != "explanation")
+                  for by_id, spec in ((True, RECOMMEND), (False, ENSEMBLE))}
 
 
 class Call:
     """One ``recommend`` call, the same for the sync and the async client (they differ only in how they wait):
-    its model, one deadline for all of it, the checked request, its inputs, then its decoded answer."""
+    its model, one deadline for all of it, the checked request, its KServe message (:mod:`genrec.client.wire`:
+    built once, reused by every retry), then its decoded answer."""
 
     def __init__(self, client: ClientBase, req: RecommendRequest):
         self.client, self.req = client, req
@@ -428,12 +439,32 @@ class Call:
         self.user = prepare(self.req, served.limits, served)
 
     def encode(self) -> None:
-        self.inputs = encode_inputs(self.user, self.client.GRPC.InferInput, self.req)
+        tensors = wire.Tensors()
+        encode_inputs(self.user, tensors, self.req)
+        self.message = tensors.request(self.model, None if self.req.explain else ANSWER_OUTPUTS[self.req.by_id])
 
     def infer(self, grpc):
-        """The RPC, as ``fn(remaining_seconds)`` for the client's retry loop."""
-        return lambda t: grpc.infer(self.model, self.inputs, client_timeout=t,
-                                    compression_algorithm=self.client.compression)
+        """The RPC on the client's channel (tritonclient's stub), as ``fn(remaining_seconds)`` for the client's
+        retry loop; returns a :class:`wire.Result`."""
+        stub, compression = grpc._client_stub, wire.COMPRESSION[self.client.compression]
+
+        def call(timeout: float):
+            try:
+                return wire.Result(stub.ModelInfer(self.message, timeout=timeout, compression=compression))
+            except grpc_module.RpcError as exc:
+                raise wire.server_error(exc) from None
+        return call
+
+    def infer_async(self, grpc):
+        """:meth:`infer` for the asyncio client (tritonclient.grpc.aio's channel): ``await fn(remaining)``."""
+        stub, compression = grpc._client_stub, wire.COMPRESSION[self.client.compression]
+
+        async def call(timeout: float):
+            try:
+                return wire.Result(await stub.ModelInfer(self.message, timeout=timeout, compression=compression))
+            except grpc_module.RpcError as exc:
+                raise wire.server_error(exc) from None
+        return call
 
     def decode(self, result) -> Recommendations:
         return decode(result, self.user, self.req, self.served, self.model, (time.perf_counter() - self.start) * 1e3)

@@ -80,6 +80,9 @@ class RecommendRequest:
     # cold-users`), sent as the oldest history items of unknown category (the server has no LLM). Counted in
     # the history limit (the real history is kept first); `because` indices count them too (they come first).
     generated: Sequence[str] | None = None
+    # False: no explanations -- the call asks the server for every output but the (C, H) explanation matrix and
+    # every item's ``because`` is empty (scores and tasks are the same). True (default): as always.
+    explain: bool = True
 
     @property
     def by_id(self) -> bool:

@@ -364,3 +364,61 @@ def test_first_call_has_one_deadline_sync_and_async(server, requests_corpus):
             return seen
     seen = asyncio.run(main())
     assert len(seen) == 3 and len(set(seen)) == 1, seen
+
+
+def _reference(result, top_k=None):
+    """What the client answered before its fast path (tritonclient's InferResult, one row at a time): per ranked
+    candidate (index, score, tasks, because as (history index, weight))."""
+    scores, expl = result.as_numpy("scores"), result.as_numpy("explanation")
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    out = []
+    for c in order:
+        weights = expl[c] if expl.size else np.zeros(0)
+        top = np.argsort(-weights, kind="stable")[:3]
+        out.append((int(c), float(scores[c]), {n: float(result.as_numpy(n)[c]) for n in ("topic_affinity",
+                                                                                       "category_confidence")},
+                    [(int(h), float(weights[h])) for h in top]))
+    return out
+
+
+def _answer(recs):
+    return [(it.index, it.score, it.tasks, [(b.history_index, b.weight) for b in it.because]) for it in recs]
+
+
+def test_fast_path_answers_exactly_what_tritonclient_decodes_on_the_same_requests(server, tiny_data,
+                                                                                  requests_corpus):
+    """Issue 28: the client builds the KServe message itself and reads outputs as views of the response bytes.
+    On the same requests (id path and text path) its answers equal, bit for bit, what tritonclient's own
+    InferInput / InferResult path gives decoded the way the client always did; explain=False gives the same
+    scores and tasks without explanations (and asks the server for one output fewer)."""
+    from triton_helpers import bytes_input
+
+    from genrec.core.mind import load_split
+
+    split = load_split(tiny_data / "dev")
+    news = {line.split("\t")[0] for line in (tiny_data / "train" / "news.tsv").read_text().splitlines()}
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    client = RecommenderClient(server.grpc_url)
+    checked = 0
+    for imp in split.impressions[:6]:
+        hist = [h for h in imp.history if h in news][-50:]
+        cands = [c for c in imp.candidates if c in news]
+        inputs = [bytes_input("history_id", hist), bytes_input("candidate_id", cands),
+                  *(bytes_input(n, []) for n in ("new_item_id", "new_item_text", "new_item_category",
+                                                  "new_item_subcategory"))]
+        want = _reference(raw.infer("recommend", inputs))
+        assert _answer(client.recommend(history_ids=hist, candidate_ids=cands)) == want
+        lean = client.recommend(history_ids=hist, candidate_ids=cands, explain=False, top_k=5)
+        assert [a[:3] for a in _answer(lean)] == [w[:3] for w in want[:5]]
+        assert all(not it.because for it in lean)
+        checked += 1
+    assert checked == 6
+    r = requests_corpus[2]
+    want = _reference(raw.infer("genrec", text_inputs(r["history"], r["candidates"])))
+    assert _answer(client.recommend_request(_req(r))) == want
+
+    async def run():
+        async with AsyncRecommenderClient(server.grpc_url) as aclient:
+            return await aclient.recommend_request(dataclasses.replace(_req(r), explain=False))
+
+    assert [a[:3] for a in _answer(asyncio.run(run()))] == [w[:3] for w in want]

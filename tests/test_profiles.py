@@ -269,6 +269,7 @@ def test_profile_validation_names_what_and_where():
 
 
 def test_client_sends_generated_titles_as_the_oldest_history_and_topics_as_the_profile():
+    from genrec.client import wire
     from genrec.client.common import Served, encode_inputs, prepare
     from genrec.client.types import RecommendRequest
     from genrec.core.requests import Limits
@@ -280,10 +281,10 @@ def test_client_sends_generated_titles_as_the_oldest_history_and_topics_as_the_p
     assert user.history_text == ["gen 2", "real 1", "real 2"]               # the real history is kept first
     assert user.history_category == ["", "drama", "drama"]
     np.testing.assert_array_equal(user.user_profile, [0, 0, 1])
-    assert "user_profile" in {i.name() for i in encode_inputs(user, grpcclient.InferInput, req)}
+    assert "user_profile" in {t.name for t in encode_inputs(user, wire.Tensors(), req).specs}
     plain = prepare(RecommendRequest(["real 1"], ["cand"]), served.limits, served)
     assert plain.user_profile is None and "user_profile" not in {
-        i.name() for i in encode_inputs(plain, grpcclient.InferInput)}       # absent: old servers keep working
+        t.name for t in encode_inputs(plain, wire.Tensors()).specs}          # absent: old servers keep working
     ids = prepare(RecommendRequest(history_ids=["N1"], candidate_ids=["N2"], generated=["gen 1"], profile=["comedy"]),
                   served.limits, served)
     assert ids.history_id == [generated_id("gen 1"), "N1"] and ids.new_items[generated_id("gen 1")][0] == "gen 1"

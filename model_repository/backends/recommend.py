@@ -155,8 +155,14 @@ class RecommendModel:
         index = self.live.index                       # one generation for the whole request: read the reference once
         table = self.stats.table if self.stats is not None else None    # one stats snapshot, likewise
         if retrieval is not None:
-            return self._retrieve(req, retrieval, index, table, profile)
-        return self._rank(req, index, table, profile)
+            out = self._retrieve(req, retrieval, index, table, profile)
+        else:
+            out = self._rank(req, index, table, profile)
+            out["item_id"] = cand                     # the candidates' ids as sent (object array of bytes)
+        # only what the caller asked for (Triton names every output when it asked for none): a caller that wants
+        # no explanations saves the (C, H) matrix's copies through the stub and the wire
+        wanted = set(request.requested_output_names())
+        return response({k: v for k, v in out.items() if k in wanted} if wanted else out)
 
     def _rank(self, req, index, table, profile, retrieved: np.ndarray | None = None):
         """Score ``req``'s candidates, or (``retrieved``: global rows of ``index``) the retrieved items.
@@ -207,8 +213,7 @@ class RecommendModel:
             out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
             out["item_source"] = source
             out["truncated"] = truncated
-            out["item_id"] = np.array([i.encode("utf-8") for i in req.candidate_id], dtype=np.object_)
-            return response(out)
+            return out
         return vectors, cats, subs, truncated, source, stats
 
     def _retrieve(self, req, opts, index, table, profile):
@@ -233,11 +238,10 @@ class RecommendModel:
                    else np.zeros((len(rows), N_STATS), dtype=np.float32))
         if not len(rows):                 # nothing left after the filters: an empty, well-formed answer
             k = len(self.assets.category_vocab)
-            return response({"scores": np.zeros(0, np.float32), "topic_affinity": np.zeros(0, np.float32),
-                             "category_confidence": np.zeros(0, np.float32),
-                             "explanation": np.zeros((0, n_hist), np.float32),
-                             "user_topics": np.full(k, 1.0 / k, np.float32), "item_source": source,
-                             "truncated": truncated, "item_id": np.zeros(0, dtype=np.object_)})
+            return {"scores": np.zeros(0, np.float32), "topic_affinity": np.zeros(0, np.float32),
+                    "category_confidence": np.zeros(0, np.float32), "explanation": np.zeros((0, n_hist), np.float32),
+                    "user_topics": np.full(k, 1.0 / k, np.float32), "item_source": source,
+                    "truncated": truncated, "item_id": np.zeros(0, dtype=np.object_)}
         feeds = (np.concatenate([vectors, c_vec]), cats, subs, c_cat, c_sub, hist_stats, c_stats, profile)
         out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
         best = np.argsort(-out["scores"], kind="stable")[: opts.k]
@@ -246,7 +250,7 @@ class RecommendModel:
         out["item_source"] = np.concatenate([source, np.full(len(best), INDEX, np.int8)])
         out["truncated"] = np.concatenate([truncated, c_cut[best]])
         out["item_id"] = np.array([c_ids[i] for i in best.tolist()], dtype=np.object_)
-        return response(out)
+        return out
 
 
     def _popular_pool(self, index, table):
