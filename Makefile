@@ -81,13 +81,15 @@ test: setup
 # The serving image built and run as an operator would (tests/test_container.py; .ci/run runs it after `make test`):
 # podman, buildah, mmdebstrap and runc from Debian's packages (apt-get, once), the CPU image from a Debian rootfs and
 # this checkout's wheels, then health, a request per path, a stub killed inside, SIGTERM drain, read-only root,
-# non-root user. Skips, saying why, only where podman cannot run containers.
+# non-root user. 7-12 min on the shared 2-core machine (image build 2-3.5 min of it; docs/containers.md). Skips,
+# saying why, only where podman cannot be installed or cannot run containers.
 CONTAINER_TOOLS := podman buildah mmdebstrap runc
 test-container: setup
 	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null || \
-	  { echo "installing $(CONTAINER_TOOLS) (Debian packages)"; apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CONTAINER_TOOLS) >/dev/null; }
-	GENREC_CONTAINER_TEST=1 $(PY) -m pytest -q -rs tests/test_container.py
+	  { echo "installing $(CONTAINER_TOOLS) (Debian packages)"; { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CONTAINER_TOOLS) >/dev/null; } || \
+	    echo "could not install $(CONTAINER_TOOLS): the container tests will skip"; }
+	GENREC_CONTAINER_TEST=1 $(PY) -m pytest -q -rs -s tests/test_container.py
 
 bench: $(CORE) $(call EXTRA,bench) $(call EXTRA,plot) $(PA_STAMP)
 	$(VENV)/bin/genrec bench --out build/bench

@@ -225,7 +225,33 @@ def prepare_environment() -> tuple[Path, Path, dict[str, str]]:
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("OMP_NUM_THREADS", "1")     # ORT sizes its own pools; keep stray OpenMP pools small
+    check_stub(stub_dst, env)
     return binary, backends, env
+
+
+_STUBS_CHECKED: set[tuple[str, str]] = set()
+
+
+def check_stub(stub: Path, env: dict[str, str]) -> None:
+    """Refuse, with the loader's own words, a python-backend stub that cannot start.
+
+    Triton's python backend runs the stub without arguments before each model instance and expects exit status 1
+    (its usage error). Any other status it takes for a missing execute bit and chmods the stub, which fails on a
+    read-only root filesystem or for a non-owner, so the real cause (e.g. libpython3.11.so.1.0 missing: Debian's
+    python3 does not depend on it) shows only as "Failed to give execute permission to triton_python_backend_stub"
+    for every model. Checked once per stub and environment."""
+    key = (str(stub), env.get("LD_LIBRARY_PATH", ""))
+    if key in _STUBS_CHECKED:
+        return
+    try:
+        ran = subprocess.run([str(stub)], env=env, capture_output=True, text=True, timeout=30)
+    except OSError as err:
+        raise ServerError(f"the python-backend stub {stub} cannot be run: {err}") from None
+    if ran.returncode != 1:
+        words = (ran.stderr or ran.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise ServerError(f"the python-backend stub {stub} cannot start (exit status {ran.returncode}, Triton "
+                          f"expects 1): {words[0]}")
+    _STUBS_CHECKED.add(key)
 
 
 class TritonServer:
