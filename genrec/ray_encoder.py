@@ -27,7 +27,7 @@ import numpy as np
 
 from genrec.core import fsio
 from genrec.core.artifacts import ServingAssets
-from genrec.core.index import IndexConfig, catalog_chunks, encode_texts, seal
+from genrec.core.index import ChunkPlan, IndexConfig, catalog_chunks, encode_texts, seal
 from genrec.core.mind import iter_news
 from genrec.core.text import item_text
 from genrec.core.vcache import VectorLRU
@@ -91,7 +91,7 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
     vectors = np.memmap(out / "vectors.f32", dtype=np.float32, mode="r+", shape=(n, dim))
     cut = np.memmap(out / "truncated.u8", dtype=np.uint8, mode="r+", shape=(n,))
     seen = VectorLRU(cfg.dedupe_mb * 2**20)        # vectors back from the workers, by text key
-    plans: dict[int, dict[str, Any]] = {}          # chunk start -> what to fill in when its vectors come back
+    plans: dict[int, ChunkPlan] = {}               # chunk start -> what to fill in when its vectors come back
     counts = {"encoded": 0, "reused": 0, "rows": done + sum(min(cfg.chunk_size, n - s) for s in finished)}
     prefix = [done]
     if finished:
@@ -120,46 +120,24 @@ def encode_on_ray(catalog: Path, graph_path: Path, assets: ServingAssets, out: P
         if on_chunk is not None:
             on_chunk(counts["rows"])
 
-    def tasks() -> Iterator[tuple[int, list[str]]]:
+    def tasks() -> Iterator[tuple[int, tuple[list[str], list]]]:
         row = 0
         for chunk in catalog_chunks(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines), cfg.chunk_size):
             start, row = row, row + len(chunk)
             if row <= done or start in finished:
                 continue                                           # on disk before the interruption
-            texts = [item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk]
-            keys = ([VectorLRU.key("", t, "", "") for t in texts] if cfg.dedupe_mb
-                    else [j.to_bytes(8, "little") for j in range(len(texts))])
-            out_vec = np.empty((len(chunk), dim), dtype=np.float32)
-            out_cut = np.zeros(len(chunk), dtype=np.uint8)
-            first: dict[bytes, int] = {}
-            copies: list[tuple[int, int]] = []
-            for j, key in enumerate(keys):
-                hit = seen.get(key)
-                if hit is not None:
-                    out_vec[j], _, _, out_cut[j] = hit
-                    counts["reused"] += 1
-                elif key in first:
-                    copies.append((j, first[key]))
-                else:
-                    first[key] = j
-            todo = list(first.values())
-            plan = {"keys": keys, "vec": out_vec, "cut": out_cut, "todo": todo, "copies": copies}
-            if todo:
+            plan = ChunkPlan([item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk], dim, seen,
+                             bool(cfg.dedupe_mb))
+            if plan.texts:
                 plans[start] = plan
-                yield start, ([texts[j] for j in todo], [shipped])
+                yield start, (plan.texts, [shipped])
             else:
                 finish(start, plan, None)
 
-    def finish(row: int, plan: dict[str, Any], result: tuple[np.ndarray, np.ndarray] | None) -> None:
-        out_vec, out_cut, todo = plan["vec"], plan["cut"], plan["todo"]
-        if result is not None:
-            out_vec[todo], out_cut[todo] = result
-            counts["encoded"] += len(todo)
-            for j in todo:
-                seen.put(plan["keys"][j], out_vec[j], 0, 0, bool(out_cut[j]))
-        for j, src in plan["copies"]:
-            out_vec[j], out_cut[j] = out_vec[src], out_cut[src]
-            counts["reused"] += 1
+    def finish(row: int, plan: ChunkPlan, result: tuple[np.ndarray, np.ndarray] | None) -> None:
+        out_vec, out_cut = plan.fill(result, seen)
+        counts["encoded"] += len(plan.texts)
+        counts["reused"] += plan.reused
         write(row, out_vec, out_cut)
 
     t0 = time.perf_counter()

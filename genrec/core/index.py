@@ -163,9 +163,7 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     catalog, out = Path(catalog), Path(out)
     art = Artifacts.load(artifacts)
     assets = ServingAssets.load(art.assets)
-    graph = "encoder"
-    if cfg.encoder == "torchscript":
-        graph = TORCHSCRIPT_GRAPH
+    graph = TORCHSCRIPT_GRAPH if cfg.encoder == "torchscript" else "encoder"
     if graph not in art.manifest["precisions"].get(cfg.precision, {}):
         how = ("`genrec export --torchscript`" if graph == TORCHSCRIPT_GRAPH else
                f"`genrec export --precision {cfg.precision}`")
@@ -177,46 +175,15 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         raise IndexMismatch(f"{out} holds live generations ({CURRENT}): publish items with `genrec index add`, "
                             "or build a new index into another folder")
     fingerprint = sha256_file(catalog)
-    manifest_path = out / "index.json"
     out.mkdir(parents=True, exist_ok=True)
-
-    try:       # never garbage when written by us (atomic writes): anything else there is not ours to replace
-        manifest = fsio.read_json(manifest_path, IndexMismatch, "not a genrec index: choose another --out")
-    except FileNotFoundError:
-        manifest = None
-    if manifest is not None and not (isinstance(manifest, dict)
-                                     and str(manifest.get("format", "")).startswith("genrec.index/")):
-        raise IndexMismatch(f"{manifest_path} is not a genrec index manifest: not rebuilding {out} over it; "
-                            "choose another --out")
-    same = manifest is not None and manifest.get("format") == FORMAT and \
-        manifest.get("encoder_sha256") == encoder_sha and manifest.get("catalog_sha256") == fingerprint
-    if same and not manifest.get("complete"):
-        try:
-            int(fsio.read_json(out / "progress.json", IndexMismatch)["rows"])
-        except (OSError, IndexMismatch, KeyError, TypeError, ValueError):
-            same = False                   # no usable resume point: start over
-    if same and manifest["complete"]:
+    manifest = _resumable(out, encoder_sha, fingerprint, log)
+    if manifest is not None and manifest["complete"]:
         log(f"{out}: already complete for this catalog and encoder ({manifest['count']} items)")
         return out
-    if manifest is not None and not same:
-        log(f"{out}: built for another catalog, encoder or index format; rebuilding from scratch")
-        for name in (*FILES, *DERIVED_FILES):          # the manifest first: the folder stops being an index
-            fsio.remove(out / name)
-        manifest = None
-
-    n = 0
-    id_width = 1
     if manifest is None:
         for name in DERIVED_FILES:                     # left by an interrupted rebuild: another catalog's
             fsio.remove(out / name)
-        for item in iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines):
-            raw = item.news_id.encode("utf-8")
-            if len(raw) > MAX_ID_BYTES:
-                raise CatalogError(f"{catalog}: item id {item.news_id[:80]!r} is longer than {MAX_ID_BYTES} bytes")
-            n += 1
-            id_width = max(id_width, len(raw))
-        if n == 0:
-            raise CatalogError(f"{catalog} has no items: nothing to index")
+        n, id_width = _count_ids(catalog, cfg)
         manifest = {"format": FORMAT, "contract_version": CONTRACT_VERSION, "encoder_sha256": encoder_sha,
                     "precision": cfg.precision, "dim": assets.dim, "count": n, "id_width": id_width,
                     "catalog": str(catalog.resolve()), "catalog_sha256": fingerprint,
@@ -225,33 +192,10 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
                         json.dumps(assets.category_vocab.to_list()).encode()).hexdigest(),
                     "complete": False, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                     "build_id": uuid.uuid4().hex}          # what the segment's retrieval files record (ann.json)
-        ids = np.memmap(out / "ids.bin", dtype=f"S{id_width}", mode="w+", shape=(n,))
-        cats = np.memmap(out / "category.i64", dtype=np.int64, mode="w+", shape=(n,))
-        subs = np.memmap(out / "subcategory.i64", dtype=np.int64, mode="w+", shape=(n,))
-        for row, item in enumerate(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines)):
-            ids[row] = item.news_id.encode("utf-8")
-            cats[row] = assets.category_vocab.id(item.category)
-            subs[row] = assets.subcategory_vocab.id(item.subcategory)
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
-        if dup.size:
-            raise CatalogError(f"{catalog}: duplicate item id {sorted_ids[dup[0]].decode(errors='replace')!r} "
-                               f"({dup.size} duplicates); ids must be unique")
-        fsio.write_array(out / "order.i64", order, np.int64)
-        ids.flush(), cats.flush(), subs.flush()
-        del ids, cats, subs
-        np.memmap(out / "vectors.f32", dtype=np.float32, mode="w+", shape=(n, assets.dim)).flush()
-        np.memmap(out / "truncated.u8", dtype=np.uint8, mode="w+", shape=(n,)).flush()
-        for name in DATA_FILES:
-            fsio.fsync_path(out / name)
-        fsio.checkpoint(f"{out}: data files created")
-        fsio.write_json(out / "progress.json", {"rows": 0})
-        fsio.write_json(manifest_path, manifest)
-    n = manifest["count"]
+        _lay_out(catalog, out, assets, cfg, manifest)
     done = int(fsio.read_json(out / "progress.json", IndexMismatch)["rows"])
     if done:
-        log(f"{out}: resuming at row {done} of {n}")
+        log(f"{out}: resuming at row {done} of {manifest['count']}")
 
     if cfg.ray:
         if cfg.encoder != "onnx":
@@ -260,7 +204,124 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         return encoders.cluster(catalog, art.graph(cfg.precision, graph), assets, out, manifest, done, cfg,
                                 progress=progress, log=log, on_chunk=on_chunk)
     encoder = encoders.local[cfg.encoder](art.graph(cfg.precision, graph), cfg)
-    tokenizer = assets.tokenizer()
+    return _encode_here(catalog, out, manifest, done, encoder, assets.tokenizer(), cfg, progress=progress, log=log,
+                        on_chunk=on_chunk)
+
+
+def _resumable(out: Path, encoder_sha: str, fingerprint: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The manifest of the build at ``out`` to resume (or complete already) for this encoder and catalog; None
+    when there is none: nothing there, or another build's files, removed here (the manifest first)."""
+    manifest_path = out / "index.json"
+    try:       # never garbage when written by us (atomic writes): anything else there is not ours to replace
+        manifest = fsio.read_json(manifest_path, IndexMismatch, "not a genrec index: choose another --out")
+    except FileNotFoundError:
+        return None
+    if not (isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("genrec.index/")):
+        raise IndexMismatch(f"{manifest_path} is not a genrec index manifest: not rebuilding {out} over it; "
+                            "choose another --out")
+    same = manifest.get("format") == FORMAT and manifest.get("encoder_sha256") == encoder_sha and \
+        manifest.get("catalog_sha256") == fingerprint
+    if same and not manifest.get("complete"):
+        try:
+            int(fsio.read_json(out / "progress.json", IndexMismatch)["rows"])
+        except (OSError, IndexMismatch, KeyError, TypeError, ValueError):
+            same = False                   # no usable resume point: start over
+    if same:
+        return manifest
+    log(f"{out}: built for another catalog, encoder or index format; rebuilding from scratch")
+    for name in (*FILES, *DERIVED_FILES):          # the manifest first: the folder stops being an index
+        fsio.remove(out / name)
+    return None
+
+
+def _count_ids(catalog: Path, cfg: IndexConfig) -> tuple[int, int]:
+    """(items, widest id in bytes) of ``catalog``: the build's first pass."""
+    n, id_width = 0, 1
+    for item in iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines):
+        raw = item.news_id.encode("utf-8")
+        if len(raw) > MAX_ID_BYTES:
+            raise CatalogError(f"{catalog}: item id {item.news_id[:80]!r} is longer than {MAX_ID_BYTES} bytes")
+        n += 1
+        id_width = max(id_width, len(raw))
+    if n == 0:
+        raise CatalogError(f"{catalog} has no items: nothing to index")
+    return n, id_width
+
+
+def _lay_out(catalog: Path, out: Path, assets: ServingAssets, cfg: IndexConfig, manifest: dict[str, Any]) -> None:
+    """A new build's files at ``out``: ids, categories and their order filled (the catalog's second pass),
+    vectors and truncation flags zeroed, progress at row 0, then the (incomplete) ``manifest``."""
+    n, id_width = manifest["count"], manifest["id_width"]
+    ids = np.memmap(out / "ids.bin", dtype=f"S{id_width}", mode="w+", shape=(n,))
+    cats = np.memmap(out / "category.i64", dtype=np.int64, mode="w+", shape=(n,))
+    subs = np.memmap(out / "subcategory.i64", dtype=np.int64, mode="w+", shape=(n,))
+    for row, item in enumerate(iter_news(catalog, skip_bad_lines=cfg.skip_bad_lines)):
+        ids[row] = item.news_id.encode("utf-8")
+        cats[row] = assets.category_vocab.id(item.category)
+        subs[row] = assets.subcategory_vocab.id(item.subcategory)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
+    if dup.size:
+        raise CatalogError(f"{catalog}: duplicate item id {sorted_ids[dup[0]].decode(errors='replace')!r} "
+                           f"({dup.size} duplicates); ids must be unique")
+    fsio.write_array(out / "order.i64", order, np.int64)
+    ids.flush(), cats.flush(), subs.flush()
+    del ids, cats, subs
+    np.memmap(out / "vectors.f32", dtype=np.float32, mode="w+", shape=(n, assets.dim)).flush()
+    np.memmap(out / "truncated.u8", dtype=np.uint8, mode="w+", shape=(n,)).flush()
+    for name in DATA_FILES:
+        fsio.fsync_path(out / name)
+    fsio.checkpoint(f"{out}: data files created")
+    fsio.write_json(out / "progress.json", {"rows": 0})
+    fsio.write_json(out / "index.json", manifest)
+
+
+class ChunkPlan:
+    """One chunk of a build: rows whose text was encoded recently are filled from ``seen`` at once, a text that
+    repeats inside the chunk is encoded once and copied (``todo``: the rows left to encode, one per text).
+    The encoder is a function of the text alone, so the index is the same, only cheaper where texts repeat.
+    Shared by the build in this process and the Ray driver (genrec.ray_encoder)."""
+
+    def __init__(self, texts: list[str], dim: int, seen: VectorLRU, dedupe: bool):
+        self.keys = ([VectorLRU.key("", t, "", "") for t in texts] if dedupe
+                     else [j.to_bytes(8, "little") for j in range(len(texts))])     # dedupe off: every row its own
+        self.vec = np.empty((len(texts), dim), dtype=np.float32)      # (chunk, D)
+        self.cut = np.zeros(len(texts), dtype=np.uint8)
+        self.reused = 0
+        first: dict[bytes, int] = {}                 # text key -> its first row in this chunk to encode
+        self.copies: list[tuple[int, int]] = []      # (row, row it copies) for repeats inside the chunk
+        for j, key in enumerate(self.keys):
+            hit = seen.get(key)
+            if hit is not None:
+                self.vec[j], _, _, self.cut[j] = hit
+                self.reused += 1
+            elif key in first:
+                self.copies.append((j, first[key]))
+            else:
+                first[key] = j
+        self.todo = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+        self.texts = [texts[j] for j in self.todo.tolist()]        # what is left to encode
+
+    def fill(self, encoded: tuple[np.ndarray, np.ndarray] | None, seen: VectorLRU) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's (vectors, truncated flags) from the encoded ``texts`` (None when there were none), which
+        ``seen`` keeps for later chunks; the in-chunk repeats copied."""
+        if encoded is not None:
+            self.vec[self.todo], self.cut[self.todo] = encoded
+            for j in self.todo.tolist():
+                seen.put(self.keys[j], self.vec[j], 0, 0, bool(self.cut[j]))     # a copy; not kept when dedupe is off
+        for j, src in self.copies:
+            self.vec[j], self.cut[j] = self.vec[src], self.cut[src]
+        self.reused += len(self.copies)
+        return self.vec, self.cut
+
+
+def _encode_here(catalog: Path, out: Path, manifest: dict[str, Any], done: int, encoder: Encoder, tokenizer,
+                 cfg: IndexConfig, *, progress: bool, log: Callable[[str], None],
+                 on_chunk: Callable[[int], None] | None) -> Path:
+    """Encode rows ``done..count`` of the index at ``out`` (laid out by ``build_index``) in this process, chunk by
+    chunk, each flushed before the resume point passes it; mark the index complete."""
+    n = manifest["count"]
     vectors = np.memmap(out / "vectors.f32", dtype=np.float32, mode="r+", shape=(n, manifest["dim"]))
     cut = np.memmap(out / "truncated.u8", dtype=np.uint8, mode="r+", shape=(n,))      # per row: text was cut
     bar = None
@@ -275,33 +336,12 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
         start, row = row, row + len(chunk)
         if row <= done:
             continue                                            # encoded before the interruption
-        texts = [item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk]
-        keys = ([VectorLRU.key("", t, "", "") for t in texts] if cfg.dedupe_mb
-                else [j.to_bytes(8, "little") for j in range(len(texts))])     # dedupe off: every row its own
-        out_vec = np.empty((len(chunk), manifest["dim"]), dtype=np.float32)    # (chunk, D)
-        out_cut = np.zeros(len(chunk), dtype=np.uint8)
-        first: dict[bytes, int] = {}                 # text key -> its first row in this chunk to encode
-        copies: list[tuple[int, int]] = []           # (row, row it copies) for repeats inside the chunk
-        for j, key in enumerate(keys):
-            hit = seen.get(key)
-            if hit is not None:
-                out_vec[j], _, _, out_cut[j] = hit
-                reused += 1
-            elif key in first:
-                copies.append((j, first[key]))
-            else:
-                first[key] = j
-        todo = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-        if len(todo):
-            out_vec[todo], out_cut[todo] = encode_texts(encoder, tokenizer, [texts[j] for j in todo], cfg.batch_size)
-            encoded_texts += len(todo)
-            for j in todo.tolist():
-                seen.put(keys[j], out_vec[j], 0, 0, bool(out_cut[j]))        # a copy; not kept when dedupe is off
-        for j, src in copies:
-            out_vec[j], out_cut[j] = out_vec[src], out_cut[src]
-            reused += 1
-        vectors[start:row] = out_vec
-        cut[start:row] = out_cut
+        plan = ChunkPlan([item_text(it.title, it.abstract, manifest["use_abstract"]) for it in chunk],
+                         manifest["dim"], seen, bool(cfg.dedupe_mb))
+        encoded = encode_texts(encoder, tokenizer, plan.texts, cfg.batch_size) if plan.texts else None
+        vectors[start:row], cut[start:row] = plan.fill(encoded, seen)
+        encoded_texts += len(plan.texts)
+        reused += plan.reused
         fsio.checkpoint(f"{out}: rows {start}..{row} in the maps")
         cut.flush()
         vectors.flush()
@@ -693,6 +733,31 @@ def collect_garbage(index: str | Path, keep_generations: int = 1, *, log: Callab
     return removed
 
 
+def _next_segment(base: Segment, delta: Segment | None, new: Segment, compact_ratio: float
+                  ) -> tuple[list[tuple[Segment, np.ndarray]], bool, int]:
+    """What the next generation's one new segment copies, as (segment, rows) parts: the previous delta's rows
+    minus the ids ``new`` sends again, then ``new``'s; past ``compact_ratio`` of the base, also the base's rows
+    not shadowed by either, first (a new full base: ``compact``). And how many base ids the delta shadows (0
+    when compact): the generation counts each id once."""
+    keep_delta = (np.flatnonzero(~_isin(np.asarray(delta.ids), new.sorted_ids)) if delta is not None
+                  else np.zeros(0, dtype=np.int64))
+    compact = len(keep_delta) + len(new) > compact_ratio * len(base)
+    parts: list[tuple[Segment, np.ndarray]] = []
+    if compact:                                    # one full base: base rows not shadowed, then the delta
+        shadow = np.sort(np.concatenate([_widen(new.sorted_ids, MAX_ID_BYTES)] + (
+            [_widen(np.asarray(delta.ids)[keep_delta], MAX_ID_BYTES)] if delta is not None else [])))
+        parts.append((base, np.flatnonzero(~_isin(np.asarray(base.ids), shadow))))
+    if delta is not None:
+        parts.append((delta, keep_delta))
+    parts.append((new, np.arange(len(new))))
+    shadowed = 0
+    if not compact:
+        shadowed = int(np.count_nonzero(_isin(np.asarray(new.ids), base.sorted_ids)))
+        if delta is not None:
+            shadowed += int(np.count_nonzero(_isin(np.asarray(delta.ids)[keep_delta], base.sorted_ids)))
+    return parts, compact, shadowed
+
+
 def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg: AddConfig = AddConfig(), *,
               progress: bool = True, log: Callable[[str], None] = print,
               on_chunk: Callable[[int], None] | None = None,
@@ -741,20 +806,9 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
                 raise IndexMismatch(f"{catalog}: {key} of the new items ({new.manifest[key]}) differs from the "
                                     f"index ({base.manifest[key]}): built from other artifacts")
         delta = cur.segments[1] if len(cur.segments) > 1 else None
-        keep_delta = (np.flatnonzero(~_isin(np.asarray(delta.ids), new.sorted_ids)) if delta is not None
-                      else np.zeros(0, dtype=np.int64))
-        n_delta = len(keep_delta) + len(new)
         number = max([cur.generation, *_generations(index)]) + 1
         name = f"gen-{number:06d}"
-        compact = n_delta > cfg.compact_ratio * len(base)
-        parts: list[tuple[Segment, np.ndarray]] = []
-        if compact:                                    # one full base: base rows not shadowed, then the delta
-            shadow = np.sort(np.concatenate([_widen(new.sorted_ids, MAX_ID_BYTES)] + (
-                [_widen(np.asarray(delta.ids)[keep_delta], MAX_ID_BYTES)] if delta is not None else [])))
-            parts.append((base, np.flatnonzero(~_isin(np.asarray(base.ids), shadow))))
-        if delta is not None:
-            parts.append((delta, keep_delta))
-        parts.append((new, np.arange(len(new))))
+        parts, compact, shadowed = _next_segment(base, delta, new, cfg.compact_ratio)
         segment_manifest = {**{k: new.manifest[k] for k in ("format", "contract_version", "encoder_sha256",
                                                             "precision", "dim", "use_abstract", "categories_sha256")},
                             "catalog": new.manifest["catalog"], "catalog_sha256": new.manifest["catalog_sha256"],
@@ -771,11 +825,7 @@ def add_items(catalog: str | Path, artifacts: str | Path, index: str | Path, cfg
         if compact:
             segments, count = [name], rows
         else:
-            base_name = "." if base.folder.resolve() == index.resolve() else base.folder.name
-            segments = [base_name, name]
-            shadowed = int(np.count_nonzero(_isin(np.asarray(new.ids), base.sorted_ids)))
-            if delta is not None:
-                shadowed += int(np.count_nonzero(_isin(np.asarray(delta.ids)[keep_delta], base.sorted_ids)))
+            segments = ["." if base.folder.resolve() == index.resolve() else base.folder.name, name]
             count = len(base) + rows - shadowed
         replaced = int(np.count_nonzero(cur.rows([bytes(i) for i in new.ids]) >= 0))
         fsio.write_json(staged / GENERATION, {
