@@ -340,12 +340,9 @@ def build_repository(artifacts_dir: str | Path, out: str | Path, cfg: Repository
         StatsTable.read(cfg.stats)                      # fail at build time, not at load
     art = Artifacts.load(artifacts_dir)
     graph = encoder_graph(cfg)
-    if graph not in art.manifest["precisions"].get(cfg.precision, {}):
-        how = ("`genrec export --torchscript`" if graph == TORCHSCRIPT_GRAPH else
-               f"`genrec export --precision {cfg.precision}`")
-        raise RepositoryError(f"{art.root} has no {cfg.precision} {graph} (it has "
-                              f"{', '.join(art.precisions) or 'no precision'}): export it with {how}, or serve "
-                              f"another with --precision")
+    missing = art.missing(cfg.precision, graph)
+    if missing:
+        raise RepositoryError(f"{missing}, or serve another with --precision")
     enc_src, heads_src = art.graph(cfg.precision, graph), art.graph(cfg.precision, "heads")
     assets = ServingAssets.load(art.assets)
     trained = int(assets.info.get("max_history", CONTRACT_MAX_HISTORY))

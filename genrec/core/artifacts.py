@@ -65,6 +65,16 @@ class Artifacts:
             raise ExportError(f"{self.root} has no {precision} export (has {self.precisions})")
         return self.root / self.manifest["precisions"][precision][name]["path"]
 
+    def missing(self, precision: str, name: str) -> str | None:
+        """None when the export has graph ``name`` at ``precision``; else what is missing and how to export it
+        (the start of the error of each step that needs it: index build, repository build)."""
+        if name in self.manifest["precisions"].get(precision, {}):
+            return None
+        how = ("`genrec export --torchscript`" if name == TORCHSCRIPT_GRAPH else
+               f"`genrec export --precision {precision}`")
+        return (f"{self.root} has no {precision} {name} (it has {', '.join(self.precisions) or 'none'}): "
+                f"export it with {how}")
+
     def sha256(self, precision: str, name: str) -> str:
         return self.manifest["precisions"][precision][name]["sha256"]
 

@@ -164,12 +164,9 @@ def build_index(catalog: str | Path, artifacts: str | Path, out: str | Path, cfg
     art = Artifacts.load(artifacts)
     assets = ServingAssets.load(art.assets)
     graph = TORCHSCRIPT_GRAPH if cfg.encoder == "torchscript" else "encoder"
-    if graph not in art.manifest["precisions"].get(cfg.precision, {}):
-        how = ("`genrec export --torchscript`" if graph == TORCHSCRIPT_GRAPH else
-               f"`genrec export --precision {cfg.precision}`")
-        raise IndexMismatch(f"{art.root} has no {cfg.precision} {graph} (it has {', '.join(art.precisions) or 'none'}):"
-                            f" export it with {how}, or index with --precision "
-                            f"{next(iter(art.precisions), cfg.precision)}")
+    missing = art.missing(cfg.precision, graph)
+    if missing:
+        raise IndexMismatch(f"{missing}, or index with --precision {next(iter(art.precisions), cfg.precision)}")
     encoder_sha = art.sha256(cfg.precision, graph)
     if (out / CURRENT).exists():
         raise IndexMismatch(f"{out} holds live generations ({CURRENT}): publish items with `genrec index add`, "
