@@ -84,6 +84,11 @@ PORT_ATTEMPTS = 3
 ADMIN_APIS = ("shared-memory", "model-repository", "trace", "logging")
 ALL_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
             "trace", "logging")
+_PENDING = re.compile(r"^nv_inference_pending_request_count\{[^}]*\} (\S+)$", re.M)
+_COMPLETED = re.compile(r"^nv_inference_request_(?:success|failure)\{[^}]*\} (\S+)$", re.M)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+DRAIN_QUIET_S = 1.0          # a server this long without queued, completed or executing requests is drained
+DRAIN_IDLE_CPU_S = 0.05      # stub CPU seconds per quiet window that still count as idle (health checks)
 ADMIN_HEADER = "genrec-admin"              # HTTP header name; gRPC clients send triton-grpc-protocol-genrec-admin
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 
@@ -447,6 +452,45 @@ class TritonServer:
         dead = sorted(name for pid, name in self.stubs.items() if pid not in alive)
         return f"python-backend stub {', '.join(dead)} died" if dead else None
 
+    def activity(self) -> tuple[float, float, float] | None:
+        """What changes while a request is inside the server: requests queued at any model (Triton's pending
+        gauge), requests completed by any model (success + failure counters), the python stubs' CPU seconds (a
+        request executing in a stub). None when the metrics cannot be read (the server is gone)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=2) as r:
+                text = r.read().decode(errors="replace")
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return None
+        pending = sum(float(v) for v in _PENDING.findall(text))
+        done = sum(float(v) for v in _COMPLETED.findall(text))
+        cpu = 0.0
+        for pid in self.stub_processes():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS        # utime + stime
+        return pending, done, cpu
+
+    def drain(self, timeout_s: float, *, should_abort: Callable[[], bool] = lambda: False,
+              quiet_s: float = DRAIN_QUIET_S, interval_s: float = 0.1) -> bool:
+        """Serve on until no request is in the server (nothing queued, nothing completed and the stubs idle for
+        ``quiet_s``), at most ``timeout_s``; True when it went quiet. Needed because Triton 2.51's graceful stop
+        makes every model refuse new requests at once, the next steps of an ensemble request already in flight
+        included (triton-inference-server/server#6287): stopped while busy, in-flight requests fail UNAVAILABLE.
+        Behind a Kubernetes Service new requests stop coming once the pod is terminating."""
+        deadline = time.monotonic() + timeout_s
+        ref, since = None, time.monotonic()
+        while time.monotonic() < deadline and not should_abort():
+            snap = self.activity()
+            if snap is None:
+                return True                                   # nothing left to drain
+            now = time.monotonic()
+            if ref is None or snap[0] > 0 or snap[1] != ref[1] or snap[2] - ref[2] > DRAIN_IDLE_CPU_S:
+                ref, since = snap, now
+            elif now - since >= quiet_s:
+                return True
+            time.sleep(interval_s)
+        return False
+
     def remove_stale_shm(self) -> int:
         n = 0
         for p in SHM_DIR.glob(f"{self.shm_prefix}*"):
@@ -561,7 +605,14 @@ def serve_forever(repository: str | Path, cfg: ServerConfig, *, out=print) -> in
             return 1
         out(f"received {signal.Signals(state['signal']).name}: stopping (in-flight requests finish first; "
             "a second signal stops at once)")
-        code = server.stop()
+        # serve until nothing is in flight, then Triton's own stop (which fails an ensemble caught mid-way)
+        started = time.monotonic()
+        quiet = server.drain(cfg.exit_timeout_s, should_abort=lambda: state["forced"] is not None)
+        took = time.monotonic() - started
+        if state["forced"] is None:
+            out(f"drained in {took:.1f} s" if quiet else
+                f"still busy after {took:.0f} s (--exit-timeout-s): stopping with requests in flight")
+        code = server.stop(timeout_s=max(5.0, cfg.exit_timeout_s - took))
         out(f"stopped (exit code {code})" if state["forced"] is None else
             f"received {signal.Signals(state['forced']).name} again: killed (exit code {code})")
         return _exit_code(state)

@@ -364,13 +364,12 @@ def test_a_stub_killed_inside_the_container_is_restarted(container, tiny_data, c
 
 
 @needs_container
-@pytest.mark.xfail(strict=True, reason="Triton 2.51's graceful stop makes every model refuse new requests at once, "
-                   "the composing steps of an ensemble request already in flight included ('Server is stopping, "
-                   "scheduler for model has stopped accepting new inference requests'; "
-                   "triton-inference-server/server#6287): measured, every in-flight request fails UNAVAILABLE")
 def test_sigterm_drains_in_flight_requests_and_exits_in_time(built, tiny_data, container_index):
     """SIGTERM to the container (what `podman stop` and Kubernetes send): requests already in flight complete,
-    the container exits 0 within the grace period."""
+    the container exits 0 within the grace period. Triton 2.51 alone fails them: its graceful stop makes the
+    ensemble's composing models refuse the next step of every in-flight request (UNAVAILABLE "Server is stopping,
+    scheduler for model has stopped accepting new inference requests", triton-inference-server/server#6287); the
+    launcher serves on until nothing is in flight (TritonServer.drain), then stops Triton."""
     from genrec.client import GenrecClientError, RecommenderClient
 
     tag, env, mounts = built
@@ -405,14 +404,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_in_time(built, tiny_data, c
         took = time.monotonic() - signalled[0]
         client.close()
         logs = c.logs()
+        # every request was sent before the signal and answered after it: all in flight when it came
         assert all(start < signalled[0] < end for start, end, _ in results), (signalled, results)
-        # Triton's own count at shutdown: the requests were in the server when the signal came
-        pending = [int(n) for n in re.findall(r"Model 'genrec' \(version 1\) has (\d+) in-flight inferences", logs)]
-        assert pending and max(pending) >= 1, logs[-3000:]
         assert all(outcome == "ok" for _, _, outcome in results), (results, logs[-3000:])
         assert code == "0" and took < GRACE_S, (code, took, logs[-3000:])
-        assert "received SIGTERM" in logs and "stopped (exit code 0)" in logs, logs[-3000:]
-        measured(f"SIGTERM with {N_DRAIN} requests in flight ({max(pending)} in genrec at the signal) -> "
-                 "every one answered, container exited 0", took)
+        assert "received SIGTERM" in logs and "drained in" in logs and "stopped (exit code 0)" in logs, logs[-3000:]
+        drained = float(re.search(r"drained in ([\d.]+) s", logs).group(1))
+        measured(f"SIGTERM with {N_DRAIN} requests in flight -> drained (every one answered)", drained)
+        measured("SIGTERM -> container exited 0", took)
     finally:
         c.remove()
