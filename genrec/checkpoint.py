@@ -110,6 +110,9 @@ class Checkpoint:
         state = dict(self.state_dict)
         # checkpoints from before the wide term: it was absent, i.e. zero
         state.setdefault("heads.wide.weight", torch.zeros_like(model.heads.wide.weight))
+        # ... before the match scale: the match term counted in full
+        state.setdefault("heads.match_scale", torch.tensor(1.0))
+        state.setdefault("heads.baseline_weight", torch.zeros_like(model.heads.baseline_weight))
         model.load_state_dict(state)
         model.eval()
         return model

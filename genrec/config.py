@@ -42,6 +42,10 @@ class ModelConfig:
     cold_user_items: bool = dataclasses.field(default=False, metadata={
         "help": "extend short histories with the LLM-written items of `genrec enrich cold-users` in training and "
                 "evaluation (serving: only when the caller sends them); off by default: no measured gain (README)"})
+    match_init: float = dataclasses.field(default=0.0, metadata={
+        "help": "initial scale of the user-item match term (a trained parameter): 0 = the click logit starts exactly "
+                "at the baseline (with baseline_init) and the match earns its weight from the data; 1 = the "
+                "randomly initialized match adds noise to the start"})
     baseline_init: float = dataclasses.field(default=2.0, metadata={
         "help": "start the click logit at the strongest simple baseline (smoothed CTR + 0.05 log(1 + popularity), "
                 "this many logits per standard deviation of CTR) through a wide linear term over the engineered "
@@ -69,12 +73,11 @@ class TrainConfig:
     stats_warmup: float = dataclasses.field(default=0.0, metadata={
         "help": "earliest fraction of training impressions that only feeds item statistics (not trained on): "
                 "their as-of counts are too young to resemble the mature counts seen when serving"})
-    stats_dropout: float = dataclasses.field(default=0.0, metadata={
+    stats_dropout: float | None = dataclasses.field(default=None, metadata={
         "help": "share of training candidates shown without statistics, as new items are when served (DropoutNet): "
-                "the match term then learns to rank them from their text. For catalogs where many served candidates "
-                "are new (news): at 0.5 synthetic validation 0.776 -> 0.786 and its dev day (a third of the "
-                "candidates new) 0.752 -> 0.780, 3 seeds. Off by default: on ml-100k (3 %% new) validation "
-                "falls 0.656 -> 0.648 (0.1) / 0.645 (0.3), 5 seeds (README)"})
+                "the model learns to rank them from their text and to place them against known ones. Default (auto): "
+                "the share of validation candidates new to the training part's statistics (what serving sees one "
+                "validation window after a stats build), at least 0.15: a catalog always gets new items (README)"})
     stats_staleness_hours: float | None = dataclasses.field(default=None, metadata={
         "help": "how old served item statistics get before the next `genrec stats build`; each training "
                 "impression sees its counts as of a random moment up to this long before it, so items published "

@@ -179,6 +179,9 @@ class RecommenderHeads(nn.Module):
         # Wide term (as in Wide & Deep): linear in the same features. With ModelConfig.baseline_init it starts
         # as the strongest simple baseline (set_stats_transform) and the deep feature MLP starts at zero.
         self.wide = nn.Linear(len(FEATURE_NAMES), 1, bias=False)
+        # The match term's scale (ReZero-style): ModelConfig.match_init, 0 by default, so that with baseline_init the
+        # click logit starts exactly at the baseline and the user-item match earns its weight from the data
+        self.match_scale = nn.Parameter(torch.tensor(float(cfg.match_init)))
         nn.init.zeros_(self.wide.weight)
         if cfg.baseline_init:
             nn.init.zeros_(self.feature_mlp[-1].weight)
@@ -192,6 +195,9 @@ class RecommenderHeads(nn.Module):
         self.register_buffer("stats_prior", torch.tensor([1.0, 1.0]))
         self.register_buffer("stats_mean", torch.zeros(N_ITEM_FEATURES))
         self.register_buffer("stats_std", torch.ones(N_ITEM_FEATURES))
+        # the ctr_popularity baseline as a logit over the standardized item features (baseline_logit): the wide
+        # term's start, one logit per standard deviation of CTR
+        self.register_buffer("baseline_weight", torch.zeros(N_ITEM_FEATURES))
 
     @torch.no_grad()
     def set_stats_transform(self, alpha: float, beta: float, sample_stats: torch.Tensor) -> None:
@@ -204,11 +210,13 @@ class RecommenderHeads(nn.Module):
         # the wide term's start: smoothed CTR + CTR_POPULARITY_WEIGHT * log(1 + popularity) (the ctr_popularity
         # baseline of `genrec evaluate`), baseline_init logits per standard deviation of CTR
         self.wide.weight.zero_()
+        self.baseline_weight.zero_()
+        self.baseline_weight[RAW_CTR] = 1.0
+        self.baseline_weight[RAW_POPULARITY] = CTR_POPULARITY_WEIGHT * self.stats_std[RAW_POPULARITY] / self.stats_std[RAW_CTR]
         if self.cfg.baseline_init and self.cfg.item_stats:
             t = self.cfg.baseline_init
-            self.wide.weight[0, FEATURE_NAMES.index("item_ctr")] = t
-            self.wide.weight[0, FEATURE_NAMES.index("item_log_popularity")] = (
-                t * CTR_POPULARITY_WEIGHT * self.stats_std[RAW_POPULARITY] / self.stats_std[RAW_CTR])
+            self.wide.weight[0, FEATURE_NAMES.index("item_ctr")] = t * self.baseline_weight[RAW_CTR]
+            self.wide.weight[0, FEATURE_NAMES.index("item_log_popularity")] = t * self.baseline_weight[RAW_POPULARITY]
 
     def _raw_item_features(self, stats: torch.Tensor) -> torch.Tensor:
         # (..., S) raw counts -> (..., 3): log1p(exposures), log1p(clicks + history users), smoothed CTR
@@ -224,6 +232,11 @@ class RecommenderHeads(nn.Module):
         if not self.cfg.item_stats:                 # ablation: the model is blind to item statistics
             return torch.zeros_like(feats), torch.zeros_like(known)
         return feats, known
+
+    def baseline_logit(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., S) raw counts -> ((...,) the ctr_popularity baseline as a logit, (...,) 1.0 where known)."""
+        feats, known = self.item_features(stats)
+        return feats @ self.baseline_weight.to(feats.dtype), known
 
     def item_repr(self, vec: torch.Tensor, cat: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
         # vec (B, N, D), cat/sub (B, N) -> (B, N, D)
@@ -250,7 +263,7 @@ class RecommenderHeads(nn.Module):
         sentinel, a cold user). The retrieval score ``user . item_repr / sqrt(D)`` is the click logit's match term."""
         v, c, s = item_vectors.unsqueeze(0), category.unsqueeze(0), subcategory.unsqueeze(0)
         user, _, hist = self.user_encoder(v, torch.ones_like(c, dtype=torch.bool), c, s)
-        return hist[0, 1:], user[0]
+        return hist[0, 1:], user[0] * self.match_scale
 
     def features(self, hist_vec: torch.Tensor, hist_mask: torch.Tensor, hist_cat: torch.Tensor,
                  hist_sub: torch.Tensor, cand_vec: torch.Tensor, cand_cat: torch.Tensor, cand_sub: torch.Tensor,
@@ -363,8 +376,8 @@ class RecommenderHeads(nn.Module):
         user, weights, hist = self.user_encoder(hist_vec, hist_mask, hist_cat, hist_sub)  # (B, D), (B, 1+H), ..
         cand = self.item_repr(cand_vec, cand_cat, cand_sub)                       # (B, C, D)
         pair = cand @ hist.transpose(1, 2) / math.sqrt(d)                         # (B, C, 1+H)
-        contrib = pair * weights.unsqueeze(1)                                     # (B, C, 1+H)
-        match = contrib.sum(-1)                                                   # (B, C) == user . cand / sqrt(D)
+        contrib = pair * (weights * self.match_scale).unsqueeze(1)                # (B, C, 1+H)
+        match = contrib.sum(-1)                                 # (B, C) == match_scale user . cand / sqrt(D)
 
         feats, loo_feats = self.features(hist_vec, hist_mask, hist_cat, hist_sub, cand_vec, cand_cat, cand_sub,
                                          hist_stats, cand_stats, profile, leave_one_out=explain)
@@ -385,7 +398,7 @@ class RecommenderHeads(nn.Module):
         cand_cat_prob = torch.softmax(self.category_head(cand_vec), -1)           # (B, C, K)
         out["category_confidence"] = torch.gather(cand_cat_prob, 2, cand_cat.unsqueeze(-1)).squeeze(-1)  # (B, C)
         out["topic_logits"] = topic_logits                # (B, K) for the topic loss
-        out["user"] = user                                # (B, D)
+        out["user"] = user * self.match_scale             # (B, D) the retrieval user vector: out . item_repr = match
         return out
 
 

@@ -28,10 +28,11 @@ from genrec.config import (
     TrainConfig,  # noqa: F401  (re-exported)
 )
 from genrec.core.mind import load_split
+from genrec.core.contract import N_COUNTS
 from genrec.core.stats import N_STATS, ItemStats
 from genrec.core.text import LM_PACKAGE, minilm_dir
 from genrec.core.vocab import Vocab
-from genrec.metrics import ranking_metrics
+from genrec.metrics import auc, ranking_metrics
 from genrec.model import GenRec, HeadsBatch, load_pretrained_lm
 from genrec.scoring import encode_lower, score_impressions
 from genrec.tables import ImpressionArrays, ItemTable
@@ -43,6 +44,12 @@ class TrainResult:
     best_epoch: int
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+
+
+# TrainConfig.stats_dropout's floor: the share of training candidates shown as new items even where validation shows
+# fewer (ml-100k: 2-4 %). Chosen on validation splits of both regimes (ml-100k as it is and with 30 % of
+# candidates new, docs/data-and-quality.md); 0.5 cost ml-100k 0.035.
+NEW_ITEM_FLOOR = 0.15
 
 
 def _set_seed(seed: int, threads: int) -> np.random.Generator:
@@ -160,15 +167,20 @@ def load_data(data_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig,
         raise ValueError(f"stats_staleness_hours = {stale_h}: must be >= 0")
     staleness = np.random.default_rng([cfg.seed, 1]).uniform(0.0, stale_h * 3600.0, len(train_imps))   # (I,) s
     tr.attach_stats_as_of(train_imps, train_imps, table, staleness=staleness)
-    used_cfg = dataclasses.replace(cfg, stats_staleness_hours=stale_h)     # the model card records the value used
     train_stats = ItemStats.from_impressions(train_imps)
     va.attach_stats(train_stats, table)
+    # new items as serving sees them: validation candidates without statistics from the training part
+    slots = np.concatenate(va.candidate_stats) if len(va.candidate_stats) else np.zeros((0, N_STATS), np.float32)
+    val_new = float((slots[:, :N_COUNTS].sum(-1) == 0).mean()) if len(slots) else 0.0
+    dropout = cfg.stats_dropout if cfg.stats_dropout is not None else max(NEW_ITEM_FLOOR, val_new)
+    used_cfg = dataclasses.replace(cfg, stats_staleness_hours=stale_h, stats_dropout=dropout)  # the model card records both
     if tr.missing_history or tr.missing_candidates:
         log(f"warning: {tr.missing_history} history and {tr.missing_candidates} candidate ids are not in news.tsv "
             "and were dropped")
     log(f"data: {len(table) - 1} items, {len(cat_vocab)} categories, {len(sub_vocab)} subcategories, "
         f"{len(train_imps)} train / {len(val_imps)} validation impressions; item statistics up to "
-        f"{stale_h:.1f} h stale in training")
+        f"{stale_h:.1f} h stale in training; {100 * val_new:.1f} % of validation candidates new, "
+        f"{100 * dropout:.1f} % of training candidates shown as new")
     return TrainData(model_cfg, used_cfg, impressions, len(train_imps), cat_vocab, sub_vocab, table, tr, va,
                      train_stats)
 
@@ -286,12 +298,27 @@ def _train_epoch(model: GenRec, data: TrainData, cache: torch.Tensor, cache_mask
 
 
 def _validate(model: GenRec, data: TrainData, cache: torch.Tensor, cache_mask: torch.Tensor | None) -> dict[str, Any]:
-    """Ranking metrics of the validation impressions (``group_auc`` decides early stopping)."""
+    """Ranking metrics of the validation impressions (``group_auc`` decides early stopping), and ``per_impression``:
+    each impression's AUC (NaN where it has no pair), for the paired comparison with the start."""
     model.eval()
     with torch.no_grad():
         vecs = model.cached_item_vectors(cache, cache_mask)
     scores = score_impressions(model, vecs, data.table, data.val)["click_logit"]
-    return ranking_metrics(zip(data.val.labels, scores)).as_dict()
+    per = np.array([auc(lab, s) if 0 < lab.sum() < len(lab) else np.nan for lab, s in zip(data.val.labels, scores)])
+    return {**ranking_metrics(zip(data.val.labels, scores)).as_dict(), "per_impression": per}
+
+
+def keep_start(trained: np.ndarray, start: np.ndarray) -> tuple[bool, float, float]:
+    """Is the trained model worse than its start (the baseline) on validation, beyond the noise? Paired over the
+    validation impressions: mean AUC difference d and its standard error; the start is kept when d < -SE (the
+    model is worse with about 84 %% confidence). Small validation sets have a large SE: the model is kept
+    unless it is clearly worse. -> (keep the start, d, SE)."""
+    ok = ~(np.isnan(trained) | np.isnan(start))
+    diff = trained[ok] - start[ok]
+    if len(diff) < 2:
+        return False, 0.0, 0.0
+    d, se = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return d < -se, d, se
 
 
 def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = ModelConfig(),
@@ -301,11 +328,11 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     unknown = set(cfg.alpha) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) in alpha: {sorted(unknown)}; tasks are {list(TASKS)}")
-    if not 0.0 <= cfg.stats_dropout < 1.0:
+    if cfg.stats_dropout is not None and not 0.0 <= cfg.stats_dropout < 1.0:
         raise ValueError(f"stats_dropout = {cfg.stats_dropout}: must be in [0, 1)")
     rng = _set_seed(cfg.seed, cfg.threads)
     data = load_data(data_dir, model_cfg, cfg, log)
-    model_cfg = data.model_cfg
+    model_cfg, cfg = data.model_cfg, data.used_cfg
 
     lm_dir = minilm_dir()
     lm_config = json.loads((lm_dir / "config.json").read_text())
@@ -324,20 +351,29 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
 
     optim = _optimizer(model, cfg)
     ema = EmaWeights(model, cfg.ema)
-    best_auc, best_epoch, best_state, history, bad_epochs = -1.0, 0, None, [], 0
+    # epoch 0: the model as initialized (with baseline_init and match_init 0: exactly the ctr_popularity baseline);
+    # after early stopping the trained model must not be clearly below it on validation (keep_start)
+    t_epoch = time.perf_counter()
+    val = _validate(model, data, cache, cache_mask)
+    start_per = val.pop("per_impression")
+    history = [{"epoch": 0, "seconds": round(time.perf_counter() - t_epoch, 1), **{f"val_{k}": v for k, v in val.items()}}]
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    log(f"epoch 0 (the start): val group-AUC {val['group_auc']:.4f}  MRR {val['mrr']:.4f}")
+    best_auc, best_epoch, best_state, best_per, bad_epochs = -1.0, 0, None, start_per, 0
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         losses, n_steps = _train_epoch(model, data, cache, cache_mask, optim, ema, cfg, rng,
                                        f"epoch {epoch}/{cfg.epochs}", progress)
         raw_weights = ema.swap_in()
         val = _validate(model, data, cache, cache_mask)
+        per = val.pop("per_impression")
         record = {"epoch": epoch, "seconds": round(time.perf_counter() - t_epoch, 1),
                   **{f"train_{k}": round(v / max(1, n_steps), 4) for k, v in losses.items()},
                   **{f"val_{k}": v for k, v in val.items()}}
         history.append(record)
         improved = val["group_auc"] > best_auc + 1e-4
         if improved:
-            best_auc, best_epoch, bad_epochs = val["group_auc"], epoch, 0
+            best_auc, best_epoch, best_per, bad_epochs = val["group_auc"], epoch, per, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}   # EMA weights if on
         else:
             bad_epochs += 1
@@ -348,9 +384,16 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             log(f"early stop: no validation gain for {cfg.patience} epochs")
             break
 
+    kept, diff, se = keep_start(best_per, start_per)
+    kept = kept and model_cfg.baseline_init > 0 and model_cfg.item_stats and model_cfg.match_init == 0
+    if kept:
+        log(f"the trained model (epoch {best_epoch}) is below its start on validation by {-diff:.4f} (SE {se:.4f}): "
+            "keeping the start, the baseline")
+        best_state, best_epoch, best_auc = start_state, 0, history[0]["val_group_auc"]
     model.load_state_dict(best_state)
     best = next(r for r in history if r["epoch"] == best_epoch)
     metrics = {"best_epoch": best_epoch, **{k[4:]: v for k, v in best.items() if k.startswith("val_")},
+               "vs_start": {"kept_start": kept, "val_auc_difference": diff, "standard_error": se},
                "train_seconds": round(time.perf_counter() - t_start, 1), "truncated_texts": n_trunc}
     item_stats = ItemStats.from_impressions(data.impressions, info={"data": str(Path(data_dir).resolve())})
     ckpt = Checkpoint(

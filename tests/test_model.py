@@ -24,6 +24,7 @@ def heads() -> RecommenderHeads:
     h = RecommenderHeads(ModelConfig(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8))
     h.set_stats_transform(0.7, 0.9, torch.rand(200, S, generator=torch.Generator().manual_seed(3)) * 20)
     torch.nn.init.normal_(h.feature_mlp[-1].weight, std=0.3)   # starts at zero (baseline_init); trained, it is not
+    torch.nn.init.constant_(h.match_scale, 0.8)                 # starts at zero (match_init); trained, it is not
     return h.eval()
 
 
@@ -40,6 +41,25 @@ def _inputs(b=2, h=4, c=3):
 def _no_history(x):
     hv, hm, hc, hs, cv, cc, cs, hst, cst = x
     return hv[:, :0], hm[:, :0], hc[:, :0], hs[:, :0], cv, cc, cs, hst[:, :0], cst
+
+
+def test_the_start_is_exactly_the_baseline():
+    """baseline_init + match_init 0: before training, the click logit is the ctr_popularity baseline as a logit
+    (an affine function of smoothed CTR + 0.05 log(1 + popularity), the same ranking), whatever the history."""
+    torch.manual_seed(0)
+    h = RecommenderHeads(ModelConfig(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8))
+    h.set_stats_transform(0.7, 0.9, torch.rand(200, S, generator=torch.Generator().manual_seed(3)) * 20)
+    h.eval()
+    x = _inputs(c=6)
+    logit = h(*x)["click_logit"]
+    base, _known = h.baseline_logit(x[-1])
+    assert torch.allclose(logit, h.cfg.baseline_init * base, atol=1e-5)
+    cst = x[-1].double()
+    clicks, shown = cst[..., 1], cst[..., 0]
+    ctr_pop = (clicks + 0.7) / (shown + 1.6) + CTR_POPULARITY_WEIGHT * torch.log1p(clicks + cst[..., 2])
+    order = torch.sign(ctr_pop[..., :, None] - ctr_pop[..., None, :])        # every pair ordered the same way
+    assert (torch.sign(logit[..., :, None] - logit[..., None, :]).double() == order).all()
+    assert h(*_no_history(x))["click_logit"].allclose(logit, atol=1e-5)      # the history plays no part yet
 
 
 def test_cold_user_gets_finite_scores(heads):

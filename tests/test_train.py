@@ -106,3 +106,33 @@ def test_unknown_task_weight_is_rejected(tiny_data, tmp_path):
         train(tiny_data / "train", tmp_path, ModelConfig(), TrainConfig(alpha={"dwell": 1.0}), progress=False)
     with pytest.raises(ValueError, match="stats_dropout"):
         train(tiny_data / "train", tmp_path, ModelConfig(), TrainConfig(stats_dropout=1.0), progress=False)
+
+
+def test_keep_start_only_when_the_trained_model_is_clearly_worse():
+    import numpy as np
+
+    from genrec.train import keep_start
+
+    rng = np.random.default_rng(0)
+    start = rng.uniform(0.4, 0.8, 400)
+    worse = start - 0.03 + rng.normal(0, 0.05, 400)          # clearly below the start
+    jitter = rng.normal(0, 0.05, 400)
+    noise = start + jitter - jitter.mean() - 0.001             # 0.001 below: within the noise (SE ~0.0025)
+    better = start + 0.02 + rng.normal(0, 0.05, 400)
+    assert keep_start(worse, start)[0]
+    assert not keep_start(noise, start)[0] and not keep_start(better, start)[0]
+    kept, diff, se = keep_start(worse, start)
+    assert diff < -se < 0
+    # impressions without a pair (NaN) are left out of the paired comparison
+    start[:10] = np.nan
+    assert keep_start(worse, start)[0]
+    assert keep_start(np.array([0.5]), np.array([0.9])) == (False, 0.0, 0.0)    # nothing to compare on
+
+
+def test_training_records_the_comparison_with_its_start(trained_run):
+    import json
+
+    best = json.loads((trained_run / "metrics.json").read_text())["best"]
+    assert set(best["vs_start"]) == {"kept_start", "val_auc_difference", "standard_error"}
+    history = json.loads((trained_run / "metrics.json").read_text())["history"]
+    assert history[0]["epoch"] == 0 and history[1]["epoch"] == 1            # the start is validated too
