@@ -31,8 +31,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "content only": ({"item_stats": False}, "title"),
     "+ item counts": ({"collaborative": False, "baseline_init": 0.0}, "title"),
     "+ collaborative vectors": ({"baseline_init": 0.0}, "title"),
-    "+ baseline start, match at random (before)": ({"match_init": 1.0, "stats_dropout": 0.0}, "title"),
-    "+ match from zero, kept above its start": ({"stats_dropout": 0.0}, "title"),
+    "+ baseline start with a random match (before)": ({"match_init": 1.0, "stats_dropout": 0.0}, "title"),
+    "+ match from zero and kept above its start": ({"stats_dropout": 0.0}, "title"),
     "+ new items in training (default)": ({}, "title"),
     "default + stats dropout 0.5": ({"stats_dropout": 0.5}, "title"),
     "+ fine-tuned top LM layer": ({"finetune_layers": 1}, "title"),
@@ -45,8 +45,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "+ LLM user profiles + cold-user items": ({"profiles": True, "cold_user_items": True}, "users"),
 }
 # the rows run on the new-item regime too (ml-100k-new): the ones that say something about new items
-REGIME_VARIANTS = ("content only", "+ item counts", "+ baseline start, match at random (before)",
-                   "+ match from zero, kept above its start", "+ new items in training (default)",
+REGIME_VARIANTS = ("content only", "+ item counts", "+ baseline start with a random match (before)",
+                   "+ match from zero and kept above its start", "+ new items in training (default)",
                    "default + stats dropout 0.5")
 LLM_VARIANTS = ("content only + LLM-enriched titles", "content only + summaries as item text", "+ LLM-enriched titles",
                 "+ LLM user profiles", "+ LLM cold-user items", "+ LLM user profiles + cold-user items")
