@@ -18,8 +18,8 @@ import torch
 
 from genrec.checkpoint import Checkpoint
 from genrec.config import EvalConfig  # noqa: F401  (re-exported)
-from genrec.core.mind import load_split
 from genrec.core.contract import N_COUNTS
+from genrec.core.mind import load_split
 from genrec.core.stats import CLICKS, CTR_POPULARITY_WEIGHT, EXPOSURES, HISTORY_USERS, BetaPrior, ItemStats
 from genrec.metrics import pair_group_auc, ranking_metrics, topk_metrics
 from genrec.model import GenRec, HeadsBatch

@@ -212,7 +212,8 @@ class RecommenderHeads(nn.Module):
         self.wide.weight.zero_()
         self.baseline_weight.zero_()
         self.baseline_weight[RAW_CTR] = 1.0
-        self.baseline_weight[RAW_POPULARITY] = CTR_POPULARITY_WEIGHT * self.stats_std[RAW_POPULARITY] / self.stats_std[RAW_CTR]
+        self.baseline_weight[RAW_POPULARITY] = (CTR_POPULARITY_WEIGHT * self.stats_std[RAW_POPULARITY]
+                                                / self.stats_std[RAW_CTR])
         if self.cfg.baseline_init and self.cfg.item_stats:
             t = self.cfg.baseline_init
             self.wide.weight[0, FEATURE_NAMES.index("item_ctr")] = t * self.baseline_weight[RAW_CTR]

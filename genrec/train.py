@@ -27,8 +27,8 @@ from genrec.config import (
     ModelConfig,
     TrainConfig,  # noqa: F401  (re-exported)
 )
-from genrec.core.mind import load_split
 from genrec.core.contract import N_COUNTS
+from genrec.core.mind import load_split
 from genrec.core.stats import N_STATS, ItemStats
 from genrec.core.text import LM_PACKAGE, minilm_dir
 from genrec.core.vocab import Vocab
@@ -172,7 +172,8 @@ def load_data(data_dir: str | Path, model_cfg: ModelConfig, cfg: TrainConfig,
     slots = np.concatenate(va.candidate_stats) if len(va.candidate_stats) else np.zeros((0, N_STATS), np.float32)
     val_new = float((slots[:, :N_COUNTS].sum(-1) == 0).mean()) if len(slots) else 0.0
     dropout = cfg.stats_dropout if cfg.stats_dropout is not None else min(NEW_ITEM_CAP, val_new)
-    used_cfg = dataclasses.replace(cfg, stats_staleness_hours=stale_h, stats_dropout=dropout)  # the model card records both
+    # the model card records both values used
+    used_cfg = dataclasses.replace(cfg, stats_staleness_hours=stale_h, stats_dropout=dropout)
     if tr.missing_history or tr.missing_candidates:
         log(f"warning: {tr.missing_history} history and {tr.missing_candidates} candidate ids are not in news.tsv "
             "and were dropped")
@@ -355,7 +356,8 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
     t_epoch = time.perf_counter()
     val = _validate(model, data, cache, cache_mask)
     start_per = val.pop("per_impression")
-    history = [{"epoch": 0, "seconds": round(time.perf_counter() - t_epoch, 1), **{f"val_{k}": v for k, v in val.items()}}]
+    history = [{"epoch": 0, "seconds": round(time.perf_counter() - t_epoch, 1),
+                **{f"val_{k}": v for k, v in val.items()}}]
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     log(f"epoch 0 (the start): val group-AUC {val['group_auc']:.4f}  MRR {val['mrr']:.4f}")
     best_auc, best_epoch, best_state, best_per, bad_epochs = -1.0, 0, None, start_per, 0

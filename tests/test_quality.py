@@ -39,5 +39,6 @@ def test_the_table_reports_every_regime_with_its_new_share():
     text = markdown({"config": {"seeds": [0, 1]}, "rows": [row]})
     assert "**ml-100k-new**: 30.2 % of test candidates new (30.1 % of clicks)" in text
     assert "| baseline: ctr popularity | 0.6000 | 0.6300 | - | 0.5000 |" in text
-    assert "| + baseline start (default) | **0.6350 ± 0.0071** | 0.6450 ± 0.0071 | 0.6150 ± 0.0071 | 0.5500 ± 0.0000 |" in text
+    assert ("| + baseline start (default) | **0.6350 ± 0.0071** | 0.6450 ± 0.0071 | 0.6150 ± 0.0071 | "
+            "0.5500 ± 0.0000 |") in text
     assert "+0.0350 vs ctr popularity" in text
