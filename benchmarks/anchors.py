@@ -115,6 +115,14 @@ def perf_analyzer(binary: Path, url: str, input_json: Path, concurrency: int, wo
 
 
 # ---- facts -------------------------------------------------------------------------------------
+def load_now() -> dict[str, Any]:
+    """How the cores were shared when a point was measured: the 1-minute load average and the busiest processes
+    (client, server and anything else on the machine run on the same cores)."""
+    top = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"], capture_output=True,
+                         text=True).stdout.splitlines()[:5]
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), "top": [t.strip() for t in top]}
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor()
     try:

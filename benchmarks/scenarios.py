@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
+# perf_analyzer runs the id and retrieval scenarios (every item indexed) at these, right after our client's points
+# on the same server: the ratio ours / perf_analyzer is a target (issue 28)
+PA_CONCURRENCY = (1, 16)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,14 @@ from typing import Any
 from genrec.benchmarks import anchors
 from genrec.benchmarks.loadgen import Timing, served_point, timed_loop
 from genrec.benchmarks.report import targets, write_report
-from genrec.benchmarks.scenarios import CONCURRENCY, REFERENCE, RETRIEVE_M, Scenario, suite
-from genrec.benchmarks.workload import IdWorkload, load_catalog, make_requests, perf_analyzer_json
+from genrec.benchmarks.scenarios import CONCURRENCY, PA_CONCURRENCY, REFERENCE, RETRIEVE_M, Scenario, suite
+from genrec.benchmarks.workload import (
+    IdWorkload,
+    load_catalog,
+    make_requests,
+    perf_analyzer_id_json,
+    perf_analyzer_json,
+)
 
 
 @dataclasses.dataclass
@@ -46,6 +52,9 @@ class BenchConfig:
         "help": "MIND folder whose news.tsv titles make the requests (default: synthetic, real title lengths)"})
     perf_analyzer: str = dataclasses.field(default="", metadata={
         "help": "perf_analyzer binary (default: .venv-perf-analyzer from `make install-perf-analyzer`)"})
+    reuse_indexes: bool = dataclasses.field(default=False, metadata={
+        "help": "keep a scaled index (1M items) already built in --workdir instead of rebuilding and timing it "
+                "(minutes on 2 cores: for repeated runs of the served scenarios; its build is then not reported)"})
 
 
 def _ensure_model(cfg: BenchConfig, precisions: set[str], log) -> tuple[Path, Path]:
@@ -198,6 +207,9 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
         catalogs[n] = load_catalog(scaled)
         for p in sorted({s.precision for s in scenarios if s.mode in indexed and s.catalog == n}):
             folder = work / f"index-{p}-n{n}"
+            if cfg.reuse_indexes and (folder / "index.json").is_file():
+                indexes[(p, n)] = folder
+                continue
             if folder.exists():
                 shutil.rmtree(folder)                   # timed from scratch every run
             log(f"building the {n}-item {p} index (timed, in a child process)")
@@ -255,9 +267,20 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
                     work_ = (IdWorkload(catalogs[sc.catalog], sc.history, sc.candidates, sc.unknown, seed=c)
                              if sc.mode in indexed           # retrieve: no candidates, k = the server's default
                              else reqs[(sc.history, sc.candidates)])
-                    points.append(served_point(server.grpc_url, work_, c, timing))
+                    points.append(served_point(server.grpc_url, work_, c, timing) | {"load": anchors.load_now()})
                     bar.update(1)
                 results["scenarios"][sc.name] = {"scenario": dataclasses.asdict(sc), "points": points}
+                if sc.mode in indexed and not sc.unknown and pa_binary is not None:
+                    # Triton's own load generator on the same model, server and request shape, right after ours
+                    pa_json = perf_analyzer_id_json(
+                        [IdWorkload(catalogs[sc.catalog], sc.history, sc.candidates, 0.0, seed=5)(i)
+                         for i in range(64)], work / f"perf_analyzer_{sc.name}.json")
+                    for c in [c for c in PA_CONCURRENCY if c in (sc.concurrency or cfg.concurrency)]:
+                        bar.set_postfix_str(f"perf_analyzer {sc.name} c={c}")
+                        results["perf_analyzer"][f"{sc.name}@c{c}"] = anchors.perf_analyzer(
+                            pa_binary, server.grpc_url, pa_json, c, work,
+                            window_ms=int(max(1000, cfg.duration_s * 1000)), model="recommend") | {
+                            "load": anchors.load_now()}
                 if sc.mode == "retrieve":
                     bar.set_postfix_str(f"{sc.name}: ANN recall vs exact")
                     results["scenarios"][sc.name]["ann"] = anchors.ann_recall(
@@ -266,7 +289,8 @@ def run_bench(cfg: BenchConfig, *, log=print) -> dict[str, Any]:
             results["memory"][f"{target}-{precision}" + (f"-n{size}" if size else "")] = \
                 anchors.process_memory(server.proc.pid)
             ref = next((s for s in members if (s.history, s.candidates) == REFERENCE and s.mode == "text"), None)
-            if target == "ours" and ref is not None and not results["perf_analyzer"]:
+            text_pa = any(key.startswith("ours-") for key in results["perf_analyzer"])   # once: the first precision
+            if target == "ours" and ref is not None and not text_pa:
                 if pa_binary is None:
                     results["perf_analyzer"] = {"error": "perf_analyzer not found (make install-perf-analyzer)"}
                 else:

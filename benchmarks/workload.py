@@ -65,7 +65,18 @@ class IdWorkload:
         self.counter = itertools.count()
         self.items_per_request = float(history + candidates)
 
-    def __call__(self, _i: int) -> RecommendRequest:
+    PREPARED = 256          # warm requests (no new items): this many drawn once, then cycled
+
+    def __call__(self, i: int) -> RecommendRequest:
+        # warm requests carry nothing fresh: drawn once (drawing 150 of 1M ids costs the client ~0.3 ms per call,
+        # CPU the server then lacks at high concurrency; perf_analyzer sends prepared requests too)
+        if not self.n_new:
+            if not hasattr(self, "_prepared"):
+                self._prepared = [self._draw() for _ in range(self.PREPARED)]
+            return self._prepared[i % self.PREPARED]
+        return self._draw()
+
+    def _draw(self) -> RecommendRequest:
         k = next(self.counter)
         rows = self.rng.choice(len(self.catalog), size=self.history + self.candidates, replace=False)
         hist = [self.catalog[i][3] for i in rows[: self.history]]
@@ -90,6 +101,25 @@ def perf_analyzer_json(requests: list[RecommendRequest], path: Path) -> Path:
             if v is not None:
                 arr = np.asarray(v, dtype=np.float32)
                 entry[k] = {"content": arr.ravel().tolist(), "shape": list(arr.shape)}
+        data.append(entry)
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+def perf_analyzer_id_json(requests: list[RecommendRequest], path: Path) -> Path:
+    """Id-path requests (every item indexed: no new items) in perf_analyzer's --input-data format, for the
+    `recommend` model; retrieval requests (no candidate_ids) leave candidate_id out and send ``k`` when set."""
+    data = []
+    for r in requests:
+        if r.new_items:
+            raise ValueError("perf_analyzer requests carry no new items (fresh ids per request)")
+        entry = {"history_id": {"content": list(r.history_ids or ()), "shape": [len(r.history_ids or ())]}}
+        if r.candidate_ids:
+            entry["candidate_id"] = {"content": list(r.candidate_ids), "shape": [len(r.candidate_ids)]}
+        elif r.k is not None:
+            entry["k"] = {"content": [int(r.k)], "shape": [1]}
+        for name in ("new_item_id", "new_item_text", "new_item_category", "new_item_subcategory"):
+            entry[name] = {"content": [], "shape": [0]}
         data.append(entry)
     path.write_text(json.dumps({"data": data}))
     return path

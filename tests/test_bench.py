@@ -29,7 +29,9 @@ def test_quick_bench_measures_everything_side_by_side(artifacts, trained_run, ti
                 assert p["server"]["encoder"]["requests"] > 0 and p["server"]["encoder"]["compute_ms"] > 0
     assert set(res["in_process"]) == {"h50-c100-int8", "h50-c100-fp32"} and "h50-c100" in res["torch_eager"]
     pa = res["perf_analyzer"]
-    assert set(pa) == {"ours-h50-c100-int8@c1", "ours-h50-c100-int8@c4"}, pa
+    # the text path's reference at 1 and 4; every indexed scenario (ids, retrieval) at 1, right after ours
+    assert set(pa) == {"ours-h50-c100-int8@c1", "ours-h50-c100-int8@c4", "ids-h50-c100-int8-u0@c1",
+                       "ids-h50-c100-int8-u0-n20000@c1", "retrieve-h50-k10-m200-int8-n20000@c1"}, pa
     assert all(r.get("throughput_rps", 0) > 0 for r in pa.values()), pa
     names = [t["target"] for t in res["targets"]]
     assert any("naive" in n for n in names) and any("perf_analyzer" in n for n in names)
