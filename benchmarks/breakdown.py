@@ -9,7 +9,8 @@ indexed), in this order:
   2. Triton's perf_analyzer (C++) on the same model with requests of the same shape;
   3. at concurrency 1 only: the sync client's own steps timed one by one (check, encode, RPC, decode).
 Writes OUT/breakdown.json and OUT/breakdown.md; the load average and the processes sharing the cores are
-recorded with every point (the machine has 2 cores and other work may run).
+recorded with every point (the machine has 2 cores and other work may run). py-spy is not a dependency:
+``pip install py-spy`` in the venv (without it ``py_spy`` is false in the JSON and the profile tables are empty).
 """
 
 from __future__ import annotations
