@@ -55,9 +55,9 @@ def test_retrieval_graph_is_exported_gated_and_reproduces_the_match_term(fp32_ex
                                st(7), st(30))
         match = (out["click_logit"] - hp.feature_term(feats))[0].numpy()
     np.testing.assert_allclose(score, match, atol=1e-4)
-    # a cold user (no history) searches with the learned sentinel
+    # a cold user (no history) searches with the learned sentinel, at the match term's scale
     cold = ort.user_vector(np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    np.testing.assert_allclose(cold, m.heads.sentinel.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(cold, (m.heads.sentinel * m.heads.match_scale).detach().numpy(), atol=1e-6)
 
 
 def test_retrieval_gate_fails_on_a_graph_from_other_weights(fp32_export, model, trained_run, tmp_path):
