@@ -266,6 +266,32 @@ class ImportReport:
         return "\n".join(lines)
 
 
+class NegativeSampler:
+    """Seeded non-interacted items for one user: ``pool`` items not in ``seen`` (``free`` of them). Rejection
+    sampling while most of the pool is free, else a draw from the free items, listed once per user."""
+
+    def __init__(self, pool: list[str], seen: set[str], free: int, rng: np.random.Generator):
+        self.pool, self.seen, self.free, self.rng = pool, seen, free, rng
+        self._free_items: list[str] | None = None
+
+    def draw(self, k: int) -> list[str]:
+        """k distinct negatives (fewer when fewer are free)."""
+        pool, rng = self.pool, self.rng
+        if self.free >= 4 * k:       # rejection sampling: cheap while most of the catalog is untouched
+            chosen: list[str] = []
+            taken = set(self.seen)
+            while len(chosen) < k:
+                item = pool[int(rng.integers(len(pool)))]
+                if item not in taken:
+                    taken.add(item)
+                    chosen.append(item)
+            return chosen
+        if self._free_items is None:
+            self._free_items = [i for i in pool if i not in self.seen]
+        free = self._free_items
+        return [free[i] for i in rng.choice(len(free), size=min(k, len(free)), replace=False)]
+
+
 def _share(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f} %" if whole else "-"
 
@@ -665,25 +691,11 @@ class _Builder:
         rep, k = self.report, self.cfg.implicit_negatives
         user_key = _natural(user)
         seen = {e[2] for e in evs}
-        free = len(pool) - len(seen)
-        candidates_pool: list[str] | None = None
+        sampler = NegativeSampler(pool, seen, len(pool) - len(seen), rng)
         for e in rest:
             rep.impressions_built += 1
-            if free >= 4 * k:       # rejection sampling: cheap while most of the catalog is untouched
-                chosen: list[str] = []
-                taken = set(seen)
-                while len(chosen) < k:
-                    item = pool[int(rng.integers(len(pool)))]
-                    if item not in taken:
-                        taken.add(item)
-                        chosen.append(item)
-            else:
-                if candidates_pool is None:
-                    candidates_pool = [i for i in pool if i not in seen]
-                n = min(k, len(candidates_pool))
-                chosen = [candidates_pool[i] for i in rng.choice(len(candidates_pool), size=n, replace=False)]
-                if n < k:
-                    rep.negatives_short += 1
+            chosen = sampler.draw(k)
+            rep.negatives_short += len(chosen) < k
             if not chosen:
                 rep.impressions_dropped_all_positive += 1
                 continue

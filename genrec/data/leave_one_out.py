@@ -57,6 +57,7 @@ from genrec.data.importers import (
     DataImportError,
     ImportConfig,
     ImportReport,
+    NegativeSampler,
     _Builder,
     _format_time,
     _Item,
@@ -391,28 +392,15 @@ def _write(out: Path, builder: _Builder, cfg: LeaveOneOutConfig, rep: LeaveOneOu
         dev, test = held["dev"].get(user), held["test"].get(user)
         seen = set(items) | {row[2] for row in (dev, test) if row and row[2]}
         # training impressions
-        free = len(pool) - len(seen & set(pool))
-        free_pool: list[str] | None = None
+        sampler = NegativeSampler(pool, seen, len(pool) - len(seen & set(pool)), rng)
         before = len(splits["train"])
         for j in range(cfg.min_history, len(evs)):
             history, cut = _cut(items[:j], cfg)
             rep.train_histories_truncated += cut
-            if free >= 4 * k:       # rejection sampling while most of the pool is untouched (as importers)
-                chosen: list[str] = []
-                taken = set(seen)
-                while len(chosen) < k:
-                    item = pool[int(rng.integers(len(pool)))]
-                    if item not in taken:
-                        taken.add(item)
-                        chosen.append(item)
-            else:
-                if free_pool is None:
-                    free_pool = [i for i in pool if i not in seen]
-                n = min(k, len(free_pool))
-                chosen = [free_pool[i] for i in rng.choice(len(free_pool), size=n, replace=False)]
-                rep.negatives_short += n < k
-                if not chosen:
-                    continue
+            chosen = sampler.draw(k)
+            rep.negatives_short += len(chosen) < k
+            if not chosen:
+                continue
             rep.negatives_sampled += len(chosen)
             _append(splits["train"], rng, evs[j][0], key, user, history, items[j], chosen)
         rep.users_without_impressions += user in train_rows and len(splits["train"]) == before
