@@ -351,15 +351,20 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
 
     optim = _optimizer(model, cfg)
     ema = EmaWeights(model, cfg.ema)
-    # epoch 0: the model as initialized (with baseline_init and match_init 0: exactly the ctr_popularity baseline);
-    # after early stopping the trained model must not be clearly below it on validation (keep_start)
+    # epoch 0, the reference: the model as initialized with the match term's scale at 0 (with baseline_init: exactly
+    # the ctr_popularity baseline); training starts from match_init; after early stopping the trained model must not
+    # be clearly below the reference on validation (keep_start)
     t_epoch = time.perf_counter()
+    with torch.no_grad():
+        model.heads.match_scale.zero_()
     val = _validate(model, data, cache, cache_mask)
     start_per = val.pop("per_impression")
     history = [{"epoch": 0, "seconds": round(time.perf_counter() - t_epoch, 1),
                 **{f"val_{k}": v for k, v in val.items()}}]
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    log(f"epoch 0 (the start): val group-AUC {val['group_auc']:.4f}  MRR {val['mrr']:.4f}")
+    with torch.no_grad():
+        model.heads.match_scale.fill_(model_cfg.match_init)
+    log(f"epoch 0 (the baseline start): val group-AUC {val['group_auc']:.4f}  MRR {val['mrr']:.4f}")
     best_auc, best_epoch, best_state, best_per, bad_epochs = -1.0, 0, None, start_per, 0
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
@@ -386,7 +391,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
             break
 
     kept, diff, se = keep_start(best_per, start_per)
-    kept = kept and model_cfg.baseline_init > 0 and model_cfg.item_stats and model_cfg.match_init == 0
+    kept = kept and model_cfg.baseline_init > 0 and model_cfg.item_stats
     if kept:
         log(f"the trained model (epoch {best_epoch}) is below its start on validation by {-diff:.4f} (SE {se:.4f}): "
             "keeping the start, the baseline")

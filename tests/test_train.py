@@ -137,3 +137,18 @@ def test_training_records_the_comparison_with_its_start(trained_run):
     assert set(best["vs_start"]) == {"kept_start", "val_auc_difference", "standard_error"}
     history = json.loads((trained_run / "metrics.json").read_text())["history"]
     assert history[0]["epoch"] == 0 and history[1]["epoch"] == 1            # the start is validated too
+
+
+def test_the_start_it_is_compared_with_is_the_baseline_whatever_the_match_starts_at(tiny_data, tmp_path):
+    """Epoch 0 validates the model with the match term's scale at 0 (the baseline) also when training starts the
+    match at full weight (match_init 1), so the keep-the-start rule always guards against ending below the baseline;
+    training itself starts from match_init."""
+    import json
+
+    cfg = TrainConfig(epochs=1, seed=0, max_impressions=200)
+    runs = {}
+    for mi in (0.0, 1.0):
+        train(tiny_data / "train", tmp_path / str(mi), ModelConfig(match_init=mi), cfg, progress=False)
+        runs[mi] = json.loads((tmp_path / str(mi) / "metrics.json").read_text())["history"]
+    assert runs[0.0][0]["val_group_auc"] == runs[1.0][0]["val_group_auc"]    # the same reference: the baseline
+    assert runs[0.0][1]["val_group_auc"] != runs[1.0][1]["val_group_auc"]    # but training started elsewhere
