@@ -31,6 +31,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "content only": ({"item_stats": False}, "title"),
     "+ item counts": ({"collaborative": False, "baseline_init": 0.0}, "title"),
     "+ collaborative vectors": ({"baseline_init": 0.0}, "title"),
+    # "(before)": the earlier default's settings; since the epoch-0 reference is the baseline for every match_init, a
+    # rerun of this row also keeps the start when it ends clearly below it (the committed row predates that)
     "+ baseline start with a random match (before)": ({"match_init": 1.0, "stats_dropout": 0.0}, "title"),
     "+ match from zero and kept above its start": ({"match_init": 0.0, "stats_dropout": 0.0}, "title"),
     "+ new items in training (default)": ({}, "title"),
