@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from genrec.benchmarks import anchors
-from genrec.benchmarks.loadgen import Timing, served_point
+from genrec.benchmarks.loadgen import Timing, read_answer, served_point
 from genrec.benchmarks.workload import IdWorkload, load_catalog, perf_analyzer_id_json
 
 # the recommend model's own steps: a frame (function name, file) -> the step it belongs to; a sample counts for
@@ -138,7 +138,7 @@ def _client_steps(url: str, workload, n: int) -> dict[str, float]:
             t2 = time.perf_counter()
             result = call.infer(client._grpc)(30.0)
             t3 = time.perf_counter()
-            call.decode(result)
+            read_answer(call.decode(result))          # what the closed loop reads of every answer
         else:                              # the client before issue 28 (tritonclient's InferInput / InferResult)
             import tritonclient.grpc as grpcclient
 

@@ -8,8 +8,14 @@
 from genrec.client.aio import AsyncRecommenderClient
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
 from genrec.client.sync import RecommenderClient
-from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
+from genrec.client.types import (
+    Because,
+    RankedItems,
+    Recommendations,
+    RecommendedItem,
+    RecommendRequest,
+)
 
 __all__ = ["AsyncRecommenderClient", "Because", "ContractMismatch", "DeadlineExceeded", "GenrecClientError",
-           "InvalidRequest", "RecommendRequest", "RecommendedItem", "Recommendations", "RecommenderClient",
-           "Unavailable"]
+           "InvalidRequest", "RankedItems", "RecommendRequest", "RecommendedItem", "Recommendations",
+           "RecommenderClient", "Unavailable"]

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from genrec.client import wire
 from genrec.client.errors import ContractMismatch, DeadlineExceeded, GenrecClientError, InvalidRequest, Unavailable
-from genrec.client.types import Because, Recommendations, RecommendedItem, RecommendRequest
+from genrec.client.types import Because, RankedItems, Recommendations, RecommendedItem, RecommendRequest
 from genrec.core.contract import (
     CONTRACT_VERSION,
     ENSEMBLE,
@@ -394,21 +394,25 @@ def decode(result: Any, user: UserRequest | IdRequest, req: RecommendRequest, se
     order = order.tolist()
     score_list = scores.tolist()
     task_lists = {k: v.tolist() for k, v in tasks.items()}
-    if explanation is not None and explanation.size:         # every row's best history items in one sort
-        top = np.argsort(-explanation, axis=1, kind="stable")[:, :EXPLAIN_TOP]
-        weights = np.take_along_axis(explanation, top, axis=1).tolist()
-        top = top.tolist()
-    else:
-        top = weights = [[] for _ in score_list]
-    # positional, in the dataclasses' field order: the loop builds C items and C x 3 reasons (the decoder's cost)
+    explain = explanation is not None and explanation.size > 0
     item, because = RecommendedItem, Because
-    items = [item(c, cand_text[c], cand_cat[c], score_list[c], {k: v[c] for k, v in task_lists.items()},
-                  tuple([because(h, hist_text[h], w, hist_ids[h]) for h, w in zip(top[c], weights[c])]),
-                  truncated[n_hist + c], cand_ids[c], source[n_hist + c]) for c in order]
+    best: list[tuple[list[list[int]], list[list[float]]]] = []    # every row's best history items, sorted once
+
+    def make(c: int) -> RecommendedItem:      # candidate c's item, built when the caller first reads it
+        reasons = ()
+        if explain:
+            if not best:                       # one stable sort of the (C, H) matrix for every item read
+                top = np.argsort(-explanation, axis=1, kind="stable")[:, :EXPLAIN_TOP]
+                best.append((top.tolist(), np.take_along_axis(explanation, top, axis=1).tolist()))
+            top, weights = best[0][0][c], best[0][1][c]
+            reasons = tuple([because(h, hist_text[h], w, hist_ids[h]) for h, w in zip(top, weights)])
+        return item(c, cand_text[c], cand_cat[c], score_list[c], {k: v[c] for k, v in task_lists.items()}, reasons,
+                    truncated[n_hist + c], cand_ids[c], source[n_hist + c])
+
     names = served.categories if len(served.categories) == len(topics) else [str(i) for i in range(len(topics))]
     profile = dict(sorted(((names[i] or "<unknown>", p) for i, p in enumerate(topics.tolist())),
                           key=lambda kv: -kv[1]))
-    return Recommendations(tuple(items), model, served.version, profile,
+    return Recommendations(RankedItems(order, make), model, served.version, profile,
                            tuple(i for i in range(n_hist) if truncated[i]), latency_ms)
 
 

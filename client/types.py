@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +29,98 @@ class RecommendedItem:
     source: str = ""         # id path: "index", "cache" (new item encoded before) or "encoded" (now)
 
 
+class RankedItems(tuple):
+    """An answer's items, best first: a tuple whose :class:`RecommendedItem` objects are built on first access and
+    kept (index, slice, iterate, ``len``, ``in``, ``==`` / ``+`` with tuples, pickle, ``dataclasses.asdict``).
+
+    Why: a service reads the top few of C candidates; building all C items and their C x 3 reasons on every call
+    was most of the genrec client's CPU on the id path at C100 (issue 28). What each item holds is fixed when the
+    answer arrives (``make`` reads the answer's arrays only), so an item built later equals one built at once.
+    The tuple's own storage is empty: every tuple operation is overridden to go through :meth:`__getitem__`
+    (C code that reads a tuple subclass iterates it), and ``RankedItems(iterable)`` -- how ``dataclasses.asdict``
+    and ``copy`` rebuild a tuple -- gives a plain tuple."""
+
+    def __new__(cls, order: Sequence[int] | Iterator = (), make: Callable[[int], RecommendedItem] | None = None):
+        if make is None:                      # RankedItems(iterable): an ordinary tuple of its values
+            return tuple(order)
+        self = super().__new__(cls)
+        self._order = order                   # candidate index of each rank
+        self._make = make                     # candidate index -> its item
+        self._built = [None] * len(order)     # the items read so far
+        return self
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple([self[j] for j in range(*i.indices(len(self._order)))])
+        n = len(self._order)
+        if not -n <= i < n:
+            raise IndexError(f"item {i} of {n}")
+        i %= n
+        item = self._built[i]
+        if item is None:
+            item = self._built[i] = self._make(self._order[i])
+        return item
+
+    def __iter__(self) -> Iterator[RecommendedItem]:
+        return (self[i] for i in range(len(self._order)))
+
+    def __reversed__(self) -> Iterator[RecommendedItem]:
+        return (self[i] for i in reversed(range(len(self._order))))
+
+    def __contains__(self, value) -> bool:
+        return any(item == value for item in self)
+
+    def count(self, value) -> int:
+        return sum(item == value for item in self)
+
+    def index(self, value, start: int = 0, stop: int | None = None) -> int:
+        return tuple(self).index(value, start, len(self) if stop is None else stop)
+
+    def __add__(self, other):
+        return tuple(self) + other
+
+    def __radd__(self, other):
+        return other + tuple(self)
+
+    def __mul__(self, n):
+        return tuple(self) * n
+
+    __rmul__ = __mul__
+
+    def __eq__(self, other):
+        return tuple(self) == other if isinstance(other, tuple) else NotImplemented
+
+    def __ne__(self, other):
+        return tuple(self) != other if isinstance(other, tuple) else NotImplemented
+
+    def __lt__(self, other):
+        return tuple(self) < other
+
+    def __le__(self, other):
+        return tuple(self) <= other
+
+    def __gt__(self, other):
+        return tuple(self) > other
+
+    def __ge__(self, other):
+        return tuple(self) >= other
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __reduce__(self):
+        return tuple, (tuple(self),)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 @dataclasses.dataclass(frozen=True)
 class Recommendations:
-    items: tuple[RecommendedItem, ...]   # sorted by score, best first (top_k of them if asked)
+    items: tuple[RecommendedItem, ...]   # sorted by score, best first (top_k of them if asked; built when read)
     model_name: str
     model_version: str
     user_topics: dict[str, float]         # the user's topic profile, highest first

@@ -422,3 +422,71 @@ def test_fast_path_answers_exactly_what_tritonclient_decodes_on_the_same_request
             return await aclient.recommend_request(dataclasses.replace(_req(r), explain=False))
 
     assert [a[:3] for a in _answer(asyncio.run(run()))] == [w[:3] for w in want]
+
+
+def _id_answer(c: int, h: int, seed: int = 0):
+    """A recommend answer for ``h`` history ids and ``c`` candidate ids, as the server sends it (KServe message)."""
+    from tritonclient.grpc import service_pb2
+
+    from genrec.client import wire
+    from genrec.core.contract import RECOMMEND
+
+    rng = np.random.default_rng(seed)
+    arrays = {"scores": rng.normal(size=c).round(1), "topic_affinity": rng.random(c), "category_confidence":
+              rng.random(c), "explanation": rng.normal(size=(c, h)).round(1), "user_topics": rng.random(5),
+              "item_source": np.zeros(h + c), "truncated": rng.random(h + c) < 0.2}
+    resp = service_pb2.ModelInferResponse()
+    for t in RECOMMEND.outputs:
+        if t.name in arrays:
+            a = np.ascontiguousarray(arrays[t.name], dtype=wire.NUMPY[t.dtype])
+            resp.outputs.add(name=t.name, datatype=t.dtype, shape=list(a.shape))
+            resp.raw_output_contents.append(a.tobytes())
+    return wire.Result(resp)
+
+
+def test_answer_items_are_built_when_read_and_equal_the_eager_decoding(monkeypatch):
+    """Issue 28: an answer's items are built on first access (a service reads the top few of C); what it reads
+    equals the eager decoding (the ``_reference`` above, ties included: scores and weights rounded to share values),
+    slices are tuples, an item read twice is one object, and the items are a tuple to every tuple operation
+    (``in``, ``+``, ``==``, unpacking, pickle, copy, ``dataclasses.asdict`` -> JSON)."""
+    import copy
+    import pickle
+
+    from genrec.client import RankedItems, common
+    from genrec.client.types import RecommendedItem
+
+    built = []
+
+    class Counted(RecommendedItem):
+        def __init__(self, *args):
+            built.append(args[0])
+            super().__init__(*args)
+
+    monkeypatch.setattr(common, "RecommendedItem", Counted)
+    c, h = 100, 50
+    result = _id_answer(c, h)
+    req = RecommendRequest(history_ids=[f"h{i}" for i in range(h)], candidate_ids=[f"c{i}" for i in range(c)])
+    served = common.Served("1", Limits(), ["", "a", "b", "c", "d"])
+    recs = common.decode(result, common.prepare(req, served.limits, served), req, served, "recommend", 0.0)
+    assert isinstance(recs.items, RankedItems) and isinstance(recs.items, tuple) and len(recs) == c and built == []
+    top = recs.items[:10]
+    assert isinstance(top, tuple) and len(built) == 10
+    assert recs.items[0] is top[0] and recs.items[-1] is recs.items[c - 1] and len(built) == 11
+    with pytest.raises(IndexError):
+        recs.items[c]
+    want = _reference(result)
+    assert _answer(top) == want[:10]
+    assert _answer(recs) == want and sorted(built) == list(range(c))
+    assert all(it.item_id == f"c{it.index}" and it.truncated == bool(result.as_numpy("truncated")[h + it.index])
+               for it in recs)
+    assert [b.item_id for b in recs.items[0].because] == [f"h{j}" for j, _ in want[0][3]]
+    assert recs.items == tuple(recs.items) and recs == dataclasses.replace(recs, items=tuple(recs.items))
+    monkeypatch.undo()                                  # the public item type again (a local class cannot pickle)
+    plain = common.decode(result, common.prepare(req, served.limits, served), req, served, "recommend", 0.0)
+    assert pickle.loads(pickle.dumps(plain.items)) == tuple(plain.items) and _answer(plain) == want
+    first, *rest = plain.items
+    assert first in plain.items and len(rest) == c - 1 and plain.items.index(rest[0]) == 1
+    assert plain.items + () == tuple(plain.items) == () + plain.items and type(copy.deepcopy(plain.items)) is tuple
+    as_json = json.loads(json.dumps(dataclasses.asdict(plain)))
+    assert [(i["index"], i["score"]) for i in as_json["items"]] == [(w[0], w[1]) for w in want]
+    assert list(recs.user_topics) and recs.user_topics == dict(sorted(recs.user_topics.items(), key=lambda kv: -kv[1]))
