@@ -304,3 +304,18 @@ def test_a_stats_swap_under_retrieval_load_never_mixes_two_versions(retrieval_se
         publish(0)
     print(f"\nstats swap under retrieval load: {len(done)} answers, {len(bad)} mixed")
     assert len(done) >= 100 and not bad, bad[:3]
+
+
+def test_retrieval_without_explanations_returns_the_same_items_and_scores(retrieval_server, retrieval_index,
+                                                                          tiny_data):
+    """explain=False asks for every output but the explanation; the recommend model then runs the heads without
+    their leave-one-out part (issue 28): the same items, scores and tasks, and no reasons."""
+    from genrec.core.index import ItemIndex
+
+    index = ItemIndex(retrieval_index)
+    client = RecommenderClient(retrieval_server.grpc_url, timeout=30)
+    for hist, _ in _users(tiny_data, index, 3):
+        full = client.recommend(history_ids=hist, k=20)
+        lean = client.recommend(history_ids=hist, k=20, explain=False)
+        assert [(it.item_id, it.score, it.tasks) for it in lean] == [(it.item_id, it.score, it.tasks) for it in full]
+        assert any(it.because for it in full) and not any(it.because for it in lean)

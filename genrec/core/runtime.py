@@ -190,15 +190,18 @@ class OrtHeads:
                  candidate_category: np.ndarray, candidate_subcategory: np.ndarray,
                  history_stats: np.ndarray | None = None,
                  candidate_stats: np.ndarray | None = None,
-                 user_profile: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 user_profile: np.ndarray | None = None,
+                 outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every heads output, or only ``outputs`` (ORT then runs only the nodes they need: without
+        ``explanation`` the leave-one-out part is skipped; the other outputs are the same values)."""
         feeds = {"item_vectors": item_vectors, "history_category": history_category,
                  "history_subcategory": history_subcategory, "candidate_category": candidate_category,
                  "candidate_subcategory": candidate_subcategory,
                  "history_stats": stats_or_zeros(history_stats, len(history_category)),
                  "candidate_stats": stats_or_zeros(candidate_stats, len(candidate_category)),
                  "user_profile": profile_or_zeros(user_profile, self.n_categories)}
-        outs = self.sess.run(HEADS.output_names, feeds)
-        return dict(zip(HEADS.output_names, outs))
+        names = list(HEADS.output_names if outputs is None else outputs)
+        return dict(zip(names, self.sess.run(names, feeds)))
 
 
 class Pipeline:

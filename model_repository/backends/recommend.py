@@ -154,17 +154,20 @@ class RecommendModel:
                                                     self.categories), len(self.categories))     # (K,)
         index = self.live.index                       # one generation for the whole request: read the reference once
         table = self.stats.table if self.stats is not None else None    # one stats snapshot, likewise
-        if retrieval is not None:
-            out = self._retrieve(req, retrieval, index, table, profile)
-        else:
-            out = self._rank(req, index, table, profile)
-            out["item_id"] = cand                     # the candidates' ids as sent (object array of bytes)
         # only what the caller asked for (Triton names every output when it asked for none): a caller that wants
-        # no explanations saves the (C, H) matrix's copies through the stub and the wire
+        # no explanations saves the heads' leave-one-out part and the (C, H) matrix's copies through the stub and
+        # the wire (scores always: they rank)
         wanted = set(request.requested_output_names())
+        heads_out = tuple(n for n in HEADS.output_names if not wanted or n in wanted or n == "scores")
+        if retrieval is not None:
+            out = self._retrieve(req, retrieval, index, table, profile, heads_out)
+        else:
+            out = self._rank(req, index, table, profile, heads_out=heads_out)
+            out["item_id"] = cand                     # the candidates' ids as sent (object array of bytes)
         return response({k: v for k, v in out.items() if k in wanted} if wanted else out)
 
-    def _rank(self, req, index, table, profile, retrieved: np.ndarray | None = None):
+    def _rank(self, req, index, table, profile, retrieved: np.ndarray | None = None,
+              heads_out: tuple[str, ...] = HEADS.output_names):
         """Score ``req``'s candidates, or (``retrieved``: global rows of ``index``) the retrieved items.
         ``index`` and ``table`` (stats, or None) are the request's one snapshot of each."""
         ids = [*req.history_id, *req.candidate_id]
@@ -210,13 +213,13 @@ class RecommendModel:
         if retrieved is None:
             feeds = (vectors, cats[:n_hist], subs[:n_hist], cats[n_hist:], subs[n_hist:], stats[:n_hist],
                      stats[n_hist:], profile)
-            out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
+            out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds, outputs=heads_out)
             out["item_source"] = source
             out["truncated"] = truncated
             return out
         return vectors, cats, subs, truncated, source, stats
 
-    def _retrieve(self, req, opts, index, table, profile):
+    def _retrieve(self, req, opts, index, table, profile, heads_out: tuple[str, ...] = HEADS.output_names):
         """No candidates: user vector -> ANN top M -> heads re-rank -> best k (see the module doc)."""
         vectors, cats, subs, truncated, source, hist_stats = self._rank(req, index, table, profile,
                                                                         retrieved=np.zeros(0))
@@ -243,10 +246,11 @@ class RecommendModel:
                     "user_topics": np.full(k, 1.0 / k, np.float32), "item_source": source,
                     "truncated": truncated, "item_id": np.zeros(0, dtype=np.object_)}
         feeds = (np.concatenate([vectors, c_vec]), cats, subs, c_cat, c_sub, hist_stats, c_stats, profile)
-        out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds)
+        out = self._heads_bls(*feeds) if self.heads_mode == "bls" else self.heads(*feeds, outputs=heads_out)
         best = np.argsort(-out["scores"], kind="stable")[: opts.k]
         for name in ("scores", "topic_affinity", "category_confidence", "explanation"):
-            out[name] = np.ascontiguousarray(out[name][best])
+            if name in out:
+                out[name] = np.ascontiguousarray(out[name][best])
         out["item_source"] = np.concatenate([source, np.full(len(best), INDEX, np.int8)])
         out["truncated"] = np.concatenate([truncated, c_cut[best]])
         out["item_id"] = np.array([c_ids[i] for i in best.tolist()], dtype=np.object_)
