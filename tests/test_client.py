@@ -490,3 +490,17 @@ def test_answer_items_are_built_when_read_and_equal_the_eager_decoding(monkeypat
     as_json = json.loads(json.dumps(dataclasses.asdict(plain)))
     assert [(i["index"], i["score"]) for i in as_json["items"]] == [(w[0], w[1]) for w in want]
     assert list(recs.user_topics) and recs.user_topics == dict(sorted(recs.user_topics.items(), key=lambda kv: -kv[1]))
+
+
+def test_bytes_tensors_are_encoded_as_tritonclient_serializes_them():
+    """The fast path's BYTES encoding (length prefixes prebuilt for short elements) equals tritonclient's own
+    serialization for str and bytes, multi-byte UTF-8, empty elements and elements past the prebuilt prefixes."""
+    from tritonclient.utils import serialize_byte_tensor
+
+    from genrec.client import wire
+
+    values = ["N1", b"raw", "", "caf\u00e9 \u2615", "x" * 1023, "y" * 1024, b"z" * 70000, "N" * 5]
+    want = serialize_byte_tensor(np.array([v.encode() if isinstance(v, str) else v for v in values],
+                                          dtype=np.object_)).item()
+    assert wire.bytes_raw(values) == want
+    assert wire.bytes_values(wire.bytes_raw(values)) == [v.encode() if isinstance(v, str) else v for v in values]
