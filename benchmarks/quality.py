@@ -37,7 +37,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "+ match from zero and kept above its start": ({"match_init": 0.0, "stats_dropout": 0.0}, "title"),
     "+ new items in training at the auto rate": ({"stats_dropout_search": ()}, "title"),
     # the auto rate and TrainConfig.stats_dropout_search's (0.5) trained from one start, validation keeps the better
-    "+ the new-item rate chosen on validation (default)": ({}, "title"),
+    "+ the new-item rate chosen on validation": ({"soup": False}, "title"),
+    # ...or the mean of both rates' weights (TrainConfig.soup) where validation prefers it
+    "+ their soup where validation prefers it (default)": ({}, "title"),
     "default, the match from a random start": ({"match_init": 1.0}, "title"),
     "default + stats dropout 0.5": ({"stats_dropout": 0.5}, "title"),
     "+ fine-tuned top LM layer": ({"finetune_layers": 1}, "title"),
@@ -52,7 +54,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
 # the rows run on the new-item regime too (ml-100k-new): the ones that say something about new items
 REGIME_VARIANTS = ("content only", "+ item counts", "+ baseline start with a random match (before)",
                    "+ match from zero and kept above its start", "+ new items in training at the auto rate",
-                   "+ the new-item rate chosen on validation (default)",
+                   "+ the new-item rate chosen on validation", "+ their soup where validation prefers it (default)",
                    "default, the match from a random start", "default + stats dropout 0.5")
 LLM_VARIANTS = ("content only + LLM-enriched titles", "content only + summaries as item text", "+ LLM-enriched titles",
                 "+ LLM user profiles", "+ LLM cold-user items", "+ LLM user profiles + cold-user items")
@@ -73,10 +75,10 @@ class QualityConfig:
         "help": "ml-100k (the standard split, 3 %% of test candidates new; needs ../shared/data/ml-100k, skipped "
                 "when absent), ml-100k-new (the same log with items launched at the training cut: 30 %% of test "
                 "candidates new, `genrec data import movielens --new-items 0.3`) and/or synthetic"})
-    variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:11], metadata={
+    variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:12], metadata={
         "help": "ablation rows to run on ml-100k (names as in the table); the LLM rows (" + ", ".join(LLM_VARIANTS)
                 + ") are opt-in: their first run enriches the catalog with the local LLM (~25 min on one core)"})
-    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:9], metadata={
+    synthetic_variants: tuple[str, ...] = dataclasses.field(default=tuple(VARIANTS)[:10], metadata={
         "help": "ablation rows on the synthetic set (its text already carries the signal: the LM rows cost "
                 "time and say little there)"})
     ml100k: str = dataclasses.field(default=str(ML100K), metadata={"help": "the MovieLens 100K folder"})

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -422,6 +422,14 @@ def reproducible():
         torch.use_deterministic_algorithms(before, warn_only=warn)
 
 
+def soup_of(fits: Sequence[Fit]) -> dict[str, torch.Tensor]:
+    """The mean of the fits' weights (every fit from one start, so their weights average: a model soup); tensors that
+    are not floating point (counters, indices) are the first fit's."""
+    first = fits[0].state
+    return {k: torch.stack([f.state[k] for f in fits]).mean(0) if v.is_floating_point() else v.clone()
+            for k, v in first.items()}
+
+
 def stats_dropout_rates(cfg: TrainConfig, auto: float) -> list[float]:
     """The rates a run trains at: the one given, or (auto) the catalog's own rate, then the searched ones."""
     if cfg.stats_dropout is not None:
@@ -481,6 +489,20 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
         log("stats dropout search on validation: " + ", ".join(f"{f.stats_dropout:.3f} -> {f.best_auc:.4f}"
                                                                for f in fits) + f"; keeping {chosen.stats_dropout:.3f}")
     used_cfg = dataclasses.replace(data.used_cfg, stats_dropout=chosen.stats_dropout)
+    soup: dict[str, Any] | None = None
+    if cfg.soup and len(fits) > 1:      # TrainConfig.soup: every rate's chosen weights averaged, if validation prefers
+        weights = soup_of(fits)
+        model.load_state_dict(weights)
+        val = _validate(model, data, cache, cache_mask)
+        val.pop("per_impression")
+        soup = {"rates": [f.stats_dropout for f in fits], "val_group_auc": val["group_auc"],
+                "kept": val["group_auc"] > chosen.best_auc + 1e-4}
+        log(f"the soup of {len(fits)} rates: val group-AUC {val['group_auc']:.4f} vs {chosen.best_auc:.4f} "
+            f"({'kept' if soup['kept'] else 'not kept'})")
+        if soup["kept"]:
+            chosen = dataclasses.replace(chosen, state=weights, best_auc=val["group_auc"], history=[
+                *chosen.history, {"epoch": chosen.best_epoch, "soup": soup["rates"],
+                                  **{f"val_{k}": v for k, v in val.items()}}])
     model.load_state_dict(chosen.state)
     best_epoch, best_auc, history = chosen.best_epoch, chosen.best_auc, chosen.history
     best = next(r for r in reversed(history) if r["epoch"] == best_epoch)      # the averaged weights if any
@@ -490,6 +512,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig = Mo
                "stats_dropout": chosen.stats_dropout,
                "stats_dropout_search": [{"stats_dropout": f.stats_dropout, "val_group_auc": f.best_auc,
                                          "best_epoch": f.best_epoch, "kept_start": f.kept_start} for f in fits],
+               "soup": soup,
                "train_seconds": round(time.perf_counter() - t_start, 1), "truncated_texts": n_trunc}
     item_stats = ItemStats.from_impressions(data.impressions, info={"data": str(Path(data_dir).resolve())})
     ckpt = Checkpoint(

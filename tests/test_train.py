@@ -161,7 +161,8 @@ def test_auto_stats_dropout_trains_each_searched_rate_from_one_start_and_keeps_t
     run at that rate alone trains (the same weights), and a rate given explicitly trains once."""
     base = dict(epochs=2, patience=1, max_impressions=400, threads=1)   # 1 thread: bit-exact reruns
     res = train(tiny_data / "train", tmp_path / "search", ModelConfig(dim=32),
-                TrainConfig(**base, stats_dropout_search=(0.5, 0.25)), progress=False, log=lambda _m: None)
+                TrainConfig(**base, stats_dropout_search=(0.5, 0.25), soup=False), progress=False,
+                log=lambda _m: None)
     search = res.metrics["stats_dropout_search"]
     assert [s["stats_dropout"] for s in search][1:] == [0.5, 0.25] and search[0]["stats_dropout"] < 0.5
     best = max(search, key=lambda s: s["val_group_auc"])
@@ -180,6 +181,49 @@ def test_auto_stats_dropout_trains_each_searched_rate_from_one_start_and_keeps_t
                  progress=False, log=lambda _m: None)                    # the last rate searched, trained alone
     assert [(r["val_group_auc"], r.get("train_loss")) for r in last.history] == \
         [(r["val_group_auc"], r.get("train_loss")) for r in history[2]["history"]]
+
+
+def test_the_soup_of_the_searched_rates_is_their_mean_and_kept_only_when_validation_prefers_it(tiny_data, tmp_path,
+                                                                                                 monkeypatch):
+    """Issue 26, TrainConfig.soup: after the rate search the mean of every rate's chosen weights is scored on
+    validation; it replaces the best rate only when validation prefers it (recorded in metrics["soup"]), and the
+    kept soup is exactly the mean of the weights each rate trains alone."""
+    import inspect
+
+    import genrec.train as training
+
+    base = dict(epochs=2, patience=1, max_impressions=400, threads=1)   # 1 thread: bit-exact reruns
+
+    def run(name, **cfg):
+        return train(tiny_data / "train", tmp_path / name, ModelConfig(dim=32), TrainConfig(**base, **cfg),
+                     progress=False, log=lambda _m: None)
+
+    plain = run("plain", stats_dropout_search=(0.5,), soup=True)
+    soup, search = plain.metrics["soup"], plain.metrics["stats_dropout_search"]
+    rates = [s["stats_dropout"] for s in search]
+    best = max(s["val_group_auc"] for s in search)
+    assert soup["rates"] == rates and len(rates) == 2
+    assert soup["kept"] == (soup["val_group_auc"] > best + 1e-4)
+    assert plain.metrics["group_auc"] == (soup["val_group_auc"] if soup["kept"] else best)
+    assert run("off", stats_dropout_search=(0.5,), soup=False).metrics["soup"] is None
+
+    real = training._validate
+
+    def soup_preferred(*args):                      # the soup's validation is the one train() makes itself
+        out = real(*args)
+        if inspect.stack()[1].function == "train":
+            out["group_auc"] += 0.5
+        return out
+
+    monkeypatch.setattr(training, "_validate", soup_preferred)
+    kept = run("kept", stats_dropout_search=(0.5,), soup=True)
+    assert kept.metrics["soup"]["kept"] and kept.metrics["group_auc"] == kept.metrics["soup"]["val_group_auc"]
+    monkeypatch.undo()
+    alone = [Checkpoint.load(run(f"alone{i}", stats_dropout=r).checkpoint_path).state_dict for i, r in enumerate(rates)]
+    weights = Checkpoint.load(kept.checkpoint_path).state_dict
+    floats = [k for k, v in weights.items() if v.is_floating_point()]
+    assert all(torch.equal(weights[k], torch.stack([a[k] for a in alone]).mean(0)) for k in floats)
+    assert not any(all(torch.equal(weights[k], a[k]) for k in floats) for a in alone)    # a mix, not one rate
 
 
 def test_training_is_bit_reproducible_with_two_threads(tiny_data, tmp_path):
