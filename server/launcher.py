@@ -413,14 +413,20 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout_s``; remove owned shm."""
+        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout_s``; remove owned shm.
+        ``timeout_s`` <= 0: SIGKILL alone. A SIGTERM first, however short the wait after it, starts Triton's graceful
+        shutdown, which unloads the models: a request arriving before the SIGKILL lands is answered NOT_FOUND "has no
+        available versions" (seen under load in the fault test), not the UNAVAILABLE a client retries."""
         code = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(signal.SIGTERM)       # the server itself; it stops its stubs
+                    if timeout_s > 0:
+                        self.proc.send_signal(signal.SIGTERM)   # the server itself; it stops its stubs
+                    else:
+                        self.proc.kill()
                 try:
-                    self.proc.wait(timeout_s)
+                    self.proc.wait(timeout_s if timeout_s > 0 else 10)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(10)

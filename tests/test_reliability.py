@@ -890,3 +890,28 @@ def test_a_restart_that_fails_is_retried_within_the_restart_budget(tmp_path):
     assert messages[0] == "tritonserver exited with code -9: restarting tritonserver", messages
     assert messages[1].startswith("restart 1 failed: tritonserver exited with code 1 before it was ready"), messages
     assert messages[3] == "tritonserver ready again (restart 2)" and messages[-1] is True, messages
+
+
+def test_a_restart_kills_without_a_sigterm_and_a_stop_still_asks_first(tmp_path):
+    """restart() stops with timeout 0: SIGKILL alone. A SIGTERM first (as before) started Triton's graceful shutdown,
+    whose model unload answered a request that slipped in before the SIGKILL with NOT_FOUND "has no available
+    versions" (a raw call in the fault test above, on a loaded machine): not retried by clients. A stop with a
+    timeout still sends SIGTERM and waits. A real child process; its Popen records the signals sent to it."""
+
+    class Recorded(subprocess.Popen):
+        sent: list[int] = []
+
+        def send_signal(self, sig):               # Popen.kill() and terminate() come through here too
+            self.sent.append(sig)
+            super().send_signal(sig)
+
+    child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); print(flush=True)\n" \
+            "while True: time.sleep(0.01)"
+    srv = TritonServer(tmp_path)
+    for timeout_s, want_signals, want_code in ((0, [signal.SIGKILL], -signal.SIGKILL), (5.0, [signal.SIGTERM], 0)):
+        srv.proc = Recorded([sys.executable, "-c", child], stdout=subprocess.PIPE, start_new_session=True)
+        srv.proc.stdout.readline()                # its SIGTERM handler is in place
+        Recorded.sent = []
+        assert srv.stop(timeout_s=timeout_s) == want_code, timeout_s
+        assert Recorded.sent == want_signals, timeout_s
+        srv.proc.stdout.close()
