@@ -55,6 +55,14 @@ class ModelConfig:
                 "features, the deep feature MLP at zero; training moves both. ml-100k validation, 5 seeds: "
                 "random start 0.650, 1.0 -> 0.655, 2.0 -> 0.656; on text-rich data with a weak CTR signal it "
                 "costs (synthetic demo dev 0.763 -> 0.753, README). 0 = random start; needs item_stats"})
+    overlap_init: float = dataclasses.field(default=0.0, metadata={
+        "help": "with baseline_init: the wide term's start weight on category overlap (the share of the user's "
+                "history in the candidate's category), in logits per unit of share. Items without statistics all "
+                "get one baseline logit, so at 0 the start ranks new items among themselves at random; with a "
+                "weight it ranks them by category overlap (the strongest simple baseline on new/new pairs), while "
+                "known items move little at small weights. At 0.6, validation said no on ml-100k-new (0.653 vs "
+                "0.663; ml-100k 0.659 vs 0.658, synthetic level) and its new/new pairs fell on test (0.568 vs "
+                "0.585): off by default (docs/data-and-quality.md)"})
     n_categories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
     n_subcategories: int = dataclasses.field(default=1, metadata={"cli": False, "help": "set from the vocabulary"})
 

@@ -218,6 +218,8 @@ class RecommenderHeads(nn.Module):
             t = self.cfg.baseline_init
             self.wide.weight[0, FEATURE_NAMES.index("item_ctr")] = t * self.baseline_weight[RAW_CTR]
             self.wide.weight[0, FEATURE_NAMES.index("item_log_popularity")] = t * self.baseline_weight[RAW_POPULARITY]
+        if self.cfg.baseline_init:          # ModelConfig.overlap_init: new items start ranked by category overlap
+            self.wide.weight[0, FEATURE_NAMES.index("category_overlap")] = self.cfg.overlap_init
 
     def _raw_item_features(self, stats: torch.Tensor) -> torch.Tensor:
         # (..., S) raw counts -> (..., 3): log1p(exposures), log1p(clicks + history users), smoothed CTR

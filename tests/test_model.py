@@ -62,6 +62,28 @@ def test_the_start_is_exactly_the_baseline():
     assert h(*_no_history(x))["click_logit"].allclose(logit, atol=1e-5)      # the history plays no part yet
 
 
+def test_overlap_init_starts_new_items_ranked_by_category_overlap():
+    """ModelConfig.overlap_init: at the start, candidates without statistics (new items) differ only by the
+    weight times their category overlap (share of the history in their category); at 0 (the default) they all
+    tie. Known items keep the ctr_popularity part."""
+    cfg = dict(dim=D, n_categories=5, n_subcategories=7, attention_hidden=8)
+    sample = torch.rand(200, S, generator=torch.Generator().manual_seed(3)) * 20
+    hv, hm, hc, hs, cv, cc, cs, hst, cst = _inputs(b=1, h=4, c=4)
+    hc[:] = torch.tensor([[1, 1, 1, 2]])                          # history: 3 of 4 items in category 1, 1 in 2
+    cc[:] = torch.tensor([[1, 2, 3, 1]])                          # overlaps 0.75, 0.25, 0, 0.75
+    cst[:, :3] = 0.0                                              # the first three candidates are new items
+    logits = {}
+    for w in (0.0, 0.6):
+        torch.manual_seed(0)
+        h = RecommenderHeads(ModelConfig(**cfg, overlap_init=w))
+        h.set_stats_transform(0.7, 0.9, sample)
+        logits[w] = h.eval()(hv, hm, hc, hs, cv, cc, cs, hst, cst)["click_logit"][0]
+    new0, new6 = logits[0.0][:3], logits[0.6][:3]
+    assert torch.allclose(new0, new0[0].expand(3), atol=1e-6)                     # at 0: new items tie
+    torch.testing.assert_close(new6 - new6[2], 0.6 * torch.tensor([0.75, 0.25, 0.0]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[0.6][3] - logits[0.0][3], torch.tensor(0.6 * 0.75), atol=1e-5, rtol=1e-4)
+
+
 def test_cold_user_gets_finite_scores(heads):
     x = _inputs()
     out = heads(*_no_history(x))                                               # H = 0
