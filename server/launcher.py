@@ -419,17 +419,15 @@ class TritonServer:
         available versions" (seen under load in the fault test), not the UNAVAILABLE a client retries."""
         code = None
         if self.proc is not None:
+            if self.proc.poll() is None and timeout_s > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signal.SIGTERM)       # the server itself; it stops its stubs
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout_s)
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    if timeout_s > 0:
-                        self.proc.send_signal(signal.SIGTERM)   # the server itself; it stops its stubs
-                    else:
-                        self.proc.kill()
-                try:
-                    self.proc.wait(timeout_s if timeout_s > 0 else 10)
-                except subprocess.TimeoutExpired:
                     self.proc.kill()
-                    self.proc.wait(10)
+                self.proc.wait(10)
             code = self.proc.returncode
             # stubs left behind by a crash or a kill share the server's process group
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -16,7 +16,7 @@ import genrec.train as T
 from genrec.checkpoint import Checkpoint
 from genrec.config import ModelConfig, TrainConfig
 from genrec.core.stats import CTR_POPULARITY_WEIGHT
-from genrec.metrics import auc
+from genrec.metrics import pair_group_auc, ranking_metrics
 from genrec.scoring import encode_items
 
 workdir, ds, run = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -58,25 +58,11 @@ def cat_overlap(i, c):
 
 
 def pairs(score):
-    """group-AUC over the impressions, and over their new/new and new/known (mixed) pairs."""
-    out = {"all": [], "new/new": [], "mixed": []}
-    for i, (c, lab) in enumerate(zip(data.val.candidates, data.val.labels)):
-        s, hd = score(i, c), hidden[c]
-        if 0 < lab.sum() < len(lab):
-            out["all"].append(auc(lab, s))
-        both, mixed = [], []
-        for p in np.where(lab == 1)[0]:
-            for q in np.where(lab == 0)[0]:
-                w = 1.0 if s[p] > s[q] else 0.5 if s[p] == s[q] else 0.0
-                if hd[p] and hd[q]:
-                    both.append(w)
-                elif hd[p] != hd[q]:
-                    mixed.append(w)
-        if both:
-            out["new/new"].append(np.mean(both))
-        if mixed:
-            out["mixed"].append(np.mean(mixed))
-    return {k: round(float(np.mean(x)), 4) for k, x in out.items()}
+    """group-AUC over the impressions, and over their new/new and new/known (mixed) pairs (new = hidden)."""
+    scores = [score(i, c) for i, c in enumerate(data.val.candidates)]
+    split = pair_group_auc(zip(data.val.labels, scores, (hidden[c] for c in data.val.candidates)))
+    return {"all": round(ranking_metrics(zip(data.val.labels, scores)).group_auc, 4),
+            **{name: round(split[kind]["group_auc"], 4) for name, kind in (("new/new", "new"), ("mixed", "mixed"))}}
 
 
 print(f"{ds}: {hidden[val_items].mean():.2f} of the validation items hidden")
